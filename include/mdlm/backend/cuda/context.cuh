@@ -1,0 +1,105 @@
+#pragma once
+// The Cuda backend context: one device, one stream, one cuBLASLt handle with its workspace
+// and plan cache. No globals: every CUDA call of the library goes through a context (and
+// its stream), so several contexts may coexist on different streams or devices.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "mdlm/backend/cuda/check.cuh"
+#include "mdlm/backend/cuda/lt_gemm.cuh"
+#include "mdlm/core/tensor.hpp"
+
+namespace mdlm {
+
+template <>
+struct MemoryOps<Cuda> {
+  static void* allocate(std::size_t bytes) {
+    void* p = nullptr;
+    cudaError_t st = cudaMalloc(&p, bytes);
+    if (st != cudaSuccess) {
+      MDLM_FAIL("device allocation of ", bytes, " bytes failed: ", cudaGetErrorString(st));
+    }
+    return p;
+  }
+  static void deallocate(void* p) noexcept { cudaFree(p); }
+};
+
+template <class T>
+using DeviceBuffer = Buffer<T, Cuda>;
+
+struct Cuda {
+  // Creates its own non-blocking stream on `device`.
+  explicit Cuda(int device = 0) : device_(device) {
+    MDLM_CUDA_CHECK(cudaSetDevice(device_));
+    MDLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    owns_stream_ = true;
+    lt_ = std::make_unique<LtGemm>(stream_);
+  }
+  // Uses a stream owned by the caller (not destroyed here).
+  Cuda(int device, cudaStream_t stream) : device_(device), stream_(stream) {
+    MDLM_CUDA_CHECK(cudaSetDevice(device_));
+    lt_ = std::make_unique<LtGemm>(stream_);
+  }
+  Cuda(const Cuda&) = delete;
+  Cuda& operator=(const Cuda&) = delete;
+  ~Cuda() {
+    lt_.reset();
+    if (owns_stream_) cudaStreamDestroy(stream_);
+  }
+
+  cudaStream_t stream() const { return stream_; }
+  int device() const { return device_; }
+  LtGemm& lt() { return *lt_; }
+  void synchronize() const { MDLM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // Number of usable devices; 0 when there is no GPU or no driver (never throws).
+  static int device_count() noexcept {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      (void)cudaGetLastError();  // clear the sticky "no device" error
+      return 0;
+    }
+    return n;
+  }
+
+ private:
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  bool owns_stream_ = false;
+  std::unique_ptr<LtGemm> lt_;
+};
+
+// Host -> device copy into a new buffer (stream-ordered; the host data must stay alive
+// until the stream reaches the copy, or call ctx.synchronize()).
+template <class T>
+Buffer<T, Cuda> to_device(Cuda& ctx, const T* host, Shape shape) {
+  Buffer<T, Cuda> buf(shape);
+  if (buf.bytes() > 0) {
+    MDLM_CUDA_CHECK(cudaMemcpyAsync(buf.data(), host, buf.bytes(), cudaMemcpyHostToDevice, ctx.stream()));
+  }
+  return buf;
+}
+template <class T>
+Buffer<T, Cuda> to_device(Cuda& ctx, const std::vector<T>& host) {
+  auto buf = to_device(ctx, host.data(), Shape{static_cast<std::int64_t>(host.size())});
+  ctx.synchronize();  // `host` may be a temporary
+  return buf;
+}
+
+// Device -> host copy; synchronizes the context's stream.
+template <class T>
+std::vector<std::remove_const_t<T>> to_host(Cuda& ctx, View<T, Cuda> src) {
+  std::vector<std::remove_const_t<T>> out(static_cast<std::size_t>(src.numel()));
+  if (!out.empty()) {
+    MDLM_CUDA_CHECK(cudaMemcpyAsync(out.data(), src.data, src.bytes(), cudaMemcpyDeviceToHost, ctx.stream()));
+  }
+  ctx.synchronize();
+  return out;
+}
+
+}  // namespace mdlm

@@ -1,0 +1,48 @@
+#pragma once
+// The Host backend: CPU memory, OpenMP loops, cblas GEMM (in ops/gemm.hpp). Runs everywhere;
+// it is the reference the CUDA backend is tested against.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+#include <omp.h>
+
+#include "mdlm/core/error.hpp"
+#include "mdlm/core/tensor.hpp"
+
+namespace mdlm {
+
+struct Host {
+  // Threads for OpenMP loops in this context; 0 means OpenMP's default.
+  int threads = 0;
+
+  int thread_count() const { return threads > 0 ? threads : omp_get_max_threads(); }
+
+  // Runs body(i) for i in [0, n) on the context's threads, in static chunks (deterministic
+  // assignment: results never depend on scheduling as long as body(i) writes only its own
+  // outputs).
+  template <class F>
+  void parallel_for(std::int64_t n, F&& body) const {
+#pragma omp parallel for schedule(static) num_threads(thread_count())
+    for (std::int64_t i = 0; i < n; ++i) body(i);
+  }
+};
+
+template <>
+struct MemoryOps<Host> {
+  static constexpr std::size_t kAlignment = 256;
+  static void* allocate(std::size_t bytes) {
+    std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    void* p = std::aligned_alloc(kAlignment, rounded);
+    if (p == nullptr) MDLM_FAIL("host allocation of ", bytes, " bytes failed");
+    return p;
+  }
+  static void deallocate(void* p) noexcept { std::free(p); }
+};
+
+template <class T>
+using HostBuffer = Buffer<T, Host>;
+
+}  // namespace mdlm

@@ -1,0 +1,8 @@
+#pragma once
+// mdlm with the CUDA backend. Include from .cu files compiled by nvcc; link mdlm::cuda.
+#include "mdlm/mdlm.hpp"
+
+#include "mdlm/backend/cuda/check.cuh"
+#include "mdlm/backend/cuda/context.cuh"
+#include "mdlm/backend/cuda/lt_gemm.cuh"
+#include "mdlm/ops/cuda/gemm.cuh"

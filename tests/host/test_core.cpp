@@ -1,0 +1,99 @@
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mdlm/mdlm.hpp"
+
+using namespace mdlm;
+
+TEST_CASE("mdlm::Error names file, line and the offending value") {
+  auto fails = [](int vocab) { MDLM_CHECK(vocab > 0, "vocab size ", vocab, " must be positive"); };
+  try {
+    fails(-3);
+    FAIL("no exception");
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    CHECK(msg.find("test_core.cpp:") != std::string::npos);  // names the file...
+    CHECK(msg.find(":12: ") != std::string::npos);            // ...and the line of the check
+    CHECK(msg.find("vocab > 0") != std::string::npos);
+    CHECK(msg.find("vocab size -3 must be positive") != std::string::npos);
+  }
+  CHECK_THROWS_AS(MDLM_FAIL("x ", 1), std::runtime_error);  // derives from runtime_error
+  try {
+    Shape bad{4, -2};
+    FAIL("no exception");
+  } catch (const Error& e) {  // library paths are shortened to include/-relative names
+    CHECK(std::string(e.what()).rfind("mdlm/core/tensor.hpp:", 0) == 0);
+    CHECK(std::string(e.what()).find("negative dimension -2") != std::string::npos);
+  }
+}
+
+TEST_CASE("Shape: numel, equality, printing and bad input") {
+  Shape s{2, 3, 4};
+  CHECK(s.rank() == 3);
+  CHECK(s.numel() == 24);
+  CHECK(s[2] == 4);
+  CHECK(s == Shape{2, 3, 4});
+  CHECK_FALSE(s == Shape{2, 3});
+  CHECK(s.str() == "(2, 3, 4)");
+  CHECK(Shape{}.numel() == 1);  // a scalar
+  CHECK_THROWS_AS(Shape({2, -1}), Error);
+  CHECK_THROWS_AS(Shape({1, 1, 1, 1, 1, 1, 1}), Error);
+  CHECK_THROWS_AS((void)s[3], Error);
+}
+
+TEST_CASE("Buffer: allocation, alignment and moves") {
+  HostBuffer<float> a(Shape{3, 5});
+  CHECK(a.numel() == 15);
+  CHECK(a.bytes() == 60);
+  CHECK(reinterpret_cast<std::uintptr_t>(a.data()) % 256 == 0);
+  for (int i = 0; i < 15; ++i) a.data()[i] = static_cast<float>(i);
+  float* p = a.data();
+  HostBuffer<float> b = std::move(a);
+  CHECK(b.data() == p);
+  CHECK(a.data() == nullptr);  // NOLINT(bugprone-use-after-move): moved-from is empty
+  auto m = b.matrix();
+  CHECK(m.rows == 3);
+  CHECK(m.cols == 5);
+  CHECK(m.data[2 * m.ld + 4] == 14.0f);
+  HostBuffer<float> empty(Shape{0, 4});
+  CHECK(empty.data() == nullptr);
+}
+
+TEST_CASE("MatrixView rejects a leading dimension below the column count") {
+  float x[8]{};
+  CHECK_THROWS_AS((MatrixView<float, Host>(x, 2, 4, 3)), Error);
+  MatrixView<float, Host> ok(x, 2, 3, 4);
+  CHECK(ok.ld == 4);
+}
+
+TEST_CASE("Arena: aligned bump allocation, reset, high-water mark, overflow error") {
+  Arena<Host> arena(4096);
+  auto a = arena.alloc<float>(Shape{10});
+  auto b = arena.alloc<double>(Shape{3, 3});
+  CHECK(reinterpret_cast<std::uintptr_t>(a.data) % Arena<Host>::kAlignment == 0);
+  CHECK(reinterpret_cast<std::uintptr_t>(b.data) % Arena<Host>::kAlignment == 0);
+  CHECK(reinterpret_cast<char*>(b.data) - reinterpret_cast<char*>(a.data) == 256);
+  CHECK(arena.used() == 256 + 72);
+  arena.reset();
+  CHECK(arena.used() == 0);
+  auto c = arena.alloc<float>(Shape{1});
+  CHECK(c.data == a.data);  // same memory next step: no allocation in the steady state
+  CHECK(arena.high_water() == 256 + 72);
+  try {
+    (void)arena.alloc<float>(Shape{2000});
+    FAIL("no exception");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("arena out of memory") != std::string::npos);
+    CHECK(std::string(e.what()).find("(2000)") != std::string::npos);
+  }
+}
+
+TEST_CASE("Host::parallel_for covers every index exactly once") {
+  Host host;
+  std::vector<int> hits(1000, 0);
+  host.parallel_for(1000, [&](std::int64_t i) { hits[static_cast<std::size_t>(i)] += 1; });
+  for (int h : hits) REQUIRE(h == 1);
+}
