@@ -16,8 +16,10 @@
 #endif
 
 // Loop unrolling hint understood by nvcc and g++ alike.
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
 #define MDLM_UNROLL _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define MDLM_UNROLL  // nvcc's host pass: its front end rejects GCC pragmas
 #else
 #define MDLM_UNROLL _Pragma("GCC unroll 16")
 #endif

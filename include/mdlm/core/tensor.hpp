@@ -76,7 +76,11 @@ struct View {
 
   std::int64_t numel() const { return shape.numel(); }
   std::size_t bytes() const { return static_cast<std::size_t>(numel()) * sizeof(T); }
-  operator View<const T, B>() const { return {data, shape}; }  // NOLINT: T -> const T
+  // View<T> -> View<const T> (a template so that View<const T> declares no self-conversion).
+  template <class U, std::enable_if_t<std::is_same_v<U, std::remove_const_t<T>>, int> = 0>
+  operator View<const U, B>() const {  // NOLINT(google-explicit-constructor)
+    return {data, shape};
+  }
 };
 
 // Row-major strided matrix view: element (r, c) at data[r * ld + c].
@@ -101,7 +105,10 @@ struct MatrixView {
     ld = std::max<std::int64_t>(cols, 1);
     data = v.data;
   }
-  operator MatrixView<const T, B>() const { return {data, rows, cols, ld}; }  // NOLINT
+  template <class U, std::enable_if_t<std::is_same_v<U, std::remove_const_t<T>>, int> = 0>
+  operator MatrixView<const U, B>() const {  // NOLINT(google-explicit-constructor)
+    return {data, rows, cols, ld};
+  }
 };
 
 // Allocation for a backend; specialized by each backend header.
