@@ -5,10 +5,26 @@ include(CMakeFindDependencyMacro)
 list(APPEND CMAKE_MODULE_PATH ${CMAKE_CURRENT_LIST_DIR})
 
 find_dependency(OpenMP)
-if(NOT DEFINED BLA_VENDOR)
-  set(BLA_VENDOR OpenBLAS) # cblas_sgemm/dgemm; plain reference BLAS has no cblas symbols
+# Host GEMM uses cblas from OpenBLAS. Prefer its OpenMP build (Debian/Ubuntu:
+# libopenblas-openmp-dev): our OpenMP loops and the BLAS then share one thread pool, where
+# the pthread build's threads and spinning OpenMP workers fight over the cores (measured on
+# 2 cores: a 256^3 GEMM + GELU took 12 ms with both pools, 1.3 ms with one).
+if(NOT TARGET BLAS::BLAS)
+  find_library(MDLM_OPENBLAS_OPENMP NAMES openblas
+               PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
+  find_path(MDLM_OPENBLAS_OPENMP_INCLUDE NAMES cblas.h
+            PATHS /usr/include/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
+  if(MDLM_OPENBLAS_OPENMP AND MDLM_OPENBLAS_OPENMP_INCLUDE)
+    add_library(BLAS::BLAS UNKNOWN IMPORTED)
+    set_target_properties(BLAS::BLAS PROPERTIES IMPORTED_LOCATION "${MDLM_OPENBLAS_OPENMP}"
+                          INTERFACE_INCLUDE_DIRECTORIES "${MDLM_OPENBLAS_OPENMP_INCLUDE}")
+  else()
+    if(NOT DEFINED BLA_VENDOR)
+      set(BLA_VENDOR OpenBLAS) # cblas_sgemm/dgemm; plain reference BLAS has no cblas symbols
+    endif()
+    find_dependency(BLAS)
+  endif()
 endif()
-find_dependency(BLAS)
 find_dependency(nlohmann_json 3)
 find_dependency(Utf8proc)
 find_package(CUDAToolkit QUIET)
