@@ -70,7 +70,7 @@ TEST_CASE("MatrixView rejects a leading dimension below the column count") {
 }
 
 TEST_CASE("Arena: aligned bump allocation, reset, high-water mark, overflow error") {
-  Arena<Host> arena(4096);
+  Arena<Host> arena(4096, Arena<Host>::Growth::Fixed);
   auto a = arena.alloc<float>(Shape{10});
   auto b = arena.alloc<double>(Shape{3, 3});
   CHECK(reinterpret_cast<std::uintptr_t>(a.data) % Arena<Host>::kAlignment == 0);
@@ -89,6 +89,23 @@ TEST_CASE("Arena: aligned bump allocation, reset, high-water mark, overflow erro
     CHECK(std::string(e.what()).find("arena out of memory") != std::string::npos);
     CHECK(std::string(e.what()).find("(2000)") != std::string::npos);
   }
+}
+
+TEST_CASE("Arena: a growable arena takes new blocks, then consolidates at reset") {
+  Arena<Host> arena(1024);
+  auto a = arena.alloc<float>(Shape{100});  // 400 bytes
+  auto b = arena.alloc<float>(Shape{300});  // 1200 bytes: does not fit, new block
+  a.data[99] = 1.0f;
+  b.data[299] = 2.0f;
+  CHECK(arena.block_count() == 2);
+  CHECK(a.data[99] == 1.0f);  // earlier views stay valid while the step lasts
+  CHECK(arena.high_water() >= 1600);
+  arena.reset();
+  CHECK(arena.block_count() == 1);
+  CHECK(arena.capacity() >= arena.high_water());
+  (void)arena.alloc<float>(Shape{100});
+  (void)arena.alloc<float>(Shape{300});
+  CHECK(arena.block_count() == 1);  // steady state: no allocation
 }
 
 TEST_CASE("Host::parallel_for covers every index exactly once") {

@@ -46,3 +46,25 @@ template <class T>
 using HostBuffer = Buffer<T, Host>;
 
 }  // namespace mdlm
+
+namespace mdlm {
+
+// Sets a (strided) host matrix to zero.
+template <class T>
+void fill_zero(const Host& ctx, MatrixView<T, Host> m) {
+  ctx.parallel_for(m.rows, [&](std::int64_t r) {
+    for (std::int64_t c = 0; c < m.cols; ++c) m.data[r * m.ld + c] = T(0);
+  });
+}
+
+// Copies a host matrix into another of the same shape.
+template <class T>
+void copy(const Host& ctx, MatrixView<const T, Host> src, MatrixView<T, Host> dst) {
+  MDLM_CHECK(src.rows == dst.rows && src.cols == dst.cols, "copy: shapes differ: ", src.rows, "x", src.cols, " vs ",
+             dst.rows, "x", dst.cols);
+  ctx.parallel_for(src.rows, [&](std::int64_t r) {
+    for (std::int64_t c = 0; c < src.cols; ++c) dst.data[r * dst.ld + c] = src.data[r * src.ld + c];
+  });
+}
+
+}  // namespace mdlm

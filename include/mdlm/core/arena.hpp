@@ -1,10 +1,15 @@
 #pragma once
-// Per-step arena: one allocation of backend memory, handed out by bumping an offset and
-// reset at the start of every step, so the steady state allocates nothing (and a CUDA step can
-// be captured as a graph). Views from before a reset() must not be used after it.
+// Per-step arena: backend memory handed out by bumping an offset and reset at the start of
+// every step, so the steady state allocates nothing (and a CUDA step can be captured as a
+// graph). Views from before a reset() must not be used after it.
+//
+// A growable arena (the default) that runs out takes another block; the next reset() merges
+// all blocks into one of the high-water size, so from the second step on there is exactly one
+// block and no allocation. A fixed arena throws mdlm::Error instead of growing.
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "mdlm/core/error.hpp"
 #include "mdlm/core/tensor.hpp"
@@ -15,32 +20,54 @@ template <class B>
 class Arena {
  public:
   static constexpr std::size_t kAlignment = 256;  // cuBLASLt and vector loads want >= 16
+  enum class Growth { Growable, Fixed };
 
-  explicit Arena(std::size_t capacity_bytes) : storage_(static_cast<std::int64_t>(capacity_bytes)) {}
+  explicit Arena(std::size_t capacity_bytes = 1 << 20, Growth growth = Growth::Growable) : growth_(growth) {
+    blocks_.emplace_back(static_cast<std::int64_t>(align_up(capacity_bytes)));
+  }
 
   template <class T>
   View<T, B> alloc(Shape shape) {
-    std::size_t bytes = static_cast<std::size_t>(shape.numel()) * sizeof(T);
+    const std::size_t bytes = static_cast<std::size_t>(shape.numel()) * sizeof(T);
     std::size_t start = align_up(offset_);
-    if (start + bytes > capacity()) {
-      MDLM_FAIL("arena out of memory: request of ", bytes, " bytes for shape ", shape, " at offset ",
-                start, " exceeds capacity ", capacity(), " bytes");
+    if (start + bytes > blocks_.back().bytes()) {
+      if (growth_ == Growth::Fixed) {
+        MDLM_FAIL("arena out of memory: request of ", bytes, " bytes for shape ", shape, " at offset ", start,
+                  " exceeds capacity ", capacity(), " bytes");
+      }
+      retired_ += start;
+      blocks_.emplace_back(static_cast<std::int64_t>(align_up(std::max(bytes, blocks_.back().bytes()))));
+      start = 0;
     }
     offset_ = start + bytes;
-    high_water_ = offset_ > high_water_ ? offset_ : high_water_;
-    return {reinterpret_cast<T*>(storage_.data() + start), shape};
+    high_water_ = std::max(high_water_, retired_ + offset_);
+    return {reinterpret_cast<T*>(blocks_.back().data() + start), shape};
   }
 
-  void reset() { offset_ = 0; }
-  std::size_t used() const { return offset_; }
-  std::size_t high_water() const { return high_water_; }  // size a later arena from this
-  std::size_t capacity() const { return storage_.bytes(); }
+  void reset() {
+    if (blocks_.size() > 1) {  // consolidate: one block large enough for the whole last step
+      blocks_.clear();
+      blocks_.emplace_back(static_cast<std::int64_t>(align_up(high_water_)));
+    }
+    offset_ = 0;
+    retired_ = 0;
+  }
+  std::size_t used() const { return retired_ + offset_; }
+  std::size_t high_water() const { return high_water_; }
+  std::size_t capacity() const {
+    std::size_t c = 0;
+    for (const auto& b : blocks_) c += b.bytes();
+    return c;
+  }
+  std::size_t block_count() const { return blocks_.size(); }
 
  private:
   static std::size_t align_up(std::size_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }
 
-  Buffer<std::byte, B> storage_;
-  std::size_t offset_ = 0;
+  Growth growth_;
+  std::vector<Buffer<std::byte, B>> blocks_;
+  std::size_t offset_ = 0;   // in the last block
+  std::size_t retired_ = 0;  // bytes used in earlier blocks (this step)
   std::size_t high_water_ = 0;
 };
 

@@ -95,7 +95,7 @@ struct MatrixView {
   MatrixView(T* d, std::int64_t r, std::int64_t c) : MatrixView(d, r, c, c) {}
   MatrixView(T* d, std::int64_t r, std::int64_t c, std::int64_t l) : data(d), rows(r), cols(c), ld(l) {
     MDLM_CHECK(r >= 0 && c >= 0, "negative matrix shape ", r, "x", c);
-    MDLM_CHECK(l >= std::max<std::int64_t>(c, 1), "leading dimension ", l, " < cols ", c);
+    MDLM_CHECK(l >= c && (l >= 1 || r * c == 0), "leading dimension ", l, " < cols ", c);
   }
   // A 2-D contiguous view as a matrix; higher ranks fold all leading dims into rows.
   explicit MatrixView(View<T, B> v) {

@@ -1,0 +1,227 @@
+#pragma once
+// The autograd tape. Forward ops allocate their outputs from the step's activation arena,
+// register them as variables, and record a typed context; backward() runs the recorded ops in
+// reverse, each consuming its context (ops/*.hpp keep forward and backward side by side).
+//
+// Gradients:
+//   - parameters (and other leaves) accumulate: grad += ...;
+//   - activation gradients are written, not accumulated: the first op to produce an
+//     activation's gradient (in reverse order) overwrites it, and only later contributions
+//     (fan-out, e.g. the residual stream feeding both LayerNorm and the residual add) add to
+//     it. The tape tracks which gradients have been written, so no activation gradient is
+//     ever memset, except one that is read before anything wrote it (zero-filled then).
+//   - column slices of a variable (the six adaLN chunks) are variables of their own whose
+//     gradients are views into the parent's gradient.
+//
+// Contexts are trivially copyable records stored in a host byte arena with the address of
+// their op's backward function: typed ops, no virtual calls, no allocation in the steady state.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "mdlm/core/arena.hpp"
+#include "mdlm/core/error.hpp"
+#include "mdlm/core/philox.hpp"
+#include "mdlm/core/tensor.hpp"
+
+namespace mdlm {
+
+// A variable on the tape: its id and its value (rows x cols, row-major, maybe strided).
+template <class T, class B>
+struct Var {
+  int id = -1;
+  MatrixView<T, B> value;
+  std::int64_t rows() const { return value.rows; }
+  std::int64_t cols() const { return value.cols; }
+  bool valid() const { return id >= 0; }
+};
+
+// Training-time settings ops read from the tape.
+struct TapeOptions {
+  bool training = false;     // dropout on
+  float dropout = 0.0f;      // drop probability on residual branches
+  std::uint64_t seed = 0;    // Philox seed for dropout
+  std::uint32_t step = 0;    // Philox step for dropout
+};
+
+template <class B, class T>
+class Tape {
+ public:
+  using VarT = Var<T, B>;
+  using BackwardFn = void (*)(Tape&, const void*);
+
+  explicit Tape(B& backend, std::size_t arena_bytes = 1 << 20)
+      : backend_(backend), values_(arena_bytes), grads_(arena_bytes) {}
+
+  B& backend() { return backend_; }
+  TapeOptions options;
+
+  // Starts a new step: forgets variables and records, recycles the arenas.
+  void reset() {
+    vars_.clear();
+    records_.clear();
+    ctx_bytes_.clear();
+    values_.reset();
+    grads_.reset();
+    rng_offset_ = 0;
+  }
+
+  // ---- variables ---------------------------------------------------------------------------
+  // A new activation of rows x cols from the arena.
+  VarT new_var(std::int64_t rows, std::int64_t cols) {
+    auto v = values_.template alloc<T>(Shape{rows, cols});
+    return add(MatrixView<T, B>(v.data, rows, cols), {}, false);
+  }
+  // Scratch memory for an op's context (saved statistics, probabilities): lives until reset().
+  template <class U>
+  View<U, B> scratch(Shape shape) {
+    return values_.template alloc<U>(shape);
+  }
+  // A leaf whose gradient lives in caller memory and accumulates (parameters, test inputs).
+  VarT leaf(MatrixView<T, B> value, MatrixView<T, B> grad) { return add(value, grad, true); }
+  // A leaf with no gradient (constant inputs).
+  VarT constant(MatrixView<T, B> value) { return add(value, {}, false, /*no_grad=*/true); }
+
+  // Columns [col0, col0 + cols) of `parent` as a variable; its gradient is the same columns of
+  // the parent's gradient.
+  VarT slice_cols(VarT parent, std::int64_t col0, std::int64_t cols) {
+    MDLM_CHECK(col0 >= 0 && col0 + cols <= parent.cols(), "slice [", col0, ", ", col0 + cols, ") out of ",
+               parent.cols(), " columns");
+    Entry& p = vars_[static_cast<std::size_t>(parent.id)];
+    MDLM_CHECK(!p.accumulate, "slicing a leaf is not supported");
+    ensure_grad(p);
+    MatrixView<T, B> v(parent.value.data + col0, parent.rows(), cols, parent.value.ld);
+    MatrixView<T, B> g(p.grad.data + col0, parent.rows(), cols, p.grad.ld);
+    VarT child = add(v, g, false);
+    vars_[static_cast<std::size_t>(child.id)].parent = parent.id;
+    vars_[static_cast<std::size_t>(parent.id)].has_slices = true;
+    return child;
+  }
+
+  // ---- gradients (for ops' backward) -------------------------------------------------------
+  bool requires_grad(VarT v) const { return !vars_[static_cast<std::size_t>(v.id)].no_grad; }
+
+  // The gradient of an op's output, to read. Zero-filled if nothing has written it.
+  MatrixView<T, B> grad_out(VarT v) {
+    Entry& e = vars_[static_cast<std::size_t>(v.id)];
+    ensure_grad(e);
+    if (e.has_slices) {
+      for (Entry& c : vars_) {
+        if (c.parent == v.id && !c.written) {
+          fill_zero(backend_, c.grad);
+          c.written = true;
+        }
+      }
+      e.written = true;
+    }
+    if (!e.written && !e.accumulate) {
+      fill_zero(backend_, e.grad);
+      e.written = true;
+    }
+    return e.grad;
+  }
+
+  // Where an op writes the gradient of one of its inputs. `accumulate` tells it to add (the
+  // gradient already holds other contributions, or it is a leaf) instead of overwriting.
+  struct GradTarget {
+    MatrixView<T, B> grad;
+    bool accumulate = false;
+    bool needed = false;  // false: the input takes no gradient; skip the work
+  };
+  GradTarget grad_in(VarT v) {
+    Entry& e = vars_[static_cast<std::size_t>(v.id)];
+    if (e.no_grad) return {};
+    ensure_grad(e);
+    GradTarget t{e.grad, e.accumulate || e.written, true};
+    e.written = true;
+    return t;
+  }
+
+  // ---- recording and backward --------------------------------------------------------------
+  bool recording() const { return recording_; }
+  void set_recording(bool on) { recording_ = on; }
+
+  template <class Op, class Ctx>
+  void record(const Ctx& ctx) {
+    static_assert(std::is_trivially_copyable_v<Ctx>, "tape contexts must be trivially copyable");
+    if (!recording_) return;
+    const std::size_t at = ctx_bytes_.size();
+    ctx_bytes_.resize(at + sizeof(Ctx));
+    std::memcpy(ctx_bytes_.data() + at, &ctx, sizeof(Ctx));
+    records_.push_back({&call_backward<Op, Ctx>, at});
+  }
+
+  // Sets d(loss)/d(output) and runs every recorded op's backward in reverse order.
+  void backward(VarT output, MatrixView<const T, B> output_grad) {
+    Entry& e = vars_[static_cast<std::size_t>(output.id)];
+    ensure_grad(e);
+    copy(backend_, output_grad, e.grad);
+    e.written = true;
+    for (auto it = records_.rbegin(); it != records_.rend(); ++it) {
+      it->fn(*this, ctx_bytes_.data() + it->offset);
+    }
+  }
+
+  // Deterministic Philox index ranges for ops that draw (dropout): each call reserves n indices.
+  std::uint64_t reserve_rng(std::uint64_t n) {
+    std::uint64_t at = rng_offset_;
+    rng_offset_ += n;
+    return at;
+  }
+
+  std::size_t var_count() const { return vars_.size(); }
+  std::size_t record_count() const { return records_.size(); }
+
+ private:
+  struct Entry {
+    MatrixView<T, B> value;
+    MatrixView<T, B> grad;
+    bool accumulate = false;  // leaf: gradient accumulates
+    bool no_grad = false;
+    bool written = false;
+    bool has_slices = false;
+    int parent = -1;
+  };
+  struct Record {
+    BackwardFn fn;
+    std::size_t offset;
+  };
+
+  template <class Op, class Ctx>
+  static void call_backward(Tape& tape, const void* raw) {
+    Ctx ctx;
+    std::memcpy(&ctx, raw, sizeof(Ctx));  // ctx_bytes_ may not be aligned for Ctx after resizes
+    Op::backward(tape, ctx);
+  }
+
+  VarT add(MatrixView<T, B> value, MatrixView<T, B> grad, bool accumulate, bool no_grad = false) {
+    Entry e;
+    e.value = value;
+    e.grad = grad;
+    e.accumulate = accumulate;
+    e.no_grad = no_grad;
+    vars_.push_back(e);
+    return VarT{static_cast<int>(vars_.size() - 1), value};
+  }
+  void ensure_grad(Entry& e) {
+    MDLM_CHECK(!e.no_grad, "gradient requested for a constant");
+    if (e.grad.data == nullptr) {
+      auto g = grads_.template alloc<T>(Shape{e.value.rows, e.value.cols});
+      e.grad = MatrixView<T, B>(g.data, e.value.rows, e.value.cols);
+    }
+  }
+
+  B& backend_;
+  Arena<B> values_;
+  Arena<B> grads_;
+  std::vector<Entry> vars_;
+  std::vector<Record> records_;
+  std::vector<unsigned char> ctx_bytes_;
+  std::uint64_t rng_offset_ = 0;
+  bool recording_ = true;
+};
+
+}  // namespace mdlm

@@ -1,0 +1,69 @@
+#pragma once
+// Golden fixtures (DESIGN §6): safetensors files from an independent fp64 PyTorch reference,
+// holding parameters under official names (prefix "backbone."), inputs (inputs.x0, inputs.zt,
+// inputs.t, inputs.sigma, inputs.loss_mask), outputs (outputs.logits, outputs.log_probs,
+// outputs.loss), gradients (grads.backbone.<name>) and the JSON config in metadata "config".
+// Every size is read from the config, so fixtures of other shapes work the same way.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "mdlm/io/safetensors.hpp"
+#include "mdlm/nn/dit.hpp"
+
+namespace mdlm {
+
+struct GoldenFixture {
+  SafeTensors file;
+  nlohmann::json config;
+  DiTConfig model;
+  std::int64_t batch = 0, seq_len = 0;
+  std::optional<std::int64_t> mask_id;
+  std::string loss;  // e.g. "mdlm_continuous_nelbo_token_mean", "ar_token_mean_nll"
+  std::vector<std::int32_t> x0, zt;
+  std::vector<double> t, sigma, loss_mask;
+
+  static GoldenFixture load(const std::string& path) {
+    GoldenFixture g{SafeTensors::read(path), {}, {}, 0, 0, std::nullopt, {}, {}, {}, {}, {}, {}};
+    auto it = g.file.metadata().find("config");
+    if (it == g.file.metadata().end()) MDLM_FAIL(path, ": no 'config' entry in the safetensors metadata");
+    try {
+      g.config = nlohmann::json::parse(it->second);
+      auto get_int = [&](const char* k) { return g.config.at(k).get<std::int64_t>(); };
+      g.model.vocab = get_int("vocab_size");
+      g.model.hidden = get_int("hidden");
+      g.model.heads = get_int("n_heads");
+      g.model.blocks = get_int("n_blocks");
+      g.model.cond_dim = get_int("cond_dim");
+      g.model.mlp_ratio = get_int("mlp_ratio");
+      g.model.time_conditioning = g.config.at("time_conditioning").get<bool>();
+      g.model.ar = g.config.at("causal").get<bool>();
+      g.model.layer_norm_eps = g.config.at("layer_norm_eps").get<double>();
+      g.model.rope_base = g.config.at("rope_base").get<double>();
+      g.model.dropout = g.config.value("dropout", 0.0f);
+      g.batch = get_int("batch");
+      g.seq_len = get_int("seq_len");
+      if (g.config.contains("mask_id") && !g.config.at("mask_id").is_null()) g.mask_id = get_int("mask_id");
+      g.loss = g.config.value("loss", std::string());
+    } catch (const nlohmann::json::exception& e) {
+      MDLM_FAIL(path, ": bad fixture config: ", e.what());
+    }
+    g.model.validate();
+    const std::vector<std::int64_t> bt{g.batch, g.seq_len}, b{g.batch};
+    g.x0 = g.file.get<std::int32_t>("inputs.x0", bt);
+    g.zt = g.file.get<std::int32_t>("inputs.zt", bt);
+    if (g.file.contains("inputs.t")) g.t = g.file.get<double>("inputs.t", b);
+    if (g.file.contains("inputs.sigma")) g.sigma = g.file.get<double>("inputs.sigma", b);
+    if (g.file.contains("inputs.loss_mask")) g.loss_mask = g.file.get<double>("inputs.loss_mask", bt);
+    return g;
+  }
+
+  // The tokens the backbone reads: z_t for MDLM, x for the AR model.
+  const std::vector<std::int32_t>& model_input() const { return model.ar ? x0 : zt; }
+};
+
+}  // namespace mdlm

@@ -1,0 +1,273 @@
+#pragma once
+// The MDLM DiT backbone (DESIGN §1) and its AR variant, built from small modules that own no
+// memory: each holds the indices of its parameters in a ParamLayout and runs ops on a tape.
+//
+//   x = vocab_embed(ids)                                         (B*T, d)
+//   c = SiLU(sigma_map(sinusoidal(sigma)))                       (B, cond)     [DiT only]
+//   per block: shift1, scale1, gate1, shift2, scale2, gate2 = adaLN_modulation(c)   (B, d) each
+//     x = x + gate1 * drop(attn_out(attention(rope(attn_qkv(LN1(x) * (1 + scale1) + shift1)))))
+//     x = x + gate2 * drop(mlp.2(gelu(mlp.0(LN2(x) * (1 + scale2) + shift2))))
+//   shift, scale = output_layer.adaLN_modulation(c)
+//   logits = output_layer.linear(norm_final(x) * (1 + scale) + shift)            (B*T, V)
+// The AR variant drops adaLN, sigma_map and gates, and attends causally.
+// Time conditioning is off by default: sigma is fed as 0 and the denoiser is time-agnostic.
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mdlm/autograd/tape.hpp"
+#include "mdlm/core/philox.hpp"
+#include "mdlm/nn/params.hpp"
+#include "mdlm/ops/activation.hpp"
+#include "mdlm/ops/attention.hpp"
+#include "mdlm/ops/embedding.hpp"
+#include "mdlm/ops/layernorm.hpp"
+#include "mdlm/ops/linear.hpp"
+#include "mdlm/ops/residual.hpp"
+#include "mdlm/ops/rope.hpp"
+#include "mdlm/ops/timestep.hpp"
+
+namespace mdlm {
+
+struct DiTConfig {
+  std::int64_t vocab = 50258;
+  std::int64_t hidden = 768;
+  std::int64_t heads = 12;
+  std::int64_t blocks = 12;
+  std::int64_t cond_dim = 128;
+  std::int64_t mlp_ratio = 4;
+  std::int64_t freq_dim = 256;      // sinusoidal embedding size
+  bool time_conditioning = false;   // off: sigma is fed as 0
+  bool ar = false;                  // the AR baseline: no adaLN, no time input, causal
+  double layer_norm_eps = 1e-5;
+  double rope_base = 10000.0;
+  float dropout = 0.1f;
+
+  // Presets: tiny (8 blocks x 512 x 8 heads), small (12 x 768 x 12), medium (24 x 1024 x 16).
+  static DiTConfig preset(const std::string& name, std::int64_t vocab) {
+    DiTConfig c;
+    c.vocab = vocab;
+    if (name == "tiny") c.blocks = 8, c.hidden = 512, c.heads = 8;
+    else if (name == "small") c.blocks = 12, c.hidden = 768, c.heads = 12;
+    else if (name == "medium") c.blocks = 24, c.hidden = 1024, c.heads = 16;
+    else MDLM_FAIL("unknown preset '", name, "' (expected tiny, small or medium)");
+    return c;
+  }
+
+  std::int64_t head_dim() const { return hidden / heads; }
+  void validate() const {
+    MDLM_CHECK(vocab > 0 && hidden > 0 && heads > 0 && blocks >= 0 && cond_dim > 0 && mlp_ratio > 0,
+               "invalid DiT sizes: vocab ", vocab, ", hidden ", hidden, ", heads ", heads, ", blocks ", blocks,
+               ", cond_dim ", cond_dim);
+    MDLM_CHECK(hidden % heads == 0, "hidden size ", hidden, " is not divisible by ", heads, " heads");
+    MDLM_CHECK(head_dim() % 2 == 0, "head dimension ", head_dim(), " must be even for rotary embeddings");
+    MDLM_CHECK(dropout >= 0.0f && dropout < 1.0f, "dropout ", dropout, " must be in [0, 1)");
+  }
+};
+
+// ---- modules -----------------------------------------------------------------------------
+
+template <class B, class T>
+using ParamVars = std::vector<Var<T, B>>;
+
+struct Linear {
+  int w = -1, b = -1;
+  static Linear make(ParamLayout& l, const std::string& name, std::int64_t in, std::int64_t out, bool bias) {
+    Linear m;
+    m.w = l.add(name + ".weight", {out, in});
+    if (bias) m.b = l.add(name + ".bias", {out});
+    return m;
+  }
+  template <class B, class T>
+  Var<T, B> forward(Tape<B, T>& tape, const ParamVars<B, T>& p, Var<T, B> x, bool gelu = false) const {
+    return LinearOp<B, T>::forward(tape, x, p[static_cast<std::size_t>(w)],
+                                   b >= 0 ? p[static_cast<std::size_t>(b)] : Var<T, B>{}, gelu);
+  }
+};
+
+struct LayerNorm {
+  int w = -1;
+  static LayerNorm make(ParamLayout& l, const std::string& name, std::int64_t dim) { return {l.add(name + ".weight", {dim})}; }
+  template <class B, class T>
+  Var<T, B> forward(Tape<B, T>& tape, const ParamVars<B, T>& p, Var<T, B> x, Var<T, B> shift, Var<T, B> scale,
+                    std::int64_t seq_len, double eps) const {
+    return LayerNormModulateOp<B, T>::forward(tape, x, p[static_cast<std::size_t>(w)], shift, scale, seq_len, eps);
+  }
+};
+
+struct Embedding {
+  int table = -1;
+  static Embedding make(ParamLayout& l, const std::string& name, std::int64_t vocab, std::int64_t dim) {
+    return {l.add(name + ".embedding", {vocab, dim})};
+  }
+};
+
+struct TimestepEmbedder {  // sinusoidal(sigma) -> Linear -> SiLU -> Linear
+  Linear l0, l2;
+  static TimestepEmbedder make(ParamLayout& l, const std::string& name, std::int64_t freq_dim, std::int64_t cond) {
+    return {Linear::make(l, name + ".mlp.0", freq_dim, cond, true), Linear::make(l, name + ".mlp.2", cond, cond, true)};
+  }
+};
+
+struct Attention {
+  Linear qkv, out;
+};
+
+struct Mlp {
+  Linear fc, proj;  // mlp.0 (d -> r d, GELU), mlp.2 (r d -> d)
+};
+
+struct DiTBlock {
+  LayerNorm norm1, norm2;
+  Attention attn;
+  Mlp mlp;
+  Linear ada_ln;  // absent (w < 0) in the AR variant
+};
+
+struct FinalLayer {
+  LayerNorm norm_final;
+  Linear linear;
+  Linear ada_ln;
+};
+
+// Inputs of one forward pass. Token ids in backend memory plus their host copy (validation);
+// sigma (B) in host memory, read only with time conditioning on.
+struct DiTInputs {
+  const std::int32_t* ids = nullptr;
+  const std::int32_t* host_ids = nullptr;
+  std::int64_t batch = 0;
+  std::int64_t seq_len = 0;
+  const double* sigma = nullptr;
+};
+
+class DiT {
+ public:
+  explicit DiT(const DiTConfig& cfg) : cfg_(cfg) {
+    cfg_.validate();
+    const std::int64_t d = cfg_.hidden;
+    embed_ = Embedding::make(layout_, "vocab_embed", cfg_.vocab, d);
+    if (!cfg_.ar) sigma_map_ = TimestepEmbedder::make(layout_, "sigma_map", cfg_.freq_dim, cfg_.cond_dim);
+    for (std::int64_t i = 0; i < cfg_.blocks; ++i) {
+      const std::string p = "blocks." + std::to_string(i);
+      DiTBlock blk;
+      blk.norm1 = LayerNorm::make(layout_, p + ".norm1", d);
+      blk.attn.qkv = Linear::make(layout_, p + ".attn_qkv", d, 3 * d, false);
+      blk.attn.out = Linear::make(layout_, p + ".attn_out", d, d, false);
+      blk.norm2 = LayerNorm::make(layout_, p + ".norm2", d);
+      blk.mlp.fc = Linear::make(layout_, p + ".mlp.0", d, cfg_.mlp_ratio * d, true);
+      blk.mlp.proj = Linear::make(layout_, p + ".mlp.2", cfg_.mlp_ratio * d, d, true);
+      if (!cfg_.ar) blk.ada_ln = Linear::make(layout_, p + ".adaLN_modulation", cfg_.cond_dim, 6 * d, true);
+      blocks_.push_back(blk);
+    }
+    final_.norm_final = LayerNorm::make(layout_, "output_layer.norm_final", d);
+    final_.linear = Linear::make(layout_, "output_layer.linear", d, cfg_.vocab, true);
+    if (!cfg_.ar) final_.ada_ln = Linear::make(layout_, "output_layer.adaLN_modulation", cfg_.cond_dim, 2 * d, true);
+  }
+
+  const DiTConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+
+  // FLOPs of the matrix multiplies per token for forward + backward (6 N_matmul) plus attention
+  // (12 L d T), the usual MFU accounting.
+  double train_flops_per_token(std::int64_t seq_len) const {
+    const double d = static_cast<double>(cfg_.hidden), r = static_cast<double>(cfg_.mlp_ratio);
+    const double per_block = 3 * d * d + d * d + 2 * r * d * d;
+    const double n_matmul = static_cast<double>(cfg_.blocks) * per_block + d * static_cast<double>(cfg_.vocab);
+    return 6 * n_matmul + 12 * static_cast<double>(cfg_.blocks) * d * static_cast<double>(seq_len);
+  }
+
+  // Initialization of DESIGN §1 from Philox (purpose Init, step = parameter index): embedding
+  // U(+-1/sqrt(d)); Linear weights and biases U(+-1/sqrt(in)) (PyTorch's default); LayerNorm
+  // weights 1; adaLN modulations and the output linear layer 0.
+  template <class T>
+  void init(ParamStore<Host, T>& store, std::uint64_t seed) const {
+    Philox rng{seed};
+    for (std::size_t i = 0; i < layout_.specs().size(); ++i) {
+      const ParamSpec& s = layout_.spec(static_cast<int>(i));
+      T* v = store.value(static_cast<int>(i)).data;
+      const bool zero = s.name.find("adaLN_modulation") != std::string::npos ||
+                        s.name.rfind("output_layer.linear", 0) == 0;
+      const bool norm = s.name.find("norm") != std::string::npos;
+      double bound = 0;
+      if (s.name == "vocab_embed.embedding") {
+        bound = 1.0 / std::sqrt(static_cast<double>(cfg_.hidden));
+      } else if (!zero && !norm) {  // a Linear weight [out, in] or bias: fan_in = in
+        const ParamSpec& w = s.shape.size() == 2 ? s : layout_.spec(layout_.find(s.name.substr(0, s.name.size() - 5) + ".weight"));
+        bound = 1.0 / std::sqrt(static_cast<double>(w.shape[1]));
+      }
+      for (std::int64_t k = 0; k < s.numel; ++k) {
+        if (zero) v[k] = T(0);
+        else if (norm) v[k] = T(1);
+        else v[k] = static_cast<T>((2.0 * rng.uniform_double(Purpose::Init, static_cast<std::uint32_t>(i),
+                                                             static_cast<std::uint64_t>(k)) - 1.0) * bound);
+      }
+    }
+  }
+
+  // Logits (B*T, V) for the inputs. `p` are the parameters on this tape (ParamStore::on_tape).
+  template <class B, class T>
+  Var<T, B> forward(Tape<B, T>& tape, const ParamVars<B, T>& p, const DiTInputs& in) const {
+    MDLM_CHECK(p.size() == layout_.specs().size(), "forward: ", p.size(), " parameters given, the model has ",
+               layout_.specs().size());
+    MDLM_CHECK(in.batch > 0 && in.seq_len > 0, "forward: empty batch (", in.batch, " x ", in.seq_len, ")");
+    const std::int64_t n = in.batch * in.seq_len, d = cfg_.hidden, L = in.seq_len;
+    const double eps = cfg_.layer_norm_eps;
+    Var<T, B> x = EmbeddingOp<B, T>::forward(tape, in.ids, in.host_ids, n, p[static_cast<std::size_t>(embed_.table)]);
+
+    Var<T, B> c;
+    if (!cfg_.ar) {
+      std::vector<T> sigma(static_cast<std::size_t>(in.batch), T(0));
+      if (cfg_.time_conditioning) {
+        MDLM_CHECK(in.sigma != nullptr, "forward: time conditioning is on but no sigma was given");
+        for (std::int64_t b = 0; b < in.batch; ++b) sigma[static_cast<std::size_t>(b)] = static_cast<T>(in.sigma[b]);
+      }
+      auto emb = tape.template scratch<T>(Shape{in.batch, cfg_.freq_dim});
+      MatrixView<T, B> emb_view(emb.data, in.batch, cfg_.freq_dim);
+      timestep_embedding(tape.backend(), sigma.data(), in.batch, emb_view);
+      Var<T, B> e = tape.constant(emb_view);
+      Var<T, B> h = SiluOp<B, T>::forward(tape, sigma_map_.l0.forward(tape, p, e));
+      c = SiluOp<B, T>::forward(tape, sigma_map_.l2.forward(tape, p, h));
+    }
+
+    for (const DiTBlock& blk : blocks_) {
+      Var<T, B> shift1, scale1, gate1, shift2, scale2, gate2;
+      if (!cfg_.ar) {
+        Var<T, B> mod = blk.ada_ln.forward(tape, p, c);  // (B, 6d)
+        shift1 = tape.slice_cols(mod, 0 * d, d);
+        scale1 = tape.slice_cols(mod, 1 * d, d);
+        gate1 = tape.slice_cols(mod, 2 * d, d);
+        shift2 = tape.slice_cols(mod, 3 * d, d);
+        scale2 = tape.slice_cols(mod, 4 * d, d);
+        gate2 = tape.slice_cols(mod, 5 * d, d);
+      }
+      Var<T, B> h = blk.norm1.forward(tape, p, x, shift1, scale1, L, eps);
+      Var<T, B> qkv = RopeOp<B, T>::forward(tape, blk.attn.qkv.forward(tape, p, h), L, cfg_.heads, cfg_.rope_base);
+      Var<T, B> a = blk.attn.out.forward(tape, p, AttentionOp<B, T>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
+      x = GatedResidualOp<B, T>::forward(tape, x, a, gate1, L);
+      Var<T, B> h2 = blk.norm2.forward(tape, p, x, shift2, scale2, L, eps);
+      Var<T, B> m = blk.mlp.proj.forward(tape, p, blk.mlp.fc.forward(tape, p, h2, /*gelu=*/true));
+      x = GatedResidualOp<B, T>::forward(tape, x, m, gate2, L);
+    }
+
+    Var<T, B> shift, scale;
+    if (!cfg_.ar) {
+      Var<T, B> mod = final_.ada_ln.forward(tape, p, c);  // (B, 2d): shift, scale
+      shift = tape.slice_cols(mod, 0, d);
+      scale = tape.slice_cols(mod, d, d);
+    }
+    Var<T, B> h = final_.norm_final.forward(tape, p, x, shift, scale, L, eps);
+    return final_.linear.forward(tape, p, h);
+  }
+
+ private:
+  DiTConfig cfg_;
+  ParamLayout layout_;
+  Embedding embed_;
+  TimestepEmbedder sigma_map_;
+  std::vector<DiTBlock> blocks_;
+  FinalLayer final_;
+};
+
+}  // namespace mdlm

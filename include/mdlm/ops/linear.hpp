@@ -1,0 +1,95 @@
+#pragma once
+// Linear layer y = x W^T (+ b), optionally followed by tanh-GELU fused into the GEMM epilogue
+// (GELU_AUX_BIAS forward keeps the pre-activation for backward).
+//   x (N, in), W (out, in) [PyTorch layout], b (out), y (N, out)
+// Backward:
+//   dpre = dy * gelu'(pre)                     (GELU only)
+//   dx   = dpre W        (written or accumulated, per the tape)
+//   dW  += dpre^T x      (parameter gradients accumulate)
+//   db  += sum_rows dpre
+
+#include <cstdint>
+
+#include "mdlm/autograd/tape.hpp"
+#include "mdlm/backend/host.hpp"
+#include "mdlm/ops/gelu.hpp"
+#include "mdlm/ops/gemm.hpp"
+
+namespace mdlm {
+
+// db (+)= column sums of dy (N, out): Host kernel.
+template <class T>
+void bias_grad_accumulate(const Host& ctx, MatrixView<const T, Host> dy, T* db) {
+  ctx.parallel_for(dy.cols, [&](std::int64_t j) {
+    compute_t<T> s = 0;
+    for (std::int64_t i = 0; i < dy.rows; ++i) s += dy.data[i * dy.ld + j];
+    db[j] += s;
+  });
+}
+
+// d = dy * gelu'(pre), all (N, out): Host kernel.
+template <class T>
+void gelu_backward(const Host& ctx, MatrixView<const T, Host> dy, MatrixView<const T, Host> pre, MatrixView<T, Host> d) {
+  ctx.parallel_for(dy.rows, [&](std::int64_t i) {
+    for (std::int64_t j = 0; j < dy.cols; ++j) {
+      d.data[i * d.ld + j] = dy.data[i * dy.ld + j] * gelu_tanh_grad(pre.data[i * pre.ld + j]);
+    }
+  });
+}
+
+template <class B, class T>
+struct LinearOp {
+  using V = Var<T, B>;
+  struct Ctx {
+    V x, w, b, y;
+    bool has_bias;
+    bool gelu;
+    MatrixView<T, B> pre;  // GELU pre-activation (N, out)
+  };
+
+  static V forward(Tape<B, T>& tape, V x, V w, V b, bool gelu = false) {
+    MDLM_CHECK(x.cols() == w.cols(), "linear: input has ", x.cols(), " features, weight is ", w.rows(), "x", w.cols());
+    MDLM_CHECK(!gelu || b.valid(), "linear: the fused GELU epilogue needs a bias");
+    if (b.valid()) MDLM_CHECK(b.rows() * b.cols() == w.rows(), "linear: bias has ", b.rows() * b.cols(), " entries for ", w.rows(), " outputs");
+    const std::int64_t n = x.rows(), out = w.rows();
+    V y = tape.new_var(n, out);
+    Ctx ctx{x, w, b, y, b.valid(), gelu, {}};
+    GemmEpilogue<T, B> epi;
+    if (gelu) {
+      auto pre = tape.template scratch<T>(Shape{n, out});
+      ctx.pre = MatrixView<T, B>(pre.data, n, out);
+      epi = GemmEpilogue<T, B>::gelu_aux_bias(b.value.data, ctx.pre);
+    } else if (b.valid()) {
+      epi = GemmEpilogue<T, B>::with_bias(b.value.data);
+    }
+    gemm(tape.backend(), Op::N, MatrixView<const T, B>(x.value), Op::T, MatrixView<const T, B>(w.value), y.value, epi);
+    tape.template record<LinearOp>(ctx);
+    return y;
+  }
+
+  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+    MatrixView<T, B> dy = tape.grad_out(ctx.y);
+    if (ctx.gelu) {  // dy <- dy * gelu'(pre), in place: nothing else reads dy
+      gelu_backward(tape.backend(), MatrixView<const T, B>(dy), MatrixView<const T, B>(ctx.pre), dy);
+    }
+    auto dx = tape.grad_in(ctx.x);
+    if (dx.needed) {
+      gemm(tape.backend(), Op::N, MatrixView<const T, B>(dy), Op::N, MatrixView<const T, B>(ctx.w.value), dx.grad, {},
+           compute_t<T>(1), compute_t<T>(dx.accumulate ? 1 : 0));
+    }
+    auto dw = tape.grad_in(ctx.w);
+    if (dw.needed) {
+      gemm(tape.backend(), Op::T, MatrixView<const T, B>(dy), Op::N, MatrixView<const T, B>(ctx.x.value), dw.grad, {},
+           compute_t<T>(1), compute_t<T>(dw.accumulate ? 1 : 0));
+    }
+    if (ctx.has_bias) {
+      auto db = tape.grad_in(ctx.b);
+      if (db.needed) {
+        if (!db.accumulate) fill_zero(tape.backend(), db.grad);
+        bias_grad_accumulate(tape.backend(), MatrixView<const T, B>(dy), db.grad.data);
+      }
+    }
+  }
+};
+
+}  // namespace mdlm
