@@ -5,11 +5,29 @@
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/core/config.hpp"
 #include "mdlm/core/error.hpp"
+#include "mdlm/core/f16.hpp"
 #include "mdlm/core/philox.hpp"
 #include "mdlm/core/tensor.hpp"
 #include "mdlm/version.hpp"
 
 #include "mdlm/backend/host.hpp"
 
+#include "mdlm/ops/activation.hpp"
+#include "mdlm/ops/attention.hpp"
+#include "mdlm/ops/embedding.hpp"
 #include "mdlm/ops/gelu.hpp"
 #include "mdlm/ops/gemm.hpp"
+#include "mdlm/ops/layernorm.hpp"
+#include "mdlm/ops/linear.hpp"
+#include "mdlm/ops/residual.hpp"
+#include "mdlm/ops/rope.hpp"
+#include "mdlm/ops/timestep.hpp"
+
+#include "mdlm/autograd/gradcheck.hpp"
+#include "mdlm/autograd/tape.hpp"
+
+#include "mdlm/io/golden.hpp"
+#include "mdlm/io/safetensors.hpp"
+
+#include "mdlm/nn/dit.hpp"
+#include "mdlm/nn/params.hpp"

@@ -11,7 +11,8 @@
 //     it. The tape tracks which gradients have been written, so no activation gradient is
 //     ever memset, except one that is read before anything wrote it (zero-filled then).
 //   - column slices of a variable (the six adaLN chunks) are variables of their own whose
-//     gradients are views into the parent's gradient.
+//     gradients are views into the parent's gradient (zero-filled once when first sliced,
+//     so slices accumulate into it).
 //
 // Contexts are trivially copyable records stored in a host byte arena with the address of
 // their op's backward function: typed ops, no virtual calls, no allocation in the steady state.
@@ -42,7 +43,6 @@ struct Var {
 // Training-time settings ops read from the tape.
 struct TapeOptions {
   bool training = false;     // dropout on
-  float dropout = 0.0f;      // drop probability on residual branches
   std::uint64_t seed = 0;    // Philox seed for dropout
   std::uint32_t step = 0;    // Philox step for dropout
 };
@@ -92,11 +92,14 @@ class Tape {
                parent.cols(), " columns");
     Entry& p = vars_[static_cast<std::size_t>(parent.id)];
     MDLM_CHECK(!p.accumulate, "slicing a leaf is not supported");
-    ensure_grad(p);
+    if (!p.has_slices) {  // columns no slice covers (or no op writes) read as zero gradient
+      ensure_grad(p);
+      fill_zero(backend_, p.grad);
+      p.written = true;
+    }
     MatrixView<T, B> v(parent.value.data + col0, parent.rows(), cols, parent.value.ld);
     MatrixView<T, B> g(p.grad.data + col0, parent.rows(), cols, p.grad.ld);
     VarT child = add(v, g, false);
-    vars_[static_cast<std::size_t>(child.id)].parent = parent.id;
     vars_[static_cast<std::size_t>(parent.id)].has_slices = true;
     return child;
   }
@@ -108,15 +111,6 @@ class Tape {
   MatrixView<T, B> grad_out(VarT v) {
     Entry& e = vars_[static_cast<std::size_t>(v.id)];
     ensure_grad(e);
-    if (e.has_slices) {
-      for (Entry& c : vars_) {
-        if (c.parent == v.id && !c.written) {
-          fill_zero(backend_, c.grad);
-          c.written = true;
-        }
-      }
-      e.written = true;
-    }
     if (!e.written && !e.accumulate) {
       fill_zero(backend_, e.grad);
       e.written = true;
@@ -183,7 +177,6 @@ class Tape {
     bool no_grad = false;
     bool written = false;
     bool has_slices = false;
-    int parent = -1;
   };
   struct Record {
     BackwardFn fn;

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include <omp.h>
@@ -40,6 +41,7 @@ struct MemoryOps<Host> {
     return p;
   }
   static void deallocate(void* p) noexcept { std::free(p); }
+  static void zero(void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
 };
 
 template <class T>

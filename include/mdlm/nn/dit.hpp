@@ -245,10 +245,10 @@ class DiT {
       Var<T, B> h = blk.norm1.forward(tape, p, x, shift1, scale1, L, eps);
       Var<T, B> qkv = RopeOp<B, T>::forward(tape, blk.attn.qkv.forward(tape, p, h), L, cfg_.heads, cfg_.rope_base);
       Var<T, B> a = blk.attn.out.forward(tape, p, AttentionOp<B, T>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
-      x = GatedResidualOp<B, T>::forward(tape, x, a, gate1, L);
+      x = GatedResidualOp<B, T>::forward(tape, x, a, gate1, L, cfg_.dropout);
       Var<T, B> h2 = blk.norm2.forward(tape, p, x, shift2, scale2, L, eps);
       Var<T, B> m = blk.mlp.proj.forward(tape, p, blk.mlp.fc.forward(tape, p, h2, /*gelu=*/true));
-      x = GatedResidualOp<B, T>::forward(tape, x, m, gate2, L);
+      x = GatedResidualOp<B, T>::forward(tape, x, m, gate2, L, cfg_.dropout);
     }
 
     Var<T, B> shift, scale;

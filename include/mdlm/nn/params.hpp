@@ -61,7 +61,12 @@ class ParamStore {
  public:
   explicit ParamStore(const ParamLayout& layout)
       : layout_(layout), values_(std::max<std::int64_t>(layout.buffer_elements(), 1)),
-        grads_(std::max<std::int64_t>(layout.buffer_elements(), 1)) {}
+        grads_(std::max<std::int64_t>(layout.buffer_elements(), 1)) {
+    MemoryOps<B>::zero(values_.data(), values_.bytes());  // padding stays zero: buffers compare and
+    MemoryOps<B>::zero(grads_.data(), grads_.bytes());    // checksum as wholes
+  }
+  // Sets every gradient to zero (one memset over the gradient buffer).
+  void zero_grad() { MemoryOps<B>::zero(grads_.data(), grads_.bytes()); }
 
   const ParamLayout& layout() const { return layout_; }
   MatrixView<T, B> value(int i) { return view(values_, i); }

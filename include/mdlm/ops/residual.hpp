@@ -23,7 +23,10 @@ struct DropoutSite {
   MDLM_HD bool keep(std::uint64_t i) const {
     return p <= 0.0f || rng.uniform_float(Purpose::Dropout, step, offset + i) >= p;
   }
-  MDLM_HD float scale() const { return p > 0.0f ? 1.0f / (1.0f - p) : 1.0f; }
+  template <class C>
+  MDLM_HD C scale() const {
+    return p > 0.0f ? C(1) / (C(1) - C(p)) : C(1);
+  }
 };
 
 template <class T>
@@ -35,7 +38,7 @@ void gated_residual_forward(const Host& ctx, MatrixView<const T, Host> x, Matrix
   ctx.parallel_for(x.rows, [&](std::int64_t r) {
     const std::int64_t b = r / seq_len;
     for (std::int64_t c = 0; c < cols; ++c) {
-      C v = drop.keep(static_cast<std::uint64_t>(r * cols + c)) ? C(y.data[r * y.ld + c]) * C(drop.scale()) : C(0);
+      C v = drop.keep(static_cast<std::uint64_t>(r * cols + c)) ? C(y.data[r * y.ld + c]) * drop.template scale<C>() : C(0);
       if (gate.data != nullptr) v *= gate.data[b * gate.ld + c];
       out.data[r * out.ld + c] = static_cast<T>(x.data[r * x.ld + c] + v);
     }
@@ -58,7 +61,7 @@ void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, Ma
         o = accumulate_dx ? static_cast<T>(o + g) : static_cast<T>(g);
       }
       if (dy.data != nullptr) {
-        C v = drop.keep(static_cast<std::uint64_t>(r * cols + c)) ? g * C(drop.scale()) : C(0);
+        C v = drop.keep(static_cast<std::uint64_t>(r * cols + c)) ? g * drop.template scale<C>() : C(0);
         if (gate.data != nullptr) v *= gate.data[b * gate.ld + c];
         T& o = dy.data[r * dy.ld + c];
         o = accumulate_dy ? static_cast<T>(o + v) : static_cast<T>(v);
@@ -73,7 +76,7 @@ void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, Ma
       for (std::int64_t t = 0; t < seq_len; ++t) {
         const std::int64_t r = b * seq_len + t;
         if (drop.keep(static_cast<std::uint64_t>(r * cols + c))) {
-          s += C(dout.data[r * dout.ld + c]) * C(y.data[r * y.ld + c]) * C(drop.scale());
+          s += C(dout.data[r * dout.ld + c]) * C(y.data[r * y.ld + c]) * drop.template scale<C>();
         }
       }
       T& o = dgate.data[b * dgate.ld + c];
@@ -91,7 +94,8 @@ struct GatedResidualOp {
     DropoutSite drop;
   };
 
-  static V forward(Tape<B, T>& tape, V x, V y, V gate, std::int64_t seq_len) {
+  // `dropout` is the drop probability of the branch; it applies only when the tape is training.
+  static V forward(Tape<B, T>& tape, V x, V y, V gate, std::int64_t seq_len, float dropout = 0.0f) {
     MDLM_CHECK(x.rows() == y.rows() && x.cols() == y.cols(), "residual: x is ", x.rows(), "x", x.cols(), ", y is ",
                y.rows(), "x", y.cols());
     MDLM_CHECK(seq_len > 0 && x.rows() % seq_len == 0, "residual: ", x.rows(), " rows are not whole sequences of ",
@@ -101,8 +105,9 @@ struct GatedResidualOp {
                  gate.cols());
     }
     DropoutSite drop;
-    if (tape.options.training && tape.options.dropout > 0.0f) {
-      drop.p = tape.options.dropout;
+    MDLM_CHECK(dropout >= 0.0f && dropout < 1.0f, "residual: dropout ", dropout, " must be in [0, 1)");
+    if (tape.options.training && dropout > 0.0f) {
+      drop.p = dropout;
       drop.rng = Philox{tape.options.seed};
       drop.step = tape.options.step;
       drop.offset = tape.reserve_rng(static_cast<std::uint64_t>(x.rows() * x.cols()));

@@ -27,6 +27,7 @@ struct MemoryOps<Cuda> {
     return p;
   }
   static void deallocate(void* p) noexcept { cudaFree(p); }
+  static void zero(void* p, std::size_t bytes) { MDLM_CUDA_CHECK(cudaMemset(p, 0, bytes)); }
 };
 
 template <class T>

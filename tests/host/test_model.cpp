@@ -1,0 +1,142 @@
+// The DiT and AR backbones: parameter counts of the presets, logits parity with the golden
+// fp64 fixtures, whole-model gradcheck, initialization, parameter I/O.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "../common/reference.hpp"
+#include "mdlm/mdlm.hpp"
+
+using namespace mdlm;
+
+namespace {
+std::string fixture(const std::string& name) { return std::string(MDLM_TEST_FIXTURES) + "/" + name; }
+
+double logits_rel_error(const GoldenFixture& g) {
+  DiT model(g.model);
+  ParamStore<Host, double> store(model.layout());
+  load_params(store, g.file);
+  Host host;
+  Tape<Host, double> tape(host);
+  auto p = store.on_tape(tape);
+  DiTInputs in{g.model_input().data(), g.model_input().data(), g.batch, g.seq_len, g.sigma.data()};
+  Var<double, Host> logits = model.forward(tape, p, in);
+  auto want = g.file.get<double>("outputs.logits", {g.batch, g.seq_len, g.model.vocab});
+  double err = 0, scale = 0;
+  for (std::int64_t i = 0; i < logits.rows(); ++i) {
+    for (std::int64_t j = 0; j < logits.cols(); ++j) {
+      err = std::max(err, std::abs(logits.value.data[i * logits.value.ld + j] - want[static_cast<std::size_t>(i * g.model.vocab + j)]));
+      scale = std::max(scale, std::abs(want[static_cast<std::size_t>(i * g.model.vocab + j)]));
+    }
+  }
+  return err / scale;
+}
+}  // namespace
+
+TEST_CASE("parameter counts of the small preset match the official MDLM model") {
+  CHECK(DiT(DiTConfig::preset("small", 50258)).layout().parameter_count() == 169627218);  // GPT-2 + mask
+  CHECK(DiT(DiTConfig::preset("small", 30522)).layout().parameter_count() == 139292986);  // BERT
+  CHECK_THROWS_AS(DiTConfig::preset("huge", 10), Error);
+  DiTConfig bad = DiTConfig::preset("tiny", 100);
+  bad.heads = 7;
+  CHECK_THROWS_AS(DiT{bad}, Error);
+}
+
+TEST_CASE("logits match every golden fixture at fp64 (1e-10 relative)") {
+  for (const char* name : {"mdlm_tiny.safetensors", "mdlm_tiny_timecond_pad.safetensors", "ar_tiny.safetensors"}) {
+    CAPTURE(name);
+    CHECK(logits_rel_error(GoldenFixture::load(fixture(name))) < 1e-10);
+  }
+}
+
+TEST_CASE("gradcheck: whole 2-block DiT (with and without time conditioning) and AR model") {
+  for (int variant = 0; variant < 3; ++variant) {
+    CAPTURE(variant);
+    DiTConfig cfg;
+    cfg.vocab = 11;
+    cfg.hidden = 8;
+    cfg.heads = 2;
+    cfg.blocks = 2;
+    cfg.cond_dim = 4;
+    cfg.freq_dim = 6;
+    cfg.time_conditioning = variant == 1;
+    cfg.ar = variant == 2;
+    cfg.dropout = 0.2f;
+    DiT model(cfg);
+    ParamStore<Host, double> store(model.layout());
+    model.init(store, 3);
+    // Non-zero adaLN and output weights so every path carries signal (the init zeroes them).
+    Philox rng{5};
+    for (std::int64_t i = 0; i < model.layout().buffer_elements(); ++i) {
+      store.values().data()[i] += 0.3 * (rng.uniform_double(Purpose::Test, 0, static_cast<std::uint64_t>(i)) - 0.5);
+    }
+    const std::int64_t batch = 2, seq = 3;
+    std::vector<std::int32_t> ids{1, 10, 3, 3, 0, 7};
+    std::vector<double> sigma{0.7, 2.5};
+    std::vector<GradcheckInput> inputs;
+    std::vector<std::vector<double>> grads(model.layout().specs().size());
+    for (std::size_t i = 0; i < model.layout().specs().size(); ++i) {
+      inputs.push_back({model.layout().spec(static_cast<int>(i)).name, store.value(static_cast<int>(i))});
+    }
+    GradcheckOptions opt;
+    opt.max_elements = 12;
+    opt.tape = {true, 9, 4};  // training: dropout on, masks identical across evaluations
+    GradcheckResult r = gradcheck(
+        [&](Tape<Host, double>& t, std::vector<Var<double, Host>> leaves) {
+          return model.forward(t, leaves, DiTInputs{ids.data(), ids.data(), batch, seq, sigma.data()});
+        },
+        inputs, opt);
+    CAPTURE(r.worst_input);
+    CAPTURE(r.max_rel_error);
+    CHECK(r.passed(1e-7));
+  }
+}
+
+TEST_CASE("initialization: zero adaLN and output layer, unit norms, U(+-1/sqrt(d)) embedding, reproducible") {
+  DiTConfig cfg = DiTConfig::preset("tiny", 300);
+  cfg.blocks = 2;
+  DiT model(cfg);
+  ParamStore<Host, float> a(model.layout()), b(model.layout());
+  model.init(a, 42);
+  model.init(b, 42);
+  for (const ParamSpec& s : model.layout().specs()) {
+    CAPTURE(s.name);
+    const float* v = a.value(s.name).data;
+    float mx = 0;
+    for (std::int64_t k = 0; k < s.numel; ++k) mx = std::max(mx, std::abs(v[k]));
+    if (s.name.find("adaLN") != std::string::npos || s.name.rfind("output_layer.linear", 0) == 0) CHECK(mx == 0.0f);
+    else if (s.name.find("norm") != std::string::npos) CHECK(v[0] == 1.0f);
+    else if (s.name == "vocab_embed.embedding") {
+      CHECK(mx <= 1.0f / std::sqrt(512.0f));
+      CHECK(mx > 0.9f / std::sqrt(512.0f));
+    } else {
+      CHECK(mx > 0.0f);
+    }
+    CHECK(std::equal(v, v + s.numel, b.value(s.name).data));
+  }
+}
+
+TEST_CASE("parameters round-trip through safetensors under official names") {
+  auto g = GoldenFixture::load(fixture("mdlm_tiny.safetensors"));
+  DiT model(g.model);
+  ParamStore<Host, double> store(model.layout());
+  load_params(store, g.file);
+  SafeTensorsWriter w;
+  add_params(w, store);
+  SafeTensors back = SafeTensors::parse(w.serialize(), "memory");
+  CHECK(back.contains("backbone.blocks.1.adaLN_modulation.weight"));
+  CHECK(back.info("backbone.vocab_embed.embedding").shape == std::vector<std::int64_t>{38, 32});
+  ParamStore<Host, double> again(model.layout());
+  load_params(again, back);
+  CHECK(std::equal(store.values().data(), store.values().data() + model.layout().buffer_elements(), again.values().data()));
+  // A file without one of the parameters is rejected by name.
+  SafeTensorsWriter partial;
+  std::vector<double> one{1.0};
+  partial.add("backbone.vocab_embed.embedding", {1}, one.data());
+  CHECK_THROWS_WITH_AS(load_params(again, SafeTensors::parse(partial.serialize(), "partial.safetensors")),
+                       doctest::Contains("shape [1], expected [38, 32]"), Error);
+}

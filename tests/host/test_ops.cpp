@@ -1,0 +1,193 @@
+// Every op's backward against central finite differences (fp64, Host), plus the tape's
+// gradient bookkeeping.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "../common/reference.hpp"
+#include "mdlm/mdlm.hpp"
+
+using namespace mdlm;
+using mdlm::testing::random_vector;
+using V = Var<double, Host>;
+using TapeH = Tape<Host, double>;
+
+namespace {
+
+// Owns the values of one gradcheck input.
+struct Input {
+  std::string name;
+  std::vector<double> data;
+  std::int64_t rows, cols;
+  Input(std::string n, std::int64_t r, std::int64_t c, std::uint64_t seed, double scale = 1.0)
+      : name(std::move(n)), data(random_vector<double>(static_cast<std::size_t>(r * c), seed)), rows(r), cols(c) {
+    for (auto& v : data) v *= scale;
+  }
+  GradcheckInput view() { return {name, MatrixView<double, Host>(data.data(), rows, cols)}; }
+};
+
+template <class Build>
+void expect_gradients(Build&& build, std::vector<Input*> inputs, GradcheckOptions opt = {}) {
+  std::vector<GradcheckInput> views;
+  for (Input* in : inputs) views.push_back(in->view());
+  GradcheckResult r = gradcheck(build, views, opt);
+  CAPTURE(r.worst_input);
+  CAPTURE(r.max_rel_error);
+  CHECK(r.elements_checked > 0);
+  CHECK(r.max_rel_error < 1e-7);
+}
+
+}  // namespace
+
+TEST_CASE("gradcheck: Linear with bias, without bias, with fused GELU") {
+  Input x("x", 6, 5, 1), w("w", 7, 5, 2), b("b", 1, 7, 3);
+  expect_gradients([](TapeH& t, std::vector<V> l) { return LinearOp<Host, double>::forward(t, l[0], l[1], l[2]); },
+                   {&x, &w, &b});
+  expect_gradients([](TapeH& t, std::vector<V> l) { return LinearOp<Host, double>::forward(t, l[0], l[1], V{}); },
+                   {&x, &w});
+  expect_gradients(
+      [](TapeH& t, std::vector<V> l) { return LinearOp<Host, double>::forward(t, l[0], l[1], l[2], /*gelu=*/true); },
+      {&x, &w, &b});
+}
+
+TEST_CASE("gradcheck: LayerNorm fused with adaLN modulation, and plain") {
+  const std::int64_t batches = 2, seq = 3, c = 6;
+  Input x("x", batches * seq, c, 4, 2.0), w("w", 1, c, 5), shift("shift", batches, c, 6), scale("scale", batches, c, 7);
+  expect_gradients(
+      [&](TapeH& t, std::vector<V> l) {
+        return LayerNormModulateOp<Host, double>::forward(t, l[0], l[1], l[2], l[3], seq, 1e-5);
+      },
+      {&x, &w, &shift, &scale});
+  expect_gradients(
+      [&](TapeH& t, std::vector<V> l) { return LayerNormModulateOp<Host, double>::forward(t, l[0], l[1], V{}, V{}, seq, 1e-5); },
+      {&x, &w});
+}
+
+TEST_CASE("gradcheck: gated residual with and without dropout, and ungated") {
+  const std::int64_t batches = 2, seq = 4, c = 5;
+  Input x("x", batches * seq, c, 8), y("y", batches * seq, c, 9), gate("gate", batches, c, 10);
+  auto gated = [&](TapeH& t, std::vector<V> l) { return GatedResidualOp<Host, double>::forward(t, l[0], l[1], l[2], seq, 0.3f); };
+  expect_gradients(gated, {&x, &y, &gate});  // not training: no dropout
+  GradcheckOptions drop;
+  drop.tape = {true, 11, 2};
+  expect_gradients(gated, {&x, &y, &gate}, drop);
+  expect_gradients([&](TapeH& t, std::vector<V> l) { return GatedResidualOp<Host, double>::forward(t, l[0], l[1], V{}, seq); },
+                   {&x, &y});
+}
+
+TEST_CASE("dropout: keeps about 1 - p of the branch, scaled by 1 / (1 - p), same mask on every backend call") {
+  Host host;
+  TapeH tape(host);
+  tape.options = {true, 5, 1};
+  const std::int64_t rows = 64, cols = 64;
+  std::vector<double> zeros(rows * cols, 0.0), ones(rows * cols, 1.0);
+  V x = tape.constant(MatrixView<double, Host>(zeros.data(), rows, cols));
+  V y = tape.constant(MatrixView<double, Host>(ones.data(), rows, cols));
+  V out = GatedResidualOp<Host, double>::forward(tape, x, y, V{}, rows, 0.25f);
+  std::int64_t kept = 0;
+  for (std::int64_t i = 0; i < rows * cols; ++i) {
+    const double v = out.value.data[i];
+    REQUIRE((v == 0.0 || std::abs(v - 1.0 / 0.75) < 1e-12));
+    kept += v != 0.0;
+  }
+  // 4096 Bernoulli(0.75): sd = 27.7; allow 5 sd.
+  CHECK(std::abs(static_cast<double>(kept) - 3072.0) < 140);
+}
+
+TEST_CASE("gradcheck: RoPE on q and k (v passes through)") {
+  const std::int64_t seq = 5, heads = 2, d = 4;
+  Input qkv("qkv", 2 * seq, 3 * heads * d, 12);
+  expect_gradients([&](TapeH& t, std::vector<V> l) { return RopeOp<Host, double>::forward(t, l[0], seq, heads, 10000.0); },
+                   {&qkv});
+}
+
+TEST_CASE("RoPE rotates pairs (i, i + D/2) by t * base^(-2i/D) and leaves position 0 and v alone") {
+  Host host;
+  TapeH tape(host);
+  const std::int64_t seq = 3, heads = 1, d = 4;
+  std::vector<double> qkv(static_cast<std::size_t>(seq * 3 * d));
+  for (std::size_t i = 0; i < qkv.size(); ++i) qkv[i] = static_cast<double>(i % 7) - 3.0;
+  V in = tape.constant(MatrixView<double, Host>(qkv.data(), seq, 3 * d));
+  V out = RopeOp<Host, double>::forward(tape, in, seq, heads, 100.0);
+  for (std::int64_t c = 0; c < 3 * d; ++c) CHECK(out.value.data[c] == qkv[static_cast<std::size_t>(c)]);  // t = 0
+  const std::int64_t t = 2, i = 1;  // theta = 2 * 100^(-2/4) = 0.2
+  const double th = 0.2, a = qkv[static_cast<std::size_t>(t * 3 * d + i)], b = qkv[static_cast<std::size_t>(t * 3 * d + i + 2)];
+  CHECK(out.value.data[t * 3 * d + i] == doctest::Approx(a * std::cos(th) - b * std::sin(th)).epsilon(1e-14));
+  CHECK(out.value.data[t * 3 * d + i + 2] == doctest::Approx(b * std::cos(th) + a * std::sin(th)).epsilon(1e-14));
+  for (std::int64_t c = 2 * d; c < 3 * d; ++c) CHECK(out.value.data[t * 3 * d + c] == qkv[static_cast<std::size_t>(t * 3 * d + c)]);
+}
+
+TEST_CASE("gradcheck: attention, bidirectional and causal") {
+  const std::int64_t seq = 4, heads = 2, d = 3;
+  Input qkv("qkv", 2 * seq, 3 * heads * d, 13);
+  for (bool causal : {false, true}) {
+    CAPTURE(causal);
+    expect_gradients(
+        [&](TapeH& t, std::vector<V> l) { return AttentionOp<Host, double>::forward(t, l[0], seq, heads, causal); },
+        {&qkv});
+  }
+}
+
+TEST_CASE("causal attention: the first position attends only to itself; rows sum to one") {
+  Host host;
+  TapeH tape(host);
+  const std::int64_t seq = 3, heads = 1, d = 2;
+  auto qkv = random_vector<double>(static_cast<std::size_t>(seq * 3 * d), 21);
+  V in = tape.constant(MatrixView<double, Host>(qkv.data(), seq, 3 * d));
+  V out = AttentionOp<Host, double>::forward(tape, in, seq, heads, true);
+  for (std::int64_t e = 0; e < d; ++e) CHECK(out.value.data[e] == doctest::Approx(qkv[static_cast<std::size_t>(2 * d + e)]));
+}
+
+TEST_CASE("gradcheck: embedding (table), SiLU") {
+  Input table("table", 5, 3, 14), x("x", 4, 3, 15, 3.0);
+  std::vector<std::int32_t> ids{4, 0, 4, 2, 1, 4};
+  expect_gradients(
+      [&](TapeH& t, std::vector<V> l) {
+        return EmbeddingOp<Host, double>::forward(t, ids.data(), ids.data(), static_cast<std::int64_t>(ids.size()), l[0]);
+      },
+      {&table});
+  expect_gradients([&](TapeH& t, std::vector<V> l) { return SiluOp<Host, double>::forward(t, l[0]); }, {&x});
+}
+
+TEST_CASE("embedding rejects out-of-range token ids with the position and value") {
+  Host host;
+  TapeH tape(host);
+  std::vector<double> table(10, 0.0);
+  std::vector<std::int32_t> ids{1, 5};
+  V tv = tape.constant(MatrixView<double, Host>(table.data(), 5, 2));
+  try {
+    EmbeddingOp<Host, double>::forward(tape, ids.data(), ids.data(), 2, tv);
+    FAIL("no exception");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("token id 5 at position 1 is out of range for vocabulary size 5") != std::string::npos);
+  }
+}
+
+TEST_CASE("tape: fan-out gradients add up, slices write into their parent's gradient") {
+  // y = silu(x) + x (through a residual), checked by gradcheck: x's gradient has two writers.
+  Input x("x", 3, 4, 16);
+  expect_gradients(
+      [](TapeH& t, std::vector<V> l) {
+        V s = SiluOp<Host, double>::forward(t, l[0]);
+        return GatedResidualOp<Host, double>::forward(t, l[0], s, V{}, 3);
+      },
+      {&x});
+  // Slices: a Linear produces (N, 2C); both halves feed a gated residual as gate and branch.
+  Input c("c", 2, 3, 17), w("w", 8, 3, 18), base("base", 2, 4, 19);
+  expect_gradients(
+      [](TapeH& t, std::vector<V> l) {
+        V mod = LinearOp<Host, double>::forward(t, l[0], l[1], V{});
+        V g = t.slice_cols(mod, 0, 4), y = t.slice_cols(mod, 4, 4);
+        return GatedResidualOp<Host, double>::forward(t, l[2], y, g, 1);
+      },
+      {&c, &w, &base});
+  // An unused slice reads as zero gradient.
+  expect_gradients(
+      [](TapeH& t, std::vector<V> l) {
+        V mod = LinearOp<Host, double>::forward(t, l[0], l[1], V{});
+        V y = t.slice_cols(mod, 4, 4);
+        return GatedResidualOp<Host, double>::forward(t, l[2], y, V{}, 1);
+      },
+      {&c, &w, &base});
+}
