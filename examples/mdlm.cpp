@@ -4,6 +4,8 @@
 //       Foundation demo (until the trainer lands): Philox draws, bf16 rounding, and a Linear-
 //       layer GEMM with a fused GELU epilogue on the chosen backend, checked against the Host
 //       fp64 result, with its throughput.
+//   mdlm info [--preset tiny|small|medium] [--vocab V] [--ar 0|1] [--verbose 0|1]
+//   mdlm check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]
 // Errors are reported as "mdlm: error: ..." with exit code 2.
 #include <chrono>
 #include <cmath>
@@ -147,12 +149,82 @@ int demo(const Args& args) {
   return ok ? 0 : 1;
 }
 
+std::string with_commas(std::int64_t v) {
+  std::string s = std::to_string(v), out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
+    out += s[i];
+  }
+  return out;
+}
+
+int info(const Args& args) {
+  DiTConfig cfg = DiTConfig::preset(args.str("--preset"), args.integer("--vocab"));
+  cfg.ar = args.integer("--ar") != 0;
+  DiT model(cfg);
+  const auto& l = model.layout();
+  std::printf("%s backbone, preset %s\n", cfg.ar ? "AR (causal, no adaLN)" : "MDLM DiT", args.str("--preset").c_str());
+  std::printf("  blocks %lld, hidden %lld, heads %lld x %lld, MLP %lld (tanh-GELU), cond %lld, vocab %lld\n",
+              static_cast<long long>(cfg.blocks), static_cast<long long>(cfg.hidden), static_cast<long long>(cfg.heads),
+              static_cast<long long>(cfg.head_dim()), static_cast<long long>(cfg.mlp_ratio * cfg.hidden),
+              static_cast<long long>(cfg.cond_dim), static_cast<long long>(cfg.vocab));
+  std::printf("  RoPE base %g, LayerNorm eps %g, dropout %g, time conditioning %s\n", cfg.rope_base,
+              cfg.layer_norm_eps, static_cast<double>(cfg.dropout), cfg.ar ? "n/a" : "off (sigma fed as 0)");
+  std::printf("  parameter tensors %zu\n", l.specs().size());
+  if (args.integer("--verbose") != 0) {
+    for (const auto& s : l.specs()) {
+      std::printf("    backbone.%-45s [%s] %s\n", s.name.c_str(),
+                  s.shape.size() == 2 ? (std::to_string(s.shape[0]) + ", " + std::to_string(s.shape[1])).c_str()
+                                      : std::to_string(s.shape[0]).c_str(),
+                  with_commas(s.numel).c_str());
+    }
+  }
+  std::printf("  train FLOPs per token at T=1024: %.4g\n", model.train_flops_per_token(1024));
+  std::printf("parameters: %s (%lld)\n", with_commas(l.parameter_count()).c_str(),
+              static_cast<long long>(l.parameter_count()));
+  return 0;
+}
+
+int check_fixture(int argc, char** argv) {
+  MDLM_CHECK(argc >= 3 && argv[2][0] != '-', "check-fixture needs a fixture file (mdlm check-fixture FILE.safetensors)");
+  const std::string path = argv[2];
+  Args args(argc, argv, 3, {{"--backend", "host"}, {"--dtype", "f64"}});
+  const std::string backend = args.str("--backend"), dtype = args.str("--dtype");
+  MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
+  MDLM_CHECK(dtype == "f64" || dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (expected f64, f32 or bf16)");
+  MDLM_CHECK(backend == "host", "--backend cuda: the CUDA model path is not available yet (Host only in this release)");
+  MDLM_CHECK(dtype != "bf16", "--dtype bf16 runs on the CUDA backend only");
+  // Tolerances relative to each reference tensor's largest magnitude.
+  const double tol = dtype == "f64" ? 1e-10 : 1e-5;
+  GoldenFixture g = GoldenFixture::load(path);
+  GoldenReport rep = dtype == "f64" ? check_golden<double>(g) : check_golden<float>(g);
+  bool ok = true;
+  std::printf("{\n  \"fixture\": \"%s\",\n  \"backend\": \"%s\",\n  \"dtype\": \"%s\",\n", path.c_str(),
+              backend.c_str(), dtype.c_str());
+  std::printf("  \"model\": \"%s\",\n  \"tolerance_rel\": %.3g,\n  \"tensors\": {\n", g.model.ar ? "ar" : "mdlm", tol);
+  for (std::size_t i = 0; i < rep.tensors.size(); ++i) {
+    const TensorError& e = rep.tensors[i];
+    const bool pass = e.max_rel <= tol;
+    ok = ok && pass;
+    std::printf("    \"%s\": {\"max_abs\": %.6e, \"max_rel\": %.6e, \"numel\": %lld, \"pass\": %s}%s\n", e.name.c_str(),
+                e.max_abs, e.max_rel, static_cast<long long>(e.numel), pass ? "true" : "false",
+                i + 1 < rep.tensors.size() ? "," : "");
+  }
+  std::printf("  },\n  \"worst_rel\": %.6e,\n  \"pass\": %s\n}\n", rep.worst_rel(), ok ? "true" : "false");
+  return ok ? 0 : 1;
+}
+
 void usage() {
   std::printf(
       "usage: mdlm <command> [flags]\n"
       "  version                              print the library version\n"
       "  demo [--backend host|cuda] [--size N] [--seed S]\n"
-      "                                       Philox, bf16 and a checked GEMM on a backend\n");
+      "                                       Philox, bf16 and a checked GEMM on a backend\n"
+      "  info [--preset tiny|small|medium] [--vocab V] [--ar 0|1] [--verbose 0|1]\n"
+      "                                       architecture and parameter count\n"
+      "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
+      "                                       run a golden fixture (forward, loss, backward) and\n"
+      "                                       print a JSON report; exit 0 only within tolerance\n");
 }
 
 }  // namespace
@@ -169,6 +241,10 @@ int main(int argc, char** argv) {
                   MDLM_WITH_CUDA ? "s" : "");
       return 0;
     }
+    if (cmd == "info") {
+      return info(Args(argc, argv, 2, {{"--preset", "small"}, {"--vocab", "50258"}, {"--ar", "0"}, {"--verbose", "0"}}));
+    }
+    if (cmd == "check-fixture") return check_fixture(argc, argv);
     if (cmd == "demo") {
       return demo(Args(argc, argv, 2, {{"--backend", default_backend()}, {"--size", "512"}, {"--seed", "0"}}));
     }

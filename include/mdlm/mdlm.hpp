@@ -26,7 +26,10 @@
 #include "mdlm/autograd/gradcheck.hpp"
 #include "mdlm/autograd/tape.hpp"
 
+#include "mdlm/diffusion/schedule.hpp"
+#include "mdlm/diffusion/subs_loss.hpp"
 #include "mdlm/io/golden.hpp"
+#include "mdlm/io/golden_check.hpp"
 #include "mdlm/io/safetensors.hpp"
 
 #include "mdlm/nn/dit.hpp"
