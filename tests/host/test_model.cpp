@@ -22,7 +22,7 @@ double logits_rel_error(const GoldenFixture& g) {
   load_params(store, g.file);
   Host host;
   Tape<Host, double> tape(host);
-  auto p = store.on_tape(tape);
+  auto p = store.params();
   DiTInputs in{g.model_input().data(), g.model_input().data(), g.batch, g.seq_len, g.sigma.data()};
   Var<double, Host> logits = model.forward(tape, p, in);
   auto want = g.file.get<double>("outputs.logits", {g.batch, g.seq_len, g.model.vocab});
@@ -86,8 +86,8 @@ TEST_CASE("gradcheck: whole 2-block DiT (with and without time conditioning) and
     opt.max_elements = 12;
     opt.tape = {true, 9, 4};  // training: dropout on, masks identical across evaluations
     GradcheckResult r = gradcheck(
-        [&](Tape<Host, double>& t, std::vector<Var<double, Host>> leaves) {
-          return model.forward(t, leaves, DiTInputs{ids.data(), ids.data(), batch, seq, sigma.data()});
+        [&](Tape<Host, double>& t, const GradcheckLeaves& leaves) {
+          return model.forward(t, leaves.params(), DiTInputs{ids.data(), ids.data(), batch, seq, sigma.data()});
         },
         inputs, opt);
     CAPTURE(r.worst_input);

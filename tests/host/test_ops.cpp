@@ -42,12 +42,12 @@ void expect_gradients(Build&& build, std::vector<Input*> inputs, GradcheckOption
 
 TEST_CASE("gradcheck: Linear with bias, without bias, with fused GELU") {
   Input x("x", 6, 5, 1), w("w", 7, 5, 2), b("b", 1, 7, 3);
-  expect_gradients([](TapeH& t, std::vector<V> l) { return LinearOp<Host, double>::forward(t, l[0], l[1], l[2]); },
+  expect_gradients([](TapeH& t, const GradcheckLeaves& g) { return LinearOp<Host, double>::forward(t, g.var(0), g.param(1), g.param(2)); },
                    {&x, &w, &b});
-  expect_gradients([](TapeH& t, std::vector<V> l) { return LinearOp<Host, double>::forward(t, l[0], l[1], V{}); },
+  expect_gradients([](TapeH& t, const GradcheckLeaves& g) { return LinearOp<Host, double>::forward(t, g.var(0), g.param(1), {}); },
                    {&x, &w});
   expect_gradients(
-      [](TapeH& t, std::vector<V> l) { return LinearOp<Host, double>::forward(t, l[0], l[1], l[2], /*gelu=*/true); },
+      [](TapeH& t, const GradcheckLeaves& g) { return LinearOp<Host, double>::forward(t, g.var(0), g.param(1), g.param(2), /*gelu=*/true); },
       {&x, &w, &b});
 }
 
@@ -55,24 +55,24 @@ TEST_CASE("gradcheck: LayerNorm fused with adaLN modulation, and plain") {
   const std::int64_t batches = 2, seq = 3, c = 6;
   Input x("x", batches * seq, c, 4, 2.0), w("w", 1, c, 5), shift("shift", batches, c, 6), scale("scale", batches, c, 7);
   expect_gradients(
-      [&](TapeH& t, std::vector<V> l) {
-        return LayerNormModulateOp<Host, double>::forward(t, l[0], l[1], l[2], l[3], seq, 1e-5);
+      [&](TapeH& t, const GradcheckLeaves& g) {
+        return LayerNormModulateOp<Host, double>::forward(t, g.var(0), g.param(1), g.var(2), g.var(3), seq, 1e-5);
       },
       {&x, &w, &shift, &scale});
   expect_gradients(
-      [&](TapeH& t, std::vector<V> l) { return LayerNormModulateOp<Host, double>::forward(t, l[0], l[1], V{}, V{}, seq, 1e-5); },
+      [&](TapeH& t, const GradcheckLeaves& g) { return LayerNormModulateOp<Host, double>::forward(t, g.var(0), g.param(1), V{}, V{}, seq, 1e-5); },
       {&x, &w});
 }
 
 TEST_CASE("gradcheck: gated residual with and without dropout, and ungated") {
   const std::int64_t batches = 2, seq = 4, c = 5;
   Input x("x", batches * seq, c, 8), y("y", batches * seq, c, 9), gate("gate", batches, c, 10);
-  auto gated = [&](TapeH& t, std::vector<V> l) { return GatedResidualOp<Host, double>::forward(t, l[0], l[1], l[2], seq, 0.3f); };
+  auto gated = [&](TapeH& t, const GradcheckLeaves& g) { return GatedResidualOp<Host, double>::forward(t, g.var(0), g.var(1), g.var(2), seq, 0.3f); };
   expect_gradients(gated, {&x, &y, &gate});  // not training: no dropout
   GradcheckOptions drop;
   drop.tape = {true, 11, 2};
   expect_gradients(gated, {&x, &y, &gate}, drop);
-  expect_gradients([&](TapeH& t, std::vector<V> l) { return GatedResidualOp<Host, double>::forward(t, l[0], l[1], V{}, seq); },
+  expect_gradients([&](TapeH& t, const GradcheckLeaves& g) { return GatedResidualOp<Host, double>::forward(t, g.var(0), g.var(1), V{}, seq); },
                    {&x, &y});
 }
 
@@ -98,7 +98,7 @@ TEST_CASE("dropout: keeps about 1 - p of the branch, scaled by 1 / (1 - p), same
 TEST_CASE("gradcheck: RoPE on q and k (v passes through)") {
   const std::int64_t seq = 5, heads = 2, d = 4;
   Input qkv("qkv", 2 * seq, 3 * heads * d, 12);
-  expect_gradients([&](TapeH& t, std::vector<V> l) { return RopeOp<Host, double>::forward(t, l[0], seq, heads, 10000.0); },
+  expect_gradients([&](TapeH& t, const GradcheckLeaves& g) { return RopeOp<Host, double>::forward(t, g.var(0), seq, heads, 10000.0); },
                    {&qkv});
 }
 
@@ -124,7 +124,7 @@ TEST_CASE("gradcheck: attention, bidirectional and causal") {
   for (bool causal : {false, true}) {
     CAPTURE(causal);
     expect_gradients(
-        [&](TapeH& t, std::vector<V> l) { return AttentionOp<Host, double>::forward(t, l[0], seq, heads, causal); },
+        [&](TapeH& t, const GradcheckLeaves& g) { return AttentionOp<Host, double>::forward(t, g.var(0), seq, heads, causal); },
         {&qkv});
   }
 }
@@ -143,11 +143,11 @@ TEST_CASE("gradcheck: embedding (table), SiLU") {
   Input table("table", 5, 3, 14), x("x", 4, 3, 15, 3.0);
   std::vector<std::int32_t> ids{4, 0, 4, 2, 1, 4};
   expect_gradients(
-      [&](TapeH& t, std::vector<V> l) {
-        return EmbeddingOp<Host, double>::forward(t, ids.data(), ids.data(), static_cast<std::int64_t>(ids.size()), l[0]);
+      [&](TapeH& t, const GradcheckLeaves& g) {
+        return EmbeddingOp<Host, double>::forward(t, ids.data(), ids.data(), static_cast<std::int64_t>(ids.size()), g.param(0));
       },
       {&table});
-  expect_gradients([&](TapeH& t, std::vector<V> l) { return SiluOp<Host, double>::forward(t, l[0]); }, {&x});
+  expect_gradients([&](TapeH& t, const GradcheckLeaves& g) { return SiluOp<Host, double>::forward(t, g.var(0)); }, {&x});
 }
 
 TEST_CASE("embedding rejects out-of-range token ids with the position and value") {
@@ -155,7 +155,7 @@ TEST_CASE("embedding rejects out-of-range token ids with the position and value"
   TapeH tape(host);
   std::vector<double> table(10, 0.0);
   std::vector<std::int32_t> ids{1, 5};
-  V tv = tape.constant(MatrixView<double, Host>(table.data(), 5, 2));
+  Param<double, double, Host> tv{MatrixView<double, Host>(table.data(), 5, 2), {}};
   try {
     EmbeddingOp<Host, double>::forward(tape, ids.data(), ids.data(), 2, tv);
     FAIL("no exception");
@@ -168,26 +168,27 @@ TEST_CASE("tape: fan-out gradients add up, slices write into their parent's grad
   // y = silu(x) + x (through a residual), checked by gradcheck: x's gradient has two writers.
   Input x("x", 3, 4, 16);
   expect_gradients(
-      [](TapeH& t, std::vector<V> l) {
-        V s = SiluOp<Host, double>::forward(t, l[0]);
-        return GatedResidualOp<Host, double>::forward(t, l[0], s, V{}, 3);
+      [](TapeH& t, const GradcheckLeaves& g) {
+        V x = g.var(0);
+        V s = SiluOp<Host, double>::forward(t, x);
+        return GatedResidualOp<Host, double>::forward(t, x, s, V{}, 3);
       },
       {&x});
   // Slices: a Linear produces (N, 2C); both halves feed a gated residual as gate and branch.
   Input c("c", 2, 3, 17), w("w", 8, 3, 18), base("base", 2, 4, 19);
   expect_gradients(
-      [](TapeH& t, std::vector<V> l) {
-        V mod = LinearOp<Host, double>::forward(t, l[0], l[1], V{});
-        V g = t.slice_cols(mod, 0, 4), y = t.slice_cols(mod, 4, 4);
-        return GatedResidualOp<Host, double>::forward(t, l[2], y, g, 1);
+      [](TapeH& t, const GradcheckLeaves& g) {
+        V mod = LinearOp<Host, double>::forward(t, g.var(0), g.param(1), {});
+        V gate = t.slice_cols(mod, 0, 4), y = t.slice_cols(mod, 4, 4);
+        return GatedResidualOp<Host, double>::forward(t, g.var(2), y, gate, 1);
       },
       {&c, &w, &base});
   // An unused slice reads as zero gradient.
   expect_gradients(
-      [](TapeH& t, std::vector<V> l) {
-        V mod = LinearOp<Host, double>::forward(t, l[0], l[1], V{});
+      [](TapeH& t, const GradcheckLeaves& g) {
+        V mod = LinearOp<Host, double>::forward(t, g.var(0), g.param(1), {});
         V y = t.slice_cols(mod, 4, 4);
-        return GatedResidualOp<Host, double>::forward(t, l[2], y, V{}, 1);
+        return GatedResidualOp<Host, double>::forward(t, g.var(2), y, V{}, 1);
       },
       {&c, &w, &base});
 }

@@ -1,8 +1,8 @@
 #pragma once
 // Gradient check by central finite differences in fp64 on the Host backend.
 //
-// `build(tape, leaves)` records a graph on a fresh tape from the given leaves and returns its
-// output. The scalar checked is L = sum(out * R) with fixed random weights R, so every output
+// `build(tape, leaves)` records a graph on a fresh tape from the given inputs and returns its
+// output; it takes each input as an activation (leaves.var(i)) or a parameter (leaves.param(i)). The scalar checked is L = sum(out * R) with fixed random weights R, so every output
 // element contributes. The analytic gradient of each input (one tape.backward) is compared
 // with (L(x + h e_k) - L(x - h e_k)) / 2h on up to `max_elements` sampled elements per input.
 
@@ -21,6 +21,19 @@ namespace mdlm {
 struct GradcheckInput {
   std::string name;
   MatrixView<double, Host> value;  // contiguous
+};
+
+// The inputs of one evaluation, as tape leaves or as parameters (both accumulate gradients).
+struct GradcheckLeaves {
+  Tape<Host, double>* tape;
+  std::vector<MatrixView<double, Host>> values, grads;
+  Var<double, Host> var(std::size_t i) const { return tape->leaf(values.at(i), grads.at(i)); }
+  Param<double, double, Host> param(std::size_t i) const { return {values.at(i), grads.at(i)}; }
+  std::vector<Param<double, double, Host>> params() const {
+    std::vector<Param<double, double, Host>> p;
+    for (std::size_t i = 0; i < values.size(); ++i) p.push_back(param(i));
+    return p;
+  }
 };
 
 struct GradcheckResult {
@@ -48,12 +61,12 @@ GradcheckResult gradcheck(Build&& build, const std::vector<GradcheckInput>& inpu
     Tape<Host, double> tape(host);
     tape.options = opt.tape;
     tape.set_recording(with_grad);
-    std::vector<V> leaves;
+    GradcheckLeaves leaves{&tape, {}, {}};
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-      leaves.push_back(tape.leaf(inputs[i].value,
-                                 MatrixView<double, Host>(grads[i].data(), inputs[i].value.rows, inputs[i].value.cols)));
+      leaves.values.push_back(inputs[i].value);
+      leaves.grads.push_back(MatrixView<double, Host>(grads[i].data(), inputs[i].value.rows, inputs[i].value.cols));
     }
-    V out = build(tape, leaves);
+    V out = build(tape, static_cast<const GradcheckLeaves&>(leaves));
     const std::size_t n = static_cast<std::size_t>(out.rows() * out.cols());
     if (weights->empty()) {
       Philox rng{opt.seed};

@@ -4,7 +4,8 @@
 // reverse, each consuming its context (ops/*.hpp keep forward and backward side by side).
 //
 // Gradients:
-//   - parameters (and other leaves) accumulate: grad += ...;
+//   - parameters (Param: value and gradient in the parameter buffers, not on the tape) and
+//     other leaves accumulate: grad += ...;
 //   - activation gradients are written, not accumulated: the first op to produce an
 //     activation's gradient (in reverse order) overwrites it, and only later contributions
 //     (fan-out, e.g. the residual stream feeding both LayerNorm and the residual add) add to
@@ -40,6 +41,18 @@ struct Var {
   bool valid() const { return id >= 0; }
 };
 
+// A parameter: its value (type T, what the forward reads) and its gradient (type G, fp32 in
+// bf16-mixed training), which always accumulates. An empty grad means "frozen".
+template <class T, class G, class B>
+struct Param {
+  MatrixView<T, B> value;
+  MatrixView<G, B> grad;
+  bool valid() const { return value.data != nullptr; }
+  std::int64_t rows() const { return value.rows; }
+  std::int64_t cols() const { return value.cols; }
+  std::int64_t numel() const { return value.rows * value.cols; }
+};
+
 // Training-time settings ops read from the tape.
 struct TapeOptions {
   bool training = false;     // dropout on
@@ -47,10 +60,13 @@ struct TapeOptions {
   std::uint32_t step = 0;    // Philox step for dropout
 };
 
-template <class B, class T>
+// Tape<B, T, G>: activations and their gradients in T; parameter gradients in G.
+template <class B, class T, class G = T>
 class Tape {
  public:
   using VarT = Var<T, B>;
+  using ParamT = Param<T, G, B>;
+  using GradType = G;
   using BackwardFn = void (*)(Tape&, const void*);
 
   explicit Tape(B& backend, std::size_t arena_bytes = 1 << 20)

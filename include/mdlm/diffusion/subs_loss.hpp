@@ -72,7 +72,7 @@ void cross_entropy_backward(const Host& ctx, MatrixView<const T, Host> logits, C
 }
 
 // The scalar loss as a tape op: output is a (1, 1) variable.
-template <class B, class T>
+template <class B, class T, class G = T>
 struct CrossEntropyOp {
   using V = Var<T, B>;
   struct Ctx {
@@ -80,7 +80,7 @@ struct CrossEntropyOp {
     CrossEntropyRows rows;
     const double* lse;
   };
-  static V forward(Tape<B, T>& tape, V logits, CrossEntropyRows rows) {
+  static V forward(Tape<B, T, G>& tape, V logits, CrossEntropyRows rows) {
     auto lse = tape.template scratch<double>(Shape{logits.rows()});
     const double total = cross_entropy_forward(tape.backend(), MatrixView<const T, B>(logits.value), rows, lse.data);
     V loss = tape.new_var(1, 1);
@@ -88,7 +88,7 @@ struct CrossEntropyOp {
     tape.template record<CrossEntropyOp>(Ctx{logits, loss, rows, lse.data});
     return loss;
   }
-  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+  static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     const double dloss = static_cast<double>(tape.grad_out(ctx.loss).data[0]);
     auto dl = tape.grad_in(ctx.logits);
     if (!dl.needed) return;

@@ -60,7 +60,7 @@ GoldenReport check_golden(const GoldenFixture& g) {
   load_params(store, g.file);
   Host host;
   Tape<Host, T> tape(host);
-  auto p = store.on_tape(tape);
+  auto p = store.params();
   const auto& ids = g.model_input();
   Var<T, Host> logits = model.forward(tape, p, DiTInputs{ids.data(), ids.data(), g.batch, g.seq_len, g.sigma.data()});
   GoldenReport rep;

@@ -69,8 +69,8 @@ struct DiTConfig {
 
 // ---- modules -----------------------------------------------------------------------------
 
-template <class B, class T>
-using ParamVars = std::vector<Var<T, B>>;
+template <class B, class T, class G>
+using Params = std::vector<Param<T, G, B>>;
 
 struct Linear {
   int w = -1, b = -1;
@@ -80,20 +80,20 @@ struct Linear {
     if (bias) m.b = l.add(name + ".bias", {out});
     return m;
   }
-  template <class B, class T>
-  Var<T, B> forward(Tape<B, T>& tape, const ParamVars<B, T>& p, Var<T, B> x, bool gelu = false) const {
-    return LinearOp<B, T>::forward(tape, x, p[static_cast<std::size_t>(w)],
-                                   b >= 0 ? p[static_cast<std::size_t>(b)] : Var<T, B>{}, gelu);
+  template <class B, class T, class G>
+  Var<T, B> forward(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> x, bool gelu = false) const {
+    return LinearOp<B, T, G>::forward(tape, x, p[static_cast<std::size_t>(w)],
+                                      b >= 0 ? p[static_cast<std::size_t>(b)] : Param<T, G, B>{}, gelu);
   }
 };
 
 struct LayerNorm {
   int w = -1;
   static LayerNorm make(ParamLayout& l, const std::string& name, std::int64_t dim) { return {l.add(name + ".weight", {dim})}; }
-  template <class B, class T>
-  Var<T, B> forward(Tape<B, T>& tape, const ParamVars<B, T>& p, Var<T, B> x, Var<T, B> shift, Var<T, B> scale,
+  template <class B, class T, class G>
+  Var<T, B> forward(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> x, Var<T, B> shift, Var<T, B> scale,
                     std::int64_t seq_len, double eps) const {
-    return LayerNormModulateOp<B, T>::forward(tape, x, p[static_cast<std::size_t>(w)], shift, scale, seq_len, eps);
+    return LayerNormModulateOp<B, T, G>::forward(tape, x, p[static_cast<std::size_t>(w)], shift, scale, seq_len, eps);
   }
 };
 
@@ -206,15 +206,15 @@ class DiT {
     }
   }
 
-  // Logits (B*T, V) for the inputs. `p` are the parameters on this tape (ParamStore::on_tape).
-  template <class B, class T>
-  Var<T, B> forward(Tape<B, T>& tape, const ParamVars<B, T>& p, const DiTInputs& in) const {
+  // Logits (B*T, V) for the inputs. `p` are the parameters in layout order (ParamStore::params).
+  template <class B, class T, class G>
+  Var<T, B> forward(Tape<B, T, G>& tape, const Params<B, T, G>& p, const DiTInputs& in) const {
     MDLM_CHECK(p.size() == layout_.specs().size(), "forward: ", p.size(), " parameters given, the model has ",
                layout_.specs().size());
     MDLM_CHECK(in.batch > 0 && in.seq_len > 0, "forward: empty batch (", in.batch, " x ", in.seq_len, ")");
     const std::int64_t n = in.batch * in.seq_len, d = cfg_.hidden, L = in.seq_len;
     const double eps = cfg_.layer_norm_eps;
-    Var<T, B> x = EmbeddingOp<B, T>::forward(tape, in.ids, in.host_ids, n, p[static_cast<std::size_t>(embed_.table)]);
+    Var<T, B> x = EmbeddingOp<B, T, G>::forward(tape, in.ids, in.host_ids, n, p[static_cast<std::size_t>(embed_.table)]);
 
     Var<T, B> c;
     if (!cfg_.ar) {
@@ -227,8 +227,8 @@ class DiT {
       MatrixView<T, B> emb_view(emb.data, in.batch, cfg_.freq_dim);
       timestep_embedding(tape.backend(), sigma.data(), in.batch, emb_view);
       Var<T, B> e = tape.constant(emb_view);
-      Var<T, B> h = SiluOp<B, T>::forward(tape, sigma_map_.l0.forward(tape, p, e));
-      c = SiluOp<B, T>::forward(tape, sigma_map_.l2.forward(tape, p, h));
+      Var<T, B> h = SiluOp<B, T, G>::forward(tape, sigma_map_.l0.forward(tape, p, e));
+      c = SiluOp<B, T, G>::forward(tape, sigma_map_.l2.forward(tape, p, h));
     }
 
     for (const DiTBlock& blk : blocks_) {
@@ -243,12 +243,12 @@ class DiT {
         gate2 = tape.slice_cols(mod, 5 * d, d);
       }
       Var<T, B> h = blk.norm1.forward(tape, p, x, shift1, scale1, L, eps);
-      Var<T, B> qkv = RopeOp<B, T>::forward(tape, blk.attn.qkv.forward(tape, p, h), L, cfg_.heads, cfg_.rope_base);
-      Var<T, B> a = blk.attn.out.forward(tape, p, AttentionOp<B, T>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
-      x = GatedResidualOp<B, T>::forward(tape, x, a, gate1, L, cfg_.dropout);
+      Var<T, B> qkv = RopeOp<B, T, G>::forward(tape, blk.attn.qkv.forward(tape, p, h), L, cfg_.heads, cfg_.rope_base);
+      Var<T, B> a = blk.attn.out.forward(tape, p, AttentionOp<B, T, G>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
+      x = GatedResidualOp<B, T, G>::forward(tape, x, a, gate1, L, cfg_.dropout);
       Var<T, B> h2 = blk.norm2.forward(tape, p, x, shift2, scale2, L, eps);
       Var<T, B> m = blk.mlp.proj.forward(tape, p, blk.mlp.fc.forward(tape, p, h2, /*gelu=*/true));
-      x = GatedResidualOp<B, T>::forward(tape, x, m, gate2, L, cfg_.dropout);
+      x = GatedResidualOp<B, T, G>::forward(tape, x, m, gate2, L, cfg_.dropout);
     }
 
     Var<T, B> shift, scale;

@@ -56,7 +56,8 @@ class ParamLayout {
   std::int64_t count_ = 0;
 };
 
-template <class B, class T>
+// Values in T, gradients in G (fp32 when T is bf16).
+template <class B, class T, class G = T>
 class ParamStore {
  public:
   explicit ParamStore(const ParamLayout& layout)
@@ -70,20 +71,20 @@ class ParamStore {
 
   const ParamLayout& layout() const { return layout_; }
   MatrixView<T, B> value(int i) { return view(values_, i); }
-  MatrixView<T, B> grad(int i) { return view(grads_, i); }
+  MatrixView<G, B> grad(int i) { return view(grads_, i); }
   MatrixView<T, B> value(const std::string& name) { return value(checked(name)); }
-  MatrixView<T, B> grad(const std::string& name) { return grad(checked(name)); }
+  MatrixView<G, B> grad(const std::string& name) { return grad(checked(name)); }
   Buffer<T, B>& values() { return values_; }
-  Buffer<T, B>& grads() { return grads_; }
+  Buffer<G, B>& grads() { return grads_; }
 
-  // Registers every parameter on the tape as a leaf (gradients accumulate into grads()).
-  std::vector<Var<T, B>> on_tape(Tape<B, T>& tape) {
-    std::vector<Var<T, B>> vars;
-    vars.reserve(layout_.specs().size());
+  // Every parameter as a Param (value + accumulating gradient), in layout order.
+  std::vector<Param<T, G, B>> params() {
+    std::vector<Param<T, G, B>> out;
+    out.reserve(layout_.specs().size());
     for (std::size_t i = 0; i < layout_.specs().size(); ++i) {
-      vars.push_back(tape.leaf(value(static_cast<int>(i)), grad(static_cast<int>(i))));
+      out.push_back({value(static_cast<int>(i)), grad(static_cast<int>(i))});
     }
-    return vars;
+    return out;
   }
 
  private:
@@ -92,13 +93,14 @@ class ParamStore {
     if (i < 0) MDLM_FAIL("no parameter named '", name, "'");
     return i;
   }
-  MatrixView<T, B> view(Buffer<T, B>& buf, int i) {
+  template <class U>
+  MatrixView<U, B> view(Buffer<U, B>& buf, int i) {
     const ParamSpec& s = layout_.spec(i);
-    return MatrixView<T, B>(buf.data() + s.offset, s.rows(), s.cols());
+    return MatrixView<U, B>(buf.data() + s.offset, s.rows(), s.cols());
   }
   ParamLayout layout_;
   Buffer<T, B> values_;
-  Buffer<T, B> grads_;
+  Buffer<G, B> grads_;
 };
 
 // Host parameter I/O by official names (prefix "backbone." as in MDLM checkpoints).

@@ -35,19 +35,19 @@ void silu_backward(const Host& ctx, MatrixView<const T, Host> dy, MatrixView<con
   });
 }
 
-template <class B, class T>
+template <class B, class T, class G = T>
 struct SiluOp {
   using V = Var<T, B>;
   struct Ctx {
     V x, y;
   };
-  static V forward(Tape<B, T>& tape, V x) {
+  static V forward(Tape<B, T, G>& tape, V x) {
     V y = tape.new_var(x.rows(), x.cols());
     silu_forward(tape.backend(), MatrixView<const T, B>(x.value), y.value);
     tape.template record<SiluOp>(Ctx{x, y});
     return y;
   }
-  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+  static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     MatrixView<T, B> dy = tape.grad_out(ctx.y);
     auto dx = tape.grad_in(ctx.x);
     if (!dx.needed) return;

@@ -99,7 +99,7 @@ void attention_backward(const Host& ctx, MatrixView<const T, Host> dout, MatrixV
   });
 }
 
-template <class B, class T>
+template <class B, class T, class G = T>
 struct AttentionOp {
   using V = Var<T, B>;
   struct Ctx {
@@ -109,7 +109,7 @@ struct AttentionOp {
     compute_t<T>* probs;
   };
 
-  static V forward(Tape<B, T>& tape, V qkv, std::int64_t seq_len, std::int64_t heads, bool causal) {
+  static V forward(Tape<B, T, G>& tape, V qkv, std::int64_t seq_len, std::int64_t heads, bool causal) {
     MDLM_CHECK(qkv.cols() % (3 * heads) == 0, "attention: ", qkv.cols(), " columns are not 3 x ", heads, " heads");
     MDLM_CHECK(seq_len > 0 && qkv.rows() % seq_len == 0, "attention: ", qkv.rows(), " rows are not whole sequences of ",
                seq_len);
@@ -121,7 +121,7 @@ struct AttentionOp {
     return out;
   }
 
-  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+  static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     MatrixView<T, B> dout = tape.grad_out(ctx.out);
     auto dqkv = tape.grad_in(ctx.qkv);
     if (!dqkv.needed) return;

@@ -27,23 +27,27 @@ void embedding_forward(const Host& ctx, const std::int32_t* ids, MatrixView<cons
   });
 }
 
-template <class T>
-void embedding_backward(const Host& ctx, const std::int32_t* ids, MatrixView<const T, Host> dout, MatrixView<T, Host> dtable) {
+template <class T, class G>
+void embedding_backward(const Host& ctx, const std::int32_t* ids, MatrixView<const T, Host> dout, MatrixView<G, Host> dtable) {
   ctx.parallel_for(dout.cols, [&](std::int64_t c) {
-    for (std::int64_t r = 0; r < dout.rows; ++r) dtable.data[static_cast<std::int64_t>(ids[r]) * dtable.ld + c] += dout.data[r * dout.ld + c];
+    for (std::int64_t r = 0; r < dout.rows; ++r) {
+      dtable.data[static_cast<std::int64_t>(ids[r]) * dtable.ld + c] += static_cast<G>(dout.data[r * dout.ld + c]);
+    }
   });
 }
 
-template <class B, class T>
+template <class B, class T, class G = T>
 struct EmbeddingOp {
   using V = Var<T, B>;
+  using P = Param<T, G, B>;
   struct Ctx {
     const std::int32_t* ids;  // backend memory, N entries
-    V table, out;
+    P table;
+    V out;
   };
 
   // `ids` lives in backend memory; `host_ids` (the same values) is used for validation.
-  static V forward(Tape<B, T>& tape, const std::int32_t* ids, const std::int32_t* host_ids, std::int64_t n, V table) {
+  static V forward(Tape<B, T, G>& tape, const std::int32_t* ids, const std::int32_t* host_ids, std::int64_t n, P table) {
     check_token_ids(host_ids, n, table.rows());
     V out = tape.new_var(n, table.cols());
     embedding_forward(tape.backend(), ids, MatrixView<const T, B>(table.value), out.value);
@@ -51,12 +55,10 @@ struct EmbeddingOp {
     return out;
   }
 
-  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+  static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     MatrixView<T, B> dout = tape.grad_out(ctx.out);
-    auto dt = tape.grad_in(ctx.table);
-    if (!dt.needed) return;
-    if (!dt.accumulate) fill_zero(tape.backend(), dt.grad);
-    embedding_backward(tape.backend(), ctx.ids, MatrixView<const T, B>(dout), dt.grad);
+    if (ctx.table.grad.data == nullptr) return;
+    embedding_backward(tape.backend(), ctx.ids, MatrixView<const T, B>(dout), ctx.table.grad);
   }
 };
 

@@ -43,10 +43,10 @@ void layernorm_modulate_forward(const Host& ctx, MatrixView<const T, Host> x, co
 }
 
 // dx written (or added when accumulate_dx); dw added; dshift/dscale written (or added).
-template <class T>
+template <class T, class G>
 void layernorm_modulate_backward(const Host& ctx, MatrixView<const T, Host> dh, MatrixView<const T, Host> x, const T* w,
                                  MatrixView<const T, Host> scale, std::int64_t seq_len, const compute_t<T>* mean,
-                                 const compute_t<T>* rstd, MatrixView<T, Host> dx, bool accumulate_dx, T* dw,
+                                 const compute_t<T>* rstd, MatrixView<T, Host> dx, bool accumulate_dx, G* dw,
                                  MatrixView<T, Host> dshift, MatrixView<T, Host> dscale, bool accumulate_mod) {
   using C = compute_t<T>;
   const std::int64_t rows = x.rows, cols = x.cols;
@@ -85,7 +85,7 @@ void layernorm_modulate_backward(const Host& ctx, MatrixView<const T, Host> dh, 
         if (modulated) dn *= C(1) + scale.data[(r / seq_len) * scale.ld + c];
         s += dn * (x.data[r * x.ld + c] - mean[r]) * rstd[r];
       }
-      dw[c] += static_cast<T>(s);
+      dw[c] += static_cast<G>(s);
     });
   }
   // dshift, dscale per (sequence, column).
@@ -108,20 +108,21 @@ void layernorm_modulate_backward(const Host& ctx, MatrixView<const T, Host> dh, 
   }
 }
 
-template <class B, class T>
+template <class B, class T, class G = T>
 struct LayerNormModulateOp {
   using V = Var<T, B>;
+  using P = Param<T, G, B>;
   struct Ctx {
-    V x, w, shift, scale, h;
+    V x, shift, scale, h;
+    P w;
     std::int64_t seq_len;
     compute_t<T>* mean;
     compute_t<T>* rstd;
   };
 
   // shift/scale may be invalid Vars (plain LayerNorm, as in the AR model).
-  static V forward(Tape<B, T>& tape, V x, V w, V shift, V scale, std::int64_t seq_len, double eps) {
-    MDLM_CHECK(w.rows() * w.cols() == x.cols(), "layernorm: weight has ", w.rows() * w.cols(), " entries for ",
-               x.cols(), " features");
+  static V forward(Tape<B, T, G>& tape, V x, P w, V shift, V scale, std::int64_t seq_len, double eps) {
+    MDLM_CHECK(w.numel() == x.cols(), "layernorm: weight has ", w.numel(), " entries for ", x.cols(), " features");
     MDLM_CHECK(seq_len > 0 && x.rows() % seq_len == 0, "layernorm: ", x.rows(), " rows are not whole sequences of ",
                seq_len);
     MDLM_CHECK(shift.valid() == scale.valid(), "layernorm: shift and scale go together");
@@ -133,7 +134,7 @@ struct LayerNormModulateOp {
     }
     V h = tape.new_var(x.rows(), x.cols());
     auto stats = tape.template scratch<compute_t<T>>(Shape{2, x.rows()});
-    Ctx ctx{x, w, shift, scale, h, seq_len, stats.data, stats.data + x.rows()};
+    Ctx ctx{x, shift, scale, h, w, seq_len, stats.data, stats.data + x.rows()};
     layernorm_modulate_forward(tape.backend(), MatrixView<const T, B>(x.value), w.value.data,
                                MatrixView<const T, B>(shift.value), MatrixView<const T, B>(scale.value), seq_len, eps,
                                h.value, ctx.mean, ctx.rstd);
@@ -141,23 +142,20 @@ struct LayerNormModulateOp {
     return h;
   }
 
-  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+  static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     MatrixView<T, B> dh = tape.grad_out(ctx.h);
     auto dx = tape.grad_in(ctx.x);
-    auto dw = tape.grad_in(ctx.w);
-    typename Tape<B, T>::GradTarget dshift, dscale;
+    typename Tape<B, T, G>::GradTarget dshift, dscale;
     if (ctx.shift.valid()) {
       dshift = tape.grad_in(ctx.shift);
       dscale = tape.grad_in(ctx.scale);
       MDLM_CHECK(dshift.accumulate == dscale.accumulate, "layernorm: shift and scale gradients out of step");
     }
-    MatrixView<T, B> dx_view = dx.needed ? dx.grad : MatrixView<T, B>();
     MDLM_CHECK(dx.needed, "layernorm: the input must take a gradient");
-    if (dw.needed && !dw.accumulate) fill_zero(tape.backend(), dw.grad);
     layernorm_modulate_backward(tape.backend(), MatrixView<const T, B>(dh), MatrixView<const T, B>(ctx.x.value),
                                 ctx.w.value.data, MatrixView<const T, B>(ctx.scale.value), ctx.seq_len, ctx.mean,
-                                ctx.rstd, dx_view, dx.accumulate, dw.needed ? dw.grad.data : nullptr, dshift.grad,
-                                dscale.grad, dshift.accumulate);
+                                ctx.rstd, dx.grad, dx.accumulate, ctx.w.grad.data, dshift.grad, dscale.grad,
+                                dshift.accumulate);
   }
 };
 

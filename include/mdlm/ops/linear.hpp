@@ -17,13 +17,13 @@
 
 namespace mdlm {
 
-// db (+)= column sums of dy (N, out): Host kernel.
-template <class T>
-void bias_grad_accumulate(const Host& ctx, MatrixView<const T, Host> dy, T* db) {
+// db += column sums of dy (N, out): Host kernel.
+template <class T, class G>
+void bias_grad_accumulate(const Host& ctx, MatrixView<const T, Host> dy, G* db) {
   ctx.parallel_for(dy.cols, [&](std::int64_t j) {
     compute_t<T> s = 0;
     for (std::int64_t i = 0; i < dy.rows; ++i) s += dy.data[i * dy.ld + j];
-    db[j] += s;
+    db[j] += static_cast<G>(s);
   });
 }
 
@@ -37,23 +37,25 @@ void gelu_backward(const Host& ctx, MatrixView<const T, Host> dy, MatrixView<con
   });
 }
 
-template <class B, class T>
+template <class B, class T, class G = T>
 struct LinearOp {
   using V = Var<T, B>;
+  using P = Param<T, G, B>;
   struct Ctx {
-    V x, w, b, y;
-    bool has_bias;
+    V x, y;
+    P w, b;
     bool gelu;
     MatrixView<T, B> pre;  // GELU pre-activation (N, out)
   };
 
-  static V forward(Tape<B, T>& tape, V x, V w, V b, bool gelu = false) {
+  // b may be an empty Param (no bias).
+  static V forward(Tape<B, T, G>& tape, V x, P w, P b, bool gelu = false) {
     MDLM_CHECK(x.cols() == w.cols(), "linear: input has ", x.cols(), " features, weight is ", w.rows(), "x", w.cols());
     MDLM_CHECK(!gelu || b.valid(), "linear: the fused GELU epilogue needs a bias");
-    if (b.valid()) MDLM_CHECK(b.rows() * b.cols() == w.rows(), "linear: bias has ", b.rows() * b.cols(), " entries for ", w.rows(), " outputs");
+    if (b.valid()) MDLM_CHECK(b.numel() == w.rows(), "linear: bias has ", b.numel(), " entries for ", w.rows(), " outputs");
     const std::int64_t n = x.rows(), out = w.rows();
     V y = tape.new_var(n, out);
-    Ctx ctx{x, w, b, y, b.valid(), gelu, {}};
+    Ctx ctx{x, y, w, b, gelu, {}};
     GemmEpilogue<T, B> epi;
     if (gelu) {
       auto pre = tape.template scratch<T>(Shape{n, out});
@@ -67,7 +69,7 @@ struct LinearOp {
     return y;
   }
 
-  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+  static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     MatrixView<T, B> dy = tape.grad_out(ctx.y);
     if (ctx.gelu) {  // dy <- dy * gelu'(pre), in place: nothing else reads dy
       gelu_backward(tape.backend(), MatrixView<const T, B>(dy), MatrixView<const T, B>(ctx.pre), dy);
@@ -77,17 +79,12 @@ struct LinearOp {
       gemm(tape.backend(), Op::N, MatrixView<const T, B>(dy), Op::N, MatrixView<const T, B>(ctx.w.value), dx.grad, {},
            compute_t<T>(1), compute_t<T>(dx.accumulate ? 1 : 0));
     }
-    auto dw = tape.grad_in(ctx.w);
-    if (dw.needed) {
-      gemm(tape.backend(), Op::T, MatrixView<const T, B>(dy), Op::N, MatrixView<const T, B>(ctx.x.value), dw.grad, {},
-           compute_t<T>(1), compute_t<T>(dw.accumulate ? 1 : 0));
+    if (ctx.w.grad.data != nullptr) {  // dW += dy^T x  (G may be wider than T: bf16 -> fp32)
+      gemm(tape.backend(), Op::T, MatrixView<const T, B>(dy), Op::N, MatrixView<const T, B>(ctx.x.value), ctx.w.grad, {},
+           compute_t<G>(1), compute_t<G>(1));
     }
-    if (ctx.has_bias) {
-      auto db = tape.grad_in(ctx.b);
-      if (db.needed) {
-        if (!db.accumulate) fill_zero(tape.backend(), db.grad);
-        bias_grad_accumulate(tape.backend(), MatrixView<const T, B>(dy), db.grad.data);
-      }
+    if (ctx.b.valid() && ctx.b.grad.data != nullptr) {
+      bias_grad_accumulate(tape.backend(), MatrixView<const T, B>(dy), ctx.b.grad.data);
     }
   }
 };

@@ -85,7 +85,7 @@ void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, Ma
   }
 }
 
-template <class B, class T>
+template <class B, class T, class G = T>
 struct GatedResidualOp {
   using V = Var<T, B>;
   struct Ctx {
@@ -95,7 +95,7 @@ struct GatedResidualOp {
   };
 
   // `dropout` is the drop probability of the branch; it applies only when the tape is training.
-  static V forward(Tape<B, T>& tape, V x, V y, V gate, std::int64_t seq_len, float dropout = 0.0f) {
+  static V forward(Tape<B, T, G>& tape, V x, V y, V gate, std::int64_t seq_len, float dropout = 0.0f) {
     MDLM_CHECK(x.rows() == y.rows() && x.cols() == y.cols(), "residual: x is ", x.rows(), "x", x.cols(), ", y is ",
                y.rows(), "x", y.cols());
     MDLM_CHECK(seq_len > 0 && x.rows() % seq_len == 0, "residual: ", x.rows(), " rows are not whole sequences of ",
@@ -119,11 +119,11 @@ struct GatedResidualOp {
     return out;
   }
 
-  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+  static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     MatrixView<T, B> dout = tape.grad_out(ctx.out);
     auto dx = tape.grad_in(ctx.x);
     auto dy = tape.grad_in(ctx.y);
-    typename Tape<B, T>::GradTarget dgate;
+    typename Tape<B, T, G>::GradTarget dgate;
     if (ctx.gate.valid()) dgate = tape.grad_in(ctx.gate);
     gated_residual_backward(tape.backend(), MatrixView<const T, B>(dout), MatrixView<const T, B>(ctx.y.value),
                             MatrixView<const T, B>(ctx.gate.value), ctx.seq_len, ctx.drop, dx.grad, dx.accumulate,

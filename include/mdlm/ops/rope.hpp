@@ -43,7 +43,7 @@ void rope_apply(const Host& ctx, MatrixView<const T, Host> in, std::int64_t seq_
   });
 }
 
-template <class B, class T>
+template <class B, class T, class G = T>
 struct RopeOp {
   using V = Var<T, B>;
   struct Ctx {
@@ -52,7 +52,7 @@ struct RopeOp {
     double base;
   };
 
-  static V forward(Tape<B, T>& tape, V qkv, std::int64_t seq_len, std::int64_t heads, double base) {
+  static V forward(Tape<B, T, G>& tape, V qkv, std::int64_t seq_len, std::int64_t heads, double base) {
     MDLM_CHECK(qkv.cols() % (3 * heads) == 0, "rope: ", qkv.cols(), " columns are not 3 x ", heads, " heads");
     MDLM_CHECK((qkv.cols() / 3 / heads) % 2 == 0, "rope: head dimension ", qkv.cols() / 3 / heads, " must be even");
     V out = tape.new_var(qkv.rows(), qkv.cols());
@@ -61,7 +61,7 @@ struct RopeOp {
     return out;
   }
 
-  static void backward(Tape<B, T>& tape, const Ctx& ctx) {
+  static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     MatrixView<T, B> dout = tape.grad_out(ctx.out);
     auto din = tape.grad_in(ctx.in);
     if (!din.needed) return;
