@@ -4,5 +4,10 @@
 
 #include "mdlm/backend/cuda/check.cuh"
 #include "mdlm/backend/cuda/context.cuh"
+#include "mdlm/backend/cuda/launch.cuh"
 #include "mdlm/backend/cuda/lt_gemm.cuh"
+#include "mdlm/ops/cuda/attention.cuh"
+#include "mdlm/ops/cuda/elementwise.cuh"
 #include "mdlm/ops/cuda/gemm.cuh"
+#include "mdlm/ops/cuda/layernorm.cuh"
+#include "mdlm/ops/cuda/subs_loss.cuh"

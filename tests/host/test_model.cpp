@@ -145,13 +145,14 @@ TEST_CASE("loss, log-probs and every gradient match the golden fixtures (fp64 1e
   for (const char* name : {"mdlm_tiny.safetensors", "mdlm_tiny_timecond_pad.safetensors", "ar_tiny.safetensors"}) {
     CAPTURE(name);
     auto g = GoldenFixture::load(fixture(name));
-    GoldenReport r64 = check_golden<double>(g);
+    Host host;
+    GoldenReport r64 = check_golden<Host, double>(host, g);
     CHECK(r64.tensors.size() >= (g.model.ar ? 22u : 32u));  // logits, loss, (log-probs), every gradient
     for (const TensorError& e : r64.tensors) {
       CAPTURE(e.name);
       CHECK(e.max_rel < 1e-10);
     }
-    GoldenReport r32 = check_golden<float>(g);
+    GoldenReport r32 = check_golden<Host, float>(host, g);
     for (const TensorError& e : r32.tensors) {
       CAPTURE(e.name);
       CHECK(e.max_rel < 1e-5);

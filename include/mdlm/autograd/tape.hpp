@@ -64,9 +64,11 @@ struct TapeOptions {
 template <class B, class T, class G = T>
 class Tape {
  public:
+  using Backend = B;
+  using Value = T;
+  using Grad = G;
   using VarT = Var<T, B>;
   using ParamT = Param<T, G, B>;
-  using GradType = G;
   using BackwardFn = void (*)(Tape&, const void*);
 
   explicit Tape(B& backend, std::size_t arena_bytes = 1 << 20)

@@ -7,6 +7,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include <omp.h>
 
@@ -67,6 +70,29 @@ void copy(const Host& ctx, MatrixView<const T, Host> src, MatrixView<T, Host> ds
   ctx.parallel_for(src.rows, [&](std::int64_t r) {
     for (std::int64_t c = 0; c < src.cols; ++c) dst.data[r * dst.ld + c] = src.data[r * src.ld + c];
   });
+}
+
+}  // namespace mdlm
+
+namespace mdlm {
+
+// Transfers between host vectors and backend memory, with the same names on every backend
+// (the Cuda versions are in backend/cuda/context.cuh), so generic code can move data.
+template <class T>
+Buffer<T, Host> upload(const Host&, const std::vector<T>& v) {
+  Buffer<T, Host> b(static_cast<std::int64_t>(v.size()));
+  std::copy(v.begin(), v.end(), b.data());
+  return b;
+}
+template <class T>
+void upload_into(const Host&, const T* src, std::int64_t n, T* dst) {
+  std::copy(src, src + n, dst);
+}
+template <class T>
+std::vector<std::remove_const_t<T>> download(const Host&, MatrixView<T, Host> m) {
+  std::vector<std::remove_const_t<T>> out(static_cast<std::size_t>(m.rows * m.cols));
+  for (std::int64_t r = 0; r < m.rows; ++r) std::copy(m.data + r * m.ld, m.data + r * m.ld + m.cols, out.data() + r * m.cols);
+  return out;
 }
 
 }  // namespace mdlm

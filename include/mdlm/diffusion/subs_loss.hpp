@@ -21,17 +21,18 @@ namespace mdlm {
 
 inline constexpr double kSubsMaskLogitShift = -1e6;  // the official MDLM "neg_infinity"
 
-// Per-row cross-entropy targets shared by the MDLM and AR losses.
+// Per-row cross-entropy targets shared by the MDLM and AR losses (pointers in backend memory).
 struct CrossEntropyRows {
   const std::int32_t* target = nullptr;  // (N): the token whose log-probability counts
   const double* coef = nullptr;          // (N): loss weight of the row (0: the row is skipped)
   std::int64_t suppressed = -1;          // a column shifted by -1e6 (the mask id), or -1
 };
 
-// Returns sum_r coef_r * -log softmax(row_r)[target_r]; writes each counted row's
-// log-sum-exp to lse (others: NaN).
+// loss[0] = sum_r coef_r * -log softmax(row_r)[target_r] (rows summed in order); writes each
+// counted row's log-sum-exp to lse (others: NaN).
 template <class T>
-double cross_entropy_forward(const Host& ctx, MatrixView<const T, Host> logits, CrossEntropyRows rows, double* lse) {
+void cross_entropy_forward(const Host& ctx, MatrixView<const T, Host> logits, CrossEntropyRows rows, double* lse,
+                           T* loss) {
   std::vector<double> row_loss(static_cast<std::size_t>(logits.rows), 0.0);
   ctx.parallel_for(logits.rows, [&](std::int64_t r) {
     if (rows.coef[r] == 0.0) {
@@ -49,13 +50,14 @@ double cross_entropy_forward(const Host& ctx, MatrixView<const T, Host> logits, 
   });
   double total = 0;  // fixed order: deterministic
   for (double v : row_loss) total += v;
-  return total;
+  loss[0] = static_cast<T>(total);
 }
 
-// dlogits (written or added) = scale * coef_r * (softmax - onehot(target)) on counted rows.
+// dlogits (written or added) = dloss[0] * coef_r * (softmax - onehot(target)) on counted rows.
 template <class T>
 void cross_entropy_backward(const Host& ctx, MatrixView<const T, Host> logits, CrossEntropyRows rows, const double* lse,
-                            double scale, MatrixView<T, Host> dlogits, bool accumulate) {
+                            const T* dloss, MatrixView<T, Host> dlogits, bool accumulate) {
+  const double scale = static_cast<double>(dloss[0]);
   ctx.parallel_for(logits.rows, [&](std::int64_t r) {
     const T* l = logits.data + r * logits.ld;
     T* d = dlogits.data + r * dlogits.ld;
@@ -82,14 +84,13 @@ struct CrossEntropyOp {
   };
   static V forward(Tape<B, T, G>& tape, V logits, CrossEntropyRows rows) {
     auto lse = tape.template scratch<double>(Shape{logits.rows()});
-    const double total = cross_entropy_forward(tape.backend(), MatrixView<const T, B>(logits.value), rows, lse.data);
     V loss = tape.new_var(1, 1);
-    loss.value.data[0] = static_cast<T>(total);
+    cross_entropy_forward(tape.backend(), MatrixView<const T, B>(logits.value), rows, lse.data, loss.value.data);
     tape.template record<CrossEntropyOp>(Ctx{logits, loss, rows, lse.data});
     return loss;
   }
   static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
-    const double dloss = static_cast<double>(tape.grad_out(ctx.loss).data[0]);
+    const T* dloss = tape.grad_out(ctx.loss).data;
     auto dl = tape.grad_in(ctx.logits);
     if (!dl.needed) return;
     cross_entropy_backward(tape.backend(), MatrixView<const T, B>(ctx.logits.value), ctx.rows, ctx.lse, dloss, dl.grad,

@@ -52,20 +52,47 @@ TensorError compare(const std::string& name, const T* got, std::int64_t rows, st
 }
 }  // namespace detail
 
-// T = double or float on the Host backend.
+namespace detail {
 template <class T>
-GoldenReport check_golden(const GoldenFixture& g) {
+std::vector<T> to_type(const std::vector<double>& v) {
+  std::vector<T> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = from_compute<T>(static_cast<compute_t<T>>(v[i]));
+  return out;
+}
+template <class T>
+std::vector<double> to_double(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<double>(to_compute(v[i]));
+  return out;
+}
+}  // namespace detail
+
+// Runs fixture `g` on backend context `ctx` with values in T and parameter gradients in G:
+// Host<double>, Host<float>, Cuda<float>, Cuda<bf16, float>.
+template <class B, class T, class G = T>
+GoldenReport check_golden(B& ctx, const GoldenFixture& g) {
   DiT model(g.model);
-  ParamStore<Host, T> store(model.layout());
-  load_params(store, g.file);
-  Host host;
-  Tape<Host, T> tape(host);
-  auto p = store.params();
+  const ParamLayout& layout = model.layout();
+  ParamStore<B, T, G> store(layout);
+  {  // parameters: fixture (fp64) -> T on the host -> the backend's parameter buffer
+    std::vector<T> host(static_cast<std::size_t>(layout.buffer_elements()), from_compute<T>(0));
+    for (const ParamSpec& s : layout.specs()) {
+      const std::string name = "backbone." + s.name;
+      if (!g.file.contains(name)) MDLM_FAIL(g.file.origin(), ": missing parameter '", name, "'");
+      auto v = detail::to_type<T>(g.file.get<double>(name, s.shape));
+      std::copy(v.begin(), v.end(), host.begin() + s.offset);
+    }
+    upload_into(ctx, host.data(), layout.buffer_elements(), store.values().data());
+  }
+  Tape<B, T, G> tape(ctx);
   const auto& ids = g.model_input();
-  Var<T, Host> logits = model.forward(tape, p, DiTInputs{ids.data(), ids.data(), g.batch, g.seq_len, g.sigma.data()});
+  auto dev_ids = upload(ctx, ids);
+  Var<T, B> logits =
+      model.forward(tape, store.params(), DiTInputs{dev_ids.data(), ids.data(), g.batch, g.seq_len, g.sigma.data()});
   GoldenReport rep;
   const std::int64_t n = g.batch * g.seq_len, vocab = g.model.vocab;
-  rep.tensors.push_back(detail::compare("outputs.logits", logits.value.data, n, vocab, logits.value.ld,
+  const std::vector<double> got_logits = detail::to_double(download(ctx, MatrixView<const T, B>(logits.value)));
+  rep.tensors.push_back(detail::compare("outputs.logits", got_logits.data(), n, vocab, vocab,
                                         g.file.get<double>("outputs.logits", {g.batch, g.seq_len, vocab})));
 
   std::vector<double> mask = g.loss_mask.empty() ? std::vector<double>(static_cast<std::size_t>(n), 1.0) : g.loss_mask;
@@ -81,23 +108,26 @@ GoldenReport check_golden(const GoldenFixture& g) {
     std::vector<double> w(g.t.size());
     for (std::size_t b = 0; b < w.size(); ++b) w[b] = sched.loss_weight(g.t[b]);
     targets = SubsTargets::make(g.x0, g.zt, mask, w, g.seq_len, *g.mask_id);
-    if (g.file.contains("outputs.log_probs")) {
-      std::vector<T> lp(static_cast<std::size_t>(n * vocab));
-      subs_log_probs(host, MatrixView<const T, Host>(logits.value), g.zt.data(), *g.mask_id,
-                     MatrixView<T, Host>(lp.data(), n, vocab));
+    if (g.file.contains("outputs.log_probs")) {  // from the downloaded logits, in fp64 on the host
+      std::vector<double> lp(static_cast<std::size_t>(n * vocab));
+      subs_log_probs(Host{}, MatrixView<const double, Host>(got_logits.data(), n, vocab), g.zt.data(), *g.mask_id,
+                     MatrixView<double, Host>(lp.data(), n, vocab));
       rep.tensors.push_back(detail::compare("outputs.log_probs", lp.data(), n, vocab, vocab,
                                             g.file.get<double>("outputs.log_probs", {g.batch, g.seq_len, vocab})));
     }
   }
-  Var<T, Host> loss = CrossEntropyOp<Host, T>::forward(tape, logits, targets.rows());
-  rep.tensors.push_back(detail::compare("outputs.loss", loss.value.data, 1, 1, 1, g.file.get<double>("outputs.loss")));
-  const T one = 1;
-  tape.backward(loss, MatrixView<const T, Host>(&one, 1, 1));
-  for (const ParamSpec& s : model.layout().specs()) {
+  auto dev_target = upload(ctx, targets.target);
+  auto dev_coef = upload(ctx, targets.coef);
+  Var<T, B> loss = CrossEntropyOp<B, T, G>::forward(tape, logits, {dev_target.data(), dev_coef.data(), targets.mask_id});
+  const std::vector<double> got_loss = detail::to_double(download(ctx, MatrixView<const T, B>(loss.value)));
+  rep.tensors.push_back(detail::compare("outputs.loss", got_loss.data(), 1, 1, 1, g.file.get<double>("outputs.loss")));
+  auto one = upload(ctx, std::vector<T>{from_compute<T>(1)});
+  tape.backward(loss, MatrixView<const T, B>(one.data(), 1, 1));
+  for (const ParamSpec& s : layout.specs()) {
     const std::string name = "grads.backbone." + s.name;
     if (!g.file.contains(name)) continue;
-    auto grad = store.grad(s.name);
-    rep.tensors.push_back(detail::compare(name, grad.data, grad.rows, grad.cols, grad.ld, g.file.get<double>(name, s.shape)));
+    const auto grad = detail::to_double(download(ctx, MatrixView<const G, B>(store.grad(s.name))));
+    rep.tensors.push_back(detail::compare(name, grad.data(), s.rows(), s.cols(), s.cols(), g.file.get<double>(name, s.shape)));
   }
   return rep;
 }

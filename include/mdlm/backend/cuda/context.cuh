@@ -104,3 +104,55 @@ std::vector<std::remove_const_t<T>> to_host(Cuda& ctx, View<T, Cuda> src) {
 }
 
 }  // namespace mdlm
+
+namespace mdlm {
+
+// Sets a (strided) device matrix to zero on the context's stream.
+template <class T>
+void fill_zero(Cuda& ctx, MatrixView<T, Cuda> m) {
+  if (m.rows == 0 || m.cols == 0) return;
+  MDLM_CUDA_CHECK(cudaMemset2DAsync(m.data, static_cast<std::size_t>(m.ld) * sizeof(T), 0,
+                                    static_cast<std::size_t>(m.cols) * sizeof(T), static_cast<std::size_t>(m.rows),
+                                    ctx.stream()));
+}
+
+// Copies a device matrix into another of the same shape on the context's stream.
+template <class T>
+void copy(Cuda& ctx, MatrixView<const T, Cuda> src, MatrixView<T, Cuda> dst) {
+  MDLM_CHECK(src.rows == dst.rows && src.cols == dst.cols, "copy: shapes differ: ", src.rows, "x", src.cols, " vs ",
+             dst.rows, "x", dst.cols);
+  if (src.rows == 0 || src.cols == 0) return;
+  MDLM_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, static_cast<std::size_t>(dst.ld) * sizeof(T), src.data,
+                                    static_cast<std::size_t>(src.ld) * sizeof(T),
+                                    static_cast<std::size_t>(src.cols) * sizeof(T), static_cast<std::size_t>(src.rows),
+                                    cudaMemcpyDeviceToDevice, ctx.stream()));
+}
+
+}  // namespace mdlm
+
+namespace mdlm {
+
+template <class T>
+Buffer<T, Cuda> upload(Cuda& ctx, const std::vector<T>& v) {
+  return to_device(ctx, v);
+}
+template <class T>
+void upload_into(Cuda& ctx, const T* src, std::int64_t n, T* dst) {
+  if (n == 0) return;
+  MDLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyHostToDevice, ctx.stream()));
+  ctx.synchronize();  // src may be a temporary
+}
+template <class T>
+std::vector<std::remove_const_t<T>> download(Cuda& ctx, MatrixView<T, Cuda> m) {
+  std::vector<std::remove_const_t<T>> out(static_cast<std::size_t>(m.rows * m.cols));
+  if (!out.empty()) {
+    MDLM_CUDA_CHECK(cudaMemcpy2DAsync(out.data(), static_cast<std::size_t>(m.cols) * sizeof(T), m.data,
+                                      static_cast<std::size_t>(m.ld) * sizeof(T),
+                                      static_cast<std::size_t>(m.cols) * sizeof(T), static_cast<std::size_t>(m.rows),
+                                      cudaMemcpyDeviceToHost, ctx.stream()));
+  }
+  ctx.synchronize();
+  return out;
+}
+
+}  // namespace mdlm

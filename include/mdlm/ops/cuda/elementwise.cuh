@@ -1,0 +1,243 @@
+#pragma once
+// CUDA kernels of the elementwise and small-reduction ops: embedding, Linear's bias gradient
+// and GELU backward, SiLU, the gated residual with dropout, RoPE, and the timestep embedding.
+// Same contracts as the Host kernels in ops/*.hpp (see there for the math); reductions run in
+// a fixed order (one thread per output, sequential loop), so results are deterministic.
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "mdlm/backend/cuda/check.cuh"
+#include "mdlm/backend/cuda/context.cuh"
+#include "mdlm/backend/cuda/launch.cuh"
+#include "mdlm/core/bf16.hpp"
+#include "mdlm/ops/activation.hpp"
+#include "mdlm/ops/embedding.hpp"
+#include "mdlm/ops/gelu.hpp"
+#include "mdlm/ops/linear.hpp"
+#include "mdlm/ops/residual.hpp"
+#include "mdlm/ops/rope.hpp"
+#include "mdlm/ops/timestep.hpp"
+
+namespace mdlm {
+namespace cuda_kernels {
+
+using cuda_detail::global_index;
+using cuda_detail::global_stride;
+
+template <class T>
+__device__ inline void store(T& dst, compute_t<T> v, bool accumulate) {
+  dst = accumulate ? from_compute<T>(to_compute(dst) + v) : from_compute<T>(v);
+}
+
+template <class T>
+__global__ void embedding_forward(const std::int32_t* ids, MatrixView<const T, Cuda> table, MatrixView<T, Cuda> out) {
+  for (std::int64_t i = global_index(); i < out.rows * out.cols; i += global_stride()) {
+    const std::int64_t r = i / out.cols, c = i % out.cols;
+    out.data[r * out.ld + c] = table.data[static_cast<std::int64_t>(ids[r]) * table.ld + c];
+  }
+}
+template <class T, class G>
+__global__ void embedding_backward(const std::int32_t* ids, MatrixView<const T, Cuda> dout, MatrixView<G, Cuda> dtable) {
+  const std::int64_t c = global_index();
+  if (c >= dout.cols) return;
+  for (std::int64_t r = 0; r < dout.rows; ++r) {
+    G& d = dtable.data[static_cast<std::int64_t>(ids[r]) * dtable.ld + c];
+    d = from_compute<G>(to_compute(d) + to_compute(dout.data[r * dout.ld + c]));
+  }
+}
+
+template <class T, class G>
+__global__ void bias_grad_accumulate(MatrixView<const T, Cuda> dy, G* db) {
+  const std::int64_t c = global_index();
+  if (c >= dy.cols) return;
+  compute_t<G> s = 0;
+  for (std::int64_t r = 0; r < dy.rows; ++r) s += to_compute(dy.data[r * dy.ld + c]);
+  db[c] = from_compute<G>(to_compute(db[c]) + s);
+}
+
+template <class T>
+__global__ void gelu_backward(MatrixView<const T, Cuda> dy, MatrixView<const T, Cuda> pre, MatrixView<T, Cuda> d) {
+  for (std::int64_t i = global_index(); i < dy.rows * dy.cols; i += global_stride()) {
+    const std::int64_t r = i / dy.cols, c = i % dy.cols;
+    d.data[r * d.ld + c] =
+        from_compute<T>(to_compute(dy.data[r * dy.ld + c]) * gelu_tanh_grad(to_compute(pre.data[r * pre.ld + c])));
+  }
+}
+
+template <class T>
+__global__ void silu_forward(MatrixView<const T, Cuda> x, MatrixView<T, Cuda> y) {
+  for (std::int64_t i = global_index(); i < x.rows * x.cols; i += global_stride()) {
+    const std::int64_t r = i / x.cols, c = i % x.cols;
+    const compute_t<T> v = to_compute(x.data[r * x.ld + c]);
+    y.data[r * y.ld + c] = from_compute<T>(v / (compute_t<T>(1) + exp(-v)));
+  }
+}
+template <class T>
+__global__ void silu_backward(MatrixView<const T, Cuda> dy, MatrixView<const T, Cuda> x, MatrixView<T, Cuda> dx,
+                              bool accumulate) {
+  using C = compute_t<T>;
+  for (std::int64_t i = global_index(); i < x.rows * x.cols; i += global_stride()) {
+    const std::int64_t r = i / x.cols, c = i % x.cols;
+    const C v = to_compute(x.data[r * x.ld + c]);
+    const C s = C(1) / (C(1) + exp(-v));
+    store(dx.data[r * dx.ld + c], to_compute(dy.data[r * dy.ld + c]) * s * (C(1) + v * (C(1) - s)), accumulate);
+  }
+}
+
+template <class T>
+__global__ void gated_residual_forward(MatrixView<const T, Cuda> x, MatrixView<const T, Cuda> y,
+                                       MatrixView<const T, Cuda> gate, std::int64_t seq_len, DropoutSite drop,
+                                       MatrixView<T, Cuda> out) {
+  using C = compute_t<T>;
+  for (std::int64_t i = global_index(); i < x.rows * x.cols; i += global_stride()) {
+    const std::int64_t r = i / x.cols, c = i % x.cols;
+    C v = drop.keep(static_cast<std::uint64_t>(i)) ? to_compute(y.data[r * y.ld + c]) * drop.template scale<C>() : C(0);
+    if (gate.data != nullptr) v *= to_compute(gate.data[(r / seq_len) * gate.ld + c]);
+    out.data[r * out.ld + c] = from_compute<T>(to_compute(x.data[r * x.ld + c]) + v);
+  }
+}
+template <class T>
+__global__ void gated_residual_backward(MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> gate,
+                                        std::int64_t seq_len, DropoutSite drop, MatrixView<T, Cuda> dx, bool acc_dx,
+                                        MatrixView<T, Cuda> dy, bool acc_dy) {
+  using C = compute_t<T>;
+  for (std::int64_t i = global_index(); i < dout.rows * dout.cols; i += global_stride()) {
+    const std::int64_t r = i / dout.cols, c = i % dout.cols;
+    const C g = to_compute(dout.data[r * dout.ld + c]);
+    if (dx.data != nullptr) store(dx.data[r * dx.ld + c], g, acc_dx);
+    if (dy.data != nullptr) {
+      C v = drop.keep(static_cast<std::uint64_t>(i)) ? g * drop.template scale<C>() : C(0);
+      if (gate.data != nullptr) v *= to_compute(gate.data[(r / seq_len) * gate.ld + c]);
+      store(dy.data[r * dy.ld + c], v, acc_dy);
+    }
+  }
+}
+template <class T>
+__global__ void gated_residual_dgate(MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> y, std::int64_t seq_len,
+                                     DropoutSite drop, MatrixView<T, Cuda> dgate, bool accumulate) {
+  using C = compute_t<T>;
+  const std::int64_t batches = dout.rows / seq_len;
+  const std::int64_t i = global_index();
+  if (i >= batches * dout.cols) return;
+  const std::int64_t b = i / dout.cols, c = i % dout.cols;
+  C s = 0;
+  for (std::int64_t t = 0; t < seq_len; ++t) {
+    const std::int64_t r = b * seq_len + t;
+    if (drop.keep(static_cast<std::uint64_t>(r * dout.cols + c))) {
+      s += to_compute(dout.data[r * dout.ld + c]) * to_compute(y.data[r * y.ld + c]) * drop.template scale<C>();
+    }
+  }
+  store(dgate.data[b * dgate.ld + c], s, accumulate);
+}
+
+// One thread per output element; the angle is computed in fp64 (positions reach 1e4 and more).
+template <class T>
+__global__ void rope_apply(MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads, double base,
+                           int sign, MatrixView<T, Cuda> out, bool accumulate) {
+  using C = compute_t<T>;
+  const std::int64_t cdim = in.cols / 3, d = cdim / heads, half = d / 2;
+  for (std::int64_t idx = global_index(); idx < in.rows * in.cols; idx += global_stride()) {
+    const std::int64_t r = idx / in.cols, c = idx % in.cols;
+    const T* src = in.data + r * in.ld;
+    C v;
+    if (c >= 2 * cdim) {
+      v = to_compute(src[c]);
+    } else {
+      const std::int64_t j = (c % cdim) % d, i = j < half ? j : j - half;
+      const double th = static_cast<double>(r % seq_len) * pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+      const C cs = static_cast<C>(cos(th)), sn = static_cast<C>(sign * sin(th));
+      if (j < half) v = to_compute(src[c]) * cs - to_compute(src[c + half]) * sn;
+      else v = to_compute(src[c]) * cs + to_compute(src[c - half]) * sn;
+    }
+    store(out.data[r * out.ld + c], v, accumulate);
+  }
+}
+
+}  // namespace cuda_kernels
+
+// ---- backend entry points (found by the ops through argument-dependent lookup) ----------
+using cuda_detail::blocks_for;
+using cuda_detail::kThreads;
+
+template <class T>
+void embedding_forward(Cuda& ctx, const std::int32_t* ids, MatrixView<const T, Cuda> table, MatrixView<T, Cuda> out) {
+  cuda_kernels::embedding_forward<<<blocks_for(out.rows * out.cols), kThreads, 0, ctx.stream()>>>(ids, table, out);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+template <class T, class G>
+void embedding_backward(Cuda& ctx, const std::int32_t* ids, MatrixView<const T, Cuda> dout, MatrixView<G, Cuda> dtable) {
+  cuda_kernels::embedding_backward<<<blocks_for(dout.cols), kThreads, 0, ctx.stream()>>>(ids, dout, dtable);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+template <class T, class G>
+void bias_grad_accumulate(Cuda& ctx, MatrixView<const T, Cuda> dy, G* db) {
+  cuda_kernels::bias_grad_accumulate<<<blocks_for(dy.cols), kThreads, 0, ctx.stream()>>>(dy, db);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+template <class T>
+void gelu_backward(Cuda& ctx, MatrixView<const T, Cuda> dy, MatrixView<const T, Cuda> pre, MatrixView<T, Cuda> d) {
+  cuda_kernels::gelu_backward<<<blocks_for(dy.rows * dy.cols), kThreads, 0, ctx.stream()>>>(dy, pre, d);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+template <class T>
+void silu_forward(Cuda& ctx, MatrixView<const T, Cuda> x, MatrixView<T, Cuda> y) {
+  cuda_kernels::silu_forward<<<blocks_for(x.rows * x.cols), kThreads, 0, ctx.stream()>>>(x, y);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+template <class T>
+void silu_backward(Cuda& ctx, MatrixView<const T, Cuda> dy, MatrixView<const T, Cuda> x, MatrixView<T, Cuda> dx,
+                   bool accumulate) {
+  cuda_kernels::silu_backward<<<blocks_for(x.rows * x.cols), kThreads, 0, ctx.stream()>>>(dy, x, dx, accumulate);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+template <class T>
+void gated_residual_forward(Cuda& ctx, MatrixView<const T, Cuda> x, MatrixView<const T, Cuda> y,
+                            MatrixView<const T, Cuda> gate, std::int64_t seq_len, DropoutSite drop,
+                            MatrixView<T, Cuda> out) {
+  cuda_kernels::gated_residual_forward<<<blocks_for(x.rows * x.cols), kThreads, 0, ctx.stream()>>>(x, y, gate, seq_len,
+                                                                                                  drop, out);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+template <class T>
+void gated_residual_backward(Cuda& ctx, MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> y,
+                             MatrixView<const T, Cuda> gate, std::int64_t seq_len, DropoutSite drop,
+                             MatrixView<T, Cuda> dx, bool accumulate_dx, MatrixView<T, Cuda> dy, bool accumulate_dy,
+                             MatrixView<T, Cuda> dgate, bool accumulate_dgate) {
+  cuda_kernels::gated_residual_backward<<<blocks_for(dout.rows * dout.cols), kThreads, 0, ctx.stream()>>>(
+      dout, gate, seq_len, drop, dx, accumulate_dx, dy, accumulate_dy);
+  MDLM_CUDA_CHECK_LAUNCH();
+  if (dgate.data != nullptr) {
+    cuda_kernels::gated_residual_dgate<<<blocks_for(dout.rows / seq_len * dout.cols), kThreads, 0, ctx.stream()>>>(
+        dout, y, seq_len, drop, dgate, accumulate_dgate);
+    MDLM_CUDA_CHECK_LAUNCH();
+  }
+}
+template <class T>
+void rope_apply(Cuda& ctx, MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads, double base, int sign,
+                MatrixView<T, Cuda> out, bool accumulate) {
+  cuda_kernels::rope_apply<<<blocks_for(in.rows * in.cols), kThreads, 0, ctx.stream()>>>(in, seq_len, heads, base, sign,
+                                                                                         out, accumulate);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+
+// sigma is host memory (B values): the embedding is tiny, so it is computed on the host with
+// the Host code and copied (pageable copy: returns after the data has been staged).
+template <class T>
+void timestep_embedding(Cuda& ctx, const T* sigma, std::int64_t batches, MatrixView<T, Cuda> out,
+                        double max_period = 10000.0) {
+  std::vector<compute_t<T>> sig(static_cast<std::size_t>(batches)), host(static_cast<std::size_t>(batches * out.cols));
+  for (std::int64_t b = 0; b < batches; ++b) sig[static_cast<std::size_t>(b)] = to_compute(sigma[b]);
+  timestep_embedding(Host{1}, sig.data(), batches, MatrixView<compute_t<T>, Host>(host.data(), batches, out.cols),
+                     max_period);
+  std::vector<T> conv(host.size());
+  for (std::size_t i = 0; i < host.size(); ++i) conv[i] = from_compute<T>(host[i]);
+  MDLM_CUDA_CHECK(cudaMemcpy2DAsync(out.data, static_cast<std::size_t>(out.ld) * sizeof(T), conv.data(),
+                                    static_cast<std::size_t>(out.cols) * sizeof(T),
+                                    static_cast<std::size_t>(out.cols) * sizeof(T), static_cast<std::size_t>(batches),
+                                    cudaMemcpyHostToDevice, ctx.stream()));
+  ctx.synchronize();  // `conv` dies at return
+}
+
+}  // namespace mdlm
