@@ -27,7 +27,11 @@ struct MemoryOps<Cuda> {
     return p;
   }
   static void deallocate(void* p) noexcept { cudaFree(p); }
-  static void zero(void* p, std::size_t bytes) { MDLM_CUDA_CHECK(cudaMemset(p, 0, bytes)); }
+  // Synchronous: callers then use the memory on any stream without further ordering.
+  static void zero(void* p, std::size_t bytes) {
+    MDLM_CUDA_CHECK(cudaMemset(p, 0, bytes));
+    MDLM_CUDA_CHECK(cudaDeviceSynchronize());
+  }
 };
 
 template <class T>

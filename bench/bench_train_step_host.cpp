@@ -1,0 +1,30 @@
+// Host training step: forward + SUBS loss + backward of the `tiny` preset (8 x 512 x 8 heads,
+// GPT-2 vocabulary + mask) at B = 2, T = 128 in fp32, and a micro model used as CI smoke run.
+//   build/bench/mdlm_bench_train_step_host [--benchmark_filter=tiny]
+#include "train_step.hpp"
+
+namespace {
+
+void BM_train_step_tiny_preset(benchmark::State& state) {
+  mdlm::Host host;
+  mdlm::bench::train_step<mdlm::Host, float, float>(state, host, mdlm::DiTConfig::preset("tiny", 50258), 2, 128, 0.0,
+                                                     [] {});
+}
+
+void BM_train_step_micro(benchmark::State& state) {
+  mdlm::DiTConfig cfg;
+  cfg.vocab = 64;
+  cfg.hidden = 32;
+  cfg.heads = 4;
+  cfg.blocks = 2;
+  cfg.cond_dim = 16;
+  mdlm::Host host;
+  mdlm::bench::train_step<mdlm::Host, float, float>(state, host, cfg, 2, 32, 0.0, [] {});
+}
+
+}  // namespace
+
+BENCHMARK(BM_train_step_tiny_preset)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_train_step_micro)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_MAIN();

@@ -1,0 +1,249 @@
+// CUDA ops and the whole model against the Host backend: every op's output and gradients on
+// the same inputs (fp32 tight, bf16-mixed loose), the golden fixtures through the CUDA path,
+// and a full training step with dropout (Philox masks must agree across backends).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../common/reference.hpp"
+#include "mdlm/cuda.cuh"
+
+using namespace mdlm;
+using mdlm::testing::random_vector;
+
+namespace {
+
+template <class Tp>
+using LinearOf = LinearOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
+template <class Tp>
+using LayerNormOf = LayerNormModulateOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
+template <class Tp>
+using ResidualOf = GatedResidualOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
+template <class Tp>
+using RopeOf = RopeOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
+template <class Tp>
+using AttentionOf = AttentionOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
+template <class Tp>
+using SiluOf = SiluOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
+template <class Tp>
+using EmbeddingOf = EmbeddingOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
+
+struct CaseInput {
+  std::int64_t rows, cols;
+  std::vector<double> data;
+};
+
+template <class T>
+std::vector<T> to_type(const std::vector<double>& v) {
+  std::vector<T> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = from_compute<T>(static_cast<compute_t<T>>(v[i]));
+  return out;
+}
+template <class T>
+std::vector<double> to_double(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<double>(to_compute(v[i]));
+  return out;
+}
+
+// The inputs of one case on one backend; activations (var) or parameters (param).
+template <class B, class T, class G>
+struct Leaves {
+  Tape<B, T, G>* tape;
+  std::vector<Buffer<T, B>> values, var_grads;
+  std::vector<Buffer<G, B>> param_grads;
+  std::vector<CaseInput>* inputs;
+  std::vector<std::shared_ptr<void>> keep;  // buffers the graph reads until backward
+  MatrixView<T, B> value(std::size_t i) {
+    return MatrixView<T, B>(values[i].data(), (*inputs)[i].rows, (*inputs)[i].cols);
+  }
+  Var<T, B> var(std::size_t i) {
+    return tape->leaf(value(i), MatrixView<T, B>(var_grads[i].data(), (*inputs)[i].rows, (*inputs)[i].cols));
+  }
+  Param<T, G, B> param(std::size_t i) {
+    return {value(i), MatrixView<G, B>(param_grads[i].data(), (*inputs)[i].rows, (*inputs)[i].cols)};
+  }
+  template <class U>
+  const U* hold(const std::vector<U>& host) {
+    auto buf = std::make_shared<Buffer<U, B>>(upload(tape->backend(), host));
+    keep.push_back(buf);
+    return buf->data();
+  }
+};
+
+struct CaseResult {
+  std::vector<double> out;
+  std::vector<std::vector<double>> grads;  // per input: the activation or the parameter gradient
+};
+
+template <class B, class T, class G, class Build>
+CaseResult run_case(B& ctx, std::vector<CaseInput>& inputs, Build&& build, TapeOptions opt = {}) {
+  Tape<B, T, G> tape(ctx);
+  tape.options = opt;
+  Leaves<B, T, G> l{&tape, {}, {}, {}, &inputs, {}};
+  for (auto& in : inputs) {
+    const std::size_t n = static_cast<std::size_t>(in.rows * in.cols);
+    l.values.push_back(upload(ctx, to_type<T>(in.data)));
+    l.var_grads.push_back(upload(ctx, std::vector<T>(n, from_compute<T>(0))));
+    l.param_grads.push_back(upload(ctx, std::vector<G>(n, from_compute<G>(0))));
+  }
+  Var<T, B> out = build(tape, l);
+  auto weights = random_vector<double>(static_cast<std::size_t>(out.rows() * out.cols()), 77);
+  auto w = upload(ctx, to_type<T>(weights));
+  tape.backward(out, MatrixView<const T, B>(w.data(), out.rows(), out.cols()));
+  CaseResult r;
+  r.out = to_double(download(ctx, MatrixView<const T, B>(out.value)));
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    auto vg = to_double(download(ctx, MatrixView<const T, B>(l.var_grads[i].data(), inputs[i].rows, inputs[i].cols)));
+    auto pg = to_double(download(ctx, MatrixView<const G, B>(l.param_grads[i].data(), inputs[i].rows, inputs[i].cols)));
+    for (std::size_t k = 0; k < vg.size(); ++k) vg[k] += pg[k];  // only one of them is used per input
+    r.grads.push_back(vg);
+  }
+  return r;
+}
+
+double rel_err(const std::vector<double>& got, const std::vector<double>& want) {
+  double e = 0, s = 1e-30;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    e = std::max(e, std::isnan(got[i]) ? INFINITY : std::abs(got[i] - want[i]));
+    s = std::max(s, std::abs(want[i]));
+  }
+  return e / s;
+}
+
+// Runs `build` on Host fp64 (reference), CUDA fp32 and CUDA bf16-mixed; checks output and
+// every input gradient.
+template <class Build>
+void compare_backends(std::vector<CaseInput> inputs, Build build, TapeOptions opt = {}, double bf16_tol = 3e-2) {
+  Host host;
+  Cuda cuda;
+  CaseResult ref = run_case<Host, double, double>(host, inputs, build, opt);
+  CaseResult f32 = run_case<Cuda, float, float>(cuda, inputs, build, opt);
+  CaseResult b16 = run_case<Cuda, bf16, float>(cuda, inputs, build, opt);
+  CHECK(rel_err(f32.out, ref.out) < 1e-5);
+  CHECK(rel_err(b16.out, ref.out) < bf16_tol);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    CAPTURE(i);
+    CHECK(rel_err(f32.grads[i], ref.grads[i]) < 1e-5);
+    CHECK(rel_err(b16.grads[i], ref.grads[i]) < bf16_tol);
+  }
+}
+
+CaseInput input(std::int64_t rows, std::int64_t cols, std::uint64_t seed, double scale = 1.0) {
+  CaseInput c{rows, cols, random_vector<double>(static_cast<std::size_t>(rows * cols), seed)};
+  for (auto& v : c.data) v *= scale;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("CUDA Linear (bias, no bias, fused GELU) matches Host") {
+  auto lin = [](bool bias, bool gelu) {
+    return [=](auto& tape, auto& l) {
+      using Tp = std::remove_reference_t<decltype(tape)>;
+      return LinearOf<Tp>::forward(tape, l.var(0), l.param(1), bias ? l.param(2) : typename Tp::ParamT{}, gelu);
+    };
+  };
+  compare_backends({input(37, 24, 1), input(40, 24, 2), input(1, 40, 3)}, lin(true, false));
+  compare_backends({input(37, 24, 1), input(40, 24, 2), input(1, 40, 3)}, lin(false, false));
+  compare_backends({input(64, 32, 1), input(128, 32, 2), input(1, 128, 3)}, lin(true, true));
+}
+
+TEST_CASE("CUDA LayerNorm with adaLN modulation, and plain, matches Host") {
+  const std::int64_t batches = 3, seq = 5, c = 48;
+  compare_backends({input(batches * seq, c, 4, 2.0), input(1, c, 5), input(batches, c, 6), input(batches, c, 7)},
+                   [=](auto& tape, auto& l) {
+                     using Tp = std::remove_reference_t<decltype(tape)>;
+                     return LayerNormOf<Tp>::forward(tape, l.var(0), l.param(1), l.var(2), l.var(3), seq, 1e-5);
+                   });
+  compare_backends({input(batches * seq, c, 4, 2.0), input(1, c, 5)}, [=](auto& tape, auto& l) {
+    using Tp = std::remove_reference_t<decltype(tape)>;
+    return LayerNormOf<Tp>::forward(tape, l.var(0), l.param(1), typename Tp::VarT{}, typename Tp::VarT{}, seq, 1e-5);
+  });
+}
+
+TEST_CASE("CUDA gated residual with dropout draws the same masks as Host") {
+  const std::int64_t batches = 2, seq = 7, c = 33;
+  auto build = [=](auto& tape, auto& l) {
+    using Tp = std::remove_reference_t<decltype(tape)>;
+    return ResidualOf<Tp>::forward(tape, l.var(0), l.var(1), l.var(2), seq, 0.3f);
+  };
+  compare_backends({input(batches * seq, c, 8), input(batches * seq, c, 9), input(batches, c, 10)}, build);
+  compare_backends({input(batches * seq, c, 8), input(batches * seq, c, 9), input(batches, c, 10)}, build,
+                   TapeOptions{true, 1234, 17});
+}
+
+TEST_CASE("CUDA RoPE, attention (bidirectional, causal), SiLU and embedding match Host") {
+  const std::int64_t seq = 9, heads = 3, d = 8;
+  compare_backends({input(2 * seq, 3 * heads * d, 11)}, [=](auto& tape, auto& l) {
+    using Tp = std::remove_reference_t<decltype(tape)>;
+    return RopeOf<Tp>::forward(tape, l.var(0), seq, heads, 10000.0);
+  });
+  for (bool causal : {false, true}) {
+    CAPTURE(causal);
+    compare_backends({input(2 * seq, 3 * heads * d, 12)}, [=](auto& tape, auto& l) {
+      using Tp = std::remove_reference_t<decltype(tape)>;
+      return AttentionOf<Tp>::forward(tape, l.var(0), seq, heads, causal);
+    });
+  }
+  compare_backends({input(6, 10, 13, 4.0)}, [](auto& tape, auto& l) {
+    using Tp = std::remove_reference_t<decltype(tape)>;
+    return SiluOf<Tp>::forward(tape, l.var(0));
+  });
+  std::vector<std::int32_t> ids{3, 0, 3, 6, 1, 3, 2};
+  compare_backends({input(7, 12, 14)}, [=](auto& tape, auto& l) {
+    using Tp = std::remove_reference_t<decltype(tape)>;
+    return EmbeddingOf<Tp>::forward(tape, l.hold(ids), ids.data(), static_cast<std::int64_t>(ids.size()), l.param(0));
+  });
+}
+
+TEST_CASE("CUDA whole DiT and AR training step (dropout on) matches Host") {
+  for (bool ar : {false, true}) {
+    CAPTURE(ar);
+    DiTConfig cfg;
+    cfg.vocab = 50;
+    cfg.hidden = 32;
+    cfg.heads = 4;
+    cfg.blocks = 2;
+    cfg.cond_dim = 16;
+    cfg.time_conditioning = !ar;
+    cfg.ar = ar;
+    cfg.dropout = 0.1f;
+    DiT model(cfg);
+    std::vector<CaseInput> inputs;
+    for (const ParamSpec& s : model.layout().specs()) inputs.push_back(input(s.rows(), s.cols(), 100 + inputs.size(), 0.3));
+    const std::int64_t batch = 2, seq = 16;
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(batch * seq));
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7) % 50);
+    std::vector<double> sigma{0.3, 1.7};
+    compare_backends(
+        inputs,
+        [&](auto& tape, auto& l) {
+          using Tp = std::remove_reference_t<decltype(tape)>;
+          std::vector<typename Tp::ParamT> p;
+          for (std::size_t i = 0; i < inputs.size(); ++i) p.push_back(l.param(i));
+          return model.forward(tape, p, DiTInputs{l.hold(ids), ids.data(), batch, seq, sigma.data()});
+        },
+        TapeOptions{true, 99, 3}, 6e-2);
+  }
+}
+
+TEST_CASE("CUDA passes the golden fixtures: fp32 to 1e-5, bf16-mixed to 5e-2") {
+  Cuda cuda;
+  for (const char* name : {"mdlm_tiny.safetensors", "mdlm_tiny_timecond_pad.safetensors", "ar_tiny.safetensors"}) {
+    CAPTURE(name);
+    auto g = GoldenFixture::load(std::string(MDLM_TEST_FIXTURES) + "/" + name);
+    for (const TensorError& e : check_golden<Cuda, float>(cuda, g).tensors) {
+      CAPTURE(e.name);
+      CHECK(e.max_rel < 1e-5);
+    }
+    for (const TensorError& e : check_golden<Cuda, bf16, float>(cuda, g).tensors) {
+      CAPTURE(e.name);
+      CHECK(e.max_rel < 5e-2);
+    }
+  }
+}
