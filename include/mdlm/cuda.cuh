@@ -10,4 +10,5 @@
 #include "mdlm/ops/cuda/elementwise.cuh"
 #include "mdlm/ops/cuda/gemm.cuh"
 #include "mdlm/ops/cuda/layernorm.cuh"
+#include "mdlm/ops/cuda/mask.cuh"
 #include "mdlm/ops/cuda/subs_loss.cuh"

@@ -16,8 +16,10 @@
 #include "mdlm/ops/attention.hpp"
 #include "mdlm/ops/embedding.hpp"
 #include "mdlm/ops/gelu.hpp"
+#include "mdlm/ops/gather.hpp"
 #include "mdlm/ops/gemm.hpp"
 #include "mdlm/ops/layernorm.hpp"
+#include "mdlm/ops/mask.hpp"
 #include "mdlm/ops/linear.hpp"
 #include "mdlm/ops/residual.hpp"
 #include "mdlm/ops/rope.hpp"
@@ -26,6 +28,7 @@
 #include "mdlm/autograd/gradcheck.hpp"
 #include "mdlm/autograd/tape.hpp"
 
+#include "mdlm/diffusion/masked_diffusion.hpp"
 #include "mdlm/diffusion/schedule.hpp"
 #include "mdlm/diffusion/subs_loss.hpp"
 #include "mdlm/io/golden.hpp"

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "mdlm/diffusion/masked_diffusion.hpp"
 #include "mdlm/diffusion/schedule.hpp"
 #include "mdlm/diffusion/subs_loss.hpp"
 #include "mdlm/io/golden.hpp"
@@ -69,8 +70,9 @@ std::vector<double> to_double(const std::vector<T>& v) {
 
 // Runs fixture `g` on backend context `ctx` with values in T and parameter gradients in G:
 // Host<double>, Host<float>, Cuda<float>, Cuda<bf16, float>.
+// trim_head: run the output head only on the rows that carry loss (the default in training).
 template <class B, class T, class G = T>
-GoldenReport check_golden(B& ctx, const GoldenFixture& g) {
+GoldenReport check_golden(B& ctx, const GoldenFixture& g, bool trim_head = true) {
   DiT model(g.model);
   const ParamLayout& layout = model.layout();
   ParamStore<B, T, G> store(layout);
@@ -84,30 +86,40 @@ GoldenReport check_golden(B& ctx, const GoldenFixture& g) {
     }
     upload_into(ctx, host.data(), layout.buffer_elements(), store.values().data());
   }
-  Tape<B, T, G> tape(ctx);
   const auto& ids = g.model_input();
-  auto dev_ids = upload(ctx, ids);
-  Var<T, B> logits =
-      model.forward(tape, store.params(), DiTInputs{dev_ids.data(), ids.data(), g.batch, g.seq_len, g.sigma.data()});
   GoldenReport rep;
   const std::int64_t n = g.batch * g.seq_len, vocab = g.model.vocab;
-  const std::vector<double> got_logits = detail::to_double(download(ctx, MatrixView<const T, B>(logits.value)));
+  std::vector<double> got_logits;
+  {  // logits of the whole batch (a forward-only pass)
+    Tape<B, T, G> tape(ctx);
+    tape.set_recording(false);
+    auto dev_ids = upload(ctx, ids);
+    Var<T, B> logits =
+        model.forward(tape, store.params(), DiTInputs{dev_ids.data(), ids.data(), g.batch, g.seq_len, g.sigma.data()});
+    got_logits = detail::to_double(download(ctx, MatrixView<const T, B>(logits.value)));
+  }
   rep.tensors.push_back(detail::compare("outputs.logits", got_logits.data(), n, vocab, vocab,
                                         g.file.get<double>("outputs.logits", {g.batch, g.seq_len, vocab})));
 
-  std::vector<double> mask = g.loss_mask.empty() ? std::vector<double>(static_cast<std::size_t>(n), 1.0) : g.loss_mask;
-  SubsTargets targets;
+  // The loss through the library's objectives, on the fixture's t and z_t.
+  Tape<B, T, G> tape(ctx);
+  TokenBatch batch{g.x0.data(), g.batch, g.seq_len, g.loss_mask.empty() ? nullptr : g.loss_mask.data()};
+  LossOutput<B, T> out;
   if (g.model.ar) {
-    targets = ar_targets(g.x0, mask, g.seq_len);
+    out = Autoregressive{}.loss(tape, model, store.params(), batch);
   } else {
     MDLM_CHECK(g.mask_id.has_value(), g.file.origin(), ": an MDLM fixture needs a mask_id");
     MDLM_CHECK(g.config.value("schedule", std::string("loglinear")) == "loglinear", g.file.origin(),
                ": schedule '", g.config.value("schedule", std::string()), "' is not supported by check-fixture");
     MDLM_CHECK(g.t.size() == static_cast<std::size_t>(g.batch), g.file.origin(), ": inputs.t is needed for the loss");
-    LogLinearSchedule sched{g.config.value("eps", 1e-3)};
-    std::vector<double> w(g.t.size());
-    for (std::size_t b = 0; b < w.size(); ++b) w[b] = sched.loss_weight(g.t[b]);
-    targets = SubsTargets::make(g.x0, g.zt, mask, w, g.seq_len, *g.mask_id);
+    DiffusionOptions opt;
+    opt.mask_id = *g.mask_id;
+    opt.trim_head = trim_head;
+    MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{g.config.value("eps", 1e-3)}, opt);
+    out = objective.loss_at(tape, model, store.params(), batch, g.t, g.zt);
+    if (g.model.time_conditioning && !g.sigma.empty()) {  // the objective's sigma(t) must be the fixture's
+      rep.tensors.push_back(detail::compare("inputs.sigma", out.sigma.data(), g.batch, 1, 1, g.sigma));
+    }
     if (g.file.contains("outputs.log_probs")) {  // from the downloaded logits, in fp64 on the host
       std::vector<double> lp(static_cast<std::size_t>(n * vocab));
       subs_log_probs(Host{}, MatrixView<const double, Host>(got_logits.data(), n, vocab), g.zt.data(), *g.mask_id,
@@ -116,13 +128,10 @@ GoldenReport check_golden(B& ctx, const GoldenFixture& g) {
                                             g.file.get<double>("outputs.log_probs", {g.batch, g.seq_len, vocab})));
     }
   }
-  auto dev_target = upload(ctx, targets.target);
-  auto dev_coef = upload(ctx, targets.coef);
-  Var<T, B> loss = CrossEntropyOp<B, T, G>::forward(tape, logits, {dev_target.data(), dev_coef.data(), targets.mask_id});
-  const std::vector<double> got_loss = detail::to_double(download(ctx, MatrixView<const T, B>(loss.value)));
+  const std::vector<double> got_loss = detail::to_double(download(ctx, MatrixView<const T, B>(out.loss.value)));
   rep.tensors.push_back(detail::compare("outputs.loss", got_loss.data(), 1, 1, 1, g.file.get<double>("outputs.loss")));
   auto one = upload(ctx, std::vector<T>{from_compute<T>(1)});
-  tape.backward(loss, MatrixView<const T, B>(one.data(), 1, 1));
+  tape.backward(out.loss, MatrixView<const T, B>(one.data(), 1, 1));
   for (const ParamSpec& s : layout.specs()) {
     const std::string name = "grads.backbone." + s.name;
     if (!g.file.contains(name)) continue;

@@ -209,6 +209,19 @@ class DiT {
   // Logits (B*T, V) for the inputs. `p` are the parameters in layout order (ParamStore::params).
   template <class B, class T, class G>
   Var<T, B> forward(Tape<B, T, G>& tape, const Params<B, T, G>& p, const DiTInputs& in) const {
+    return head(tape, p, hidden(tape, p, in));
+  }
+
+  // The output head alone: logits (M, V) for M rows of final hidden states, so a loss can run
+  // it on the rows that matter (the masked ones under SUBS).
+  template <class B, class T, class G>
+  Var<T, B> head(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> h) const {
+    return final_.linear.forward(tape, p, h);
+  }
+
+  // Everything before the output head: the final adaLN-modulated LayerNorm output (B*T, d).
+  template <class B, class T, class G>
+  Var<T, B> hidden(Tape<B, T, G>& tape, const Params<B, T, G>& p, const DiTInputs& in) const {
     MDLM_CHECK(p.size() == layout_.specs().size(), "forward: ", p.size(), " parameters given, the model has ",
                layout_.specs().size());
     MDLM_CHECK(in.batch > 0 && in.seq_len > 0, "forward: empty batch (", in.batch, " x ", in.seq_len, ")");
@@ -257,8 +270,7 @@ class DiT {
       shift = tape.slice_cols(mod, 0, d);
       scale = tape.slice_cols(mod, d, d);
     }
-    Var<T, B> h = final_.norm_final.forward(tape, p, x, shift, scale, L, eps);
-    return final_.linear.forward(tape, p, h);
+    return final_.norm_final.forward(tape, p, x, shift, scale, L, eps);
   }
 
  private:

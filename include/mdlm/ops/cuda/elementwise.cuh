@@ -14,6 +14,7 @@
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/ops/activation.hpp"
 #include "mdlm/ops/embedding.hpp"
+#include "mdlm/ops/gather.hpp"
 #include "mdlm/ops/gelu.hpp"
 #include "mdlm/ops/linear.hpp"
 #include "mdlm/ops/residual.hpp"
@@ -238,6 +239,38 @@ void timestep_embedding(Cuda& ctx, const T* sigma, std::int64_t batches, MatrixV
                                     static_cast<std::size_t>(out.cols) * sizeof(T), static_cast<std::size_t>(batches),
                                     cudaMemcpyHostToDevice, ctx.stream()));
   ctx.synchronize();  // `conv` dies at return
+}
+
+}  // namespace mdlm
+
+namespace mdlm {
+namespace cuda_kernels {
+template <class T>
+__global__ void gather_rows(MatrixView<const T, Cuda> x, const std::int32_t* idx, MatrixView<T, Cuda> out) {
+  for (std::int64_t i = global_index(); i < out.rows * out.cols; i += global_stride()) {
+    const std::int64_t r = i / out.cols, c = i % out.cols;
+    out.data[r * out.ld + c] = x.data[static_cast<std::int64_t>(idx[r]) * x.ld + c];
+  }
+}
+template <class T>
+__global__ void scatter_add_rows(MatrixView<const T, Cuda> dout, const std::int32_t* idx, MatrixView<T, Cuda> dx) {
+  for (std::int64_t i = global_index(); i < dout.rows * dout.cols; i += global_stride()) {
+    const std::int64_t r = i / dout.cols, c = i % dout.cols;
+    T& d = dx.data[static_cast<std::int64_t>(idx[r]) * dx.ld + c];
+    d = from_compute<T>(to_compute(d) + to_compute(dout.data[r * dout.ld + c]));
+  }
+}
+}  // namespace cuda_kernels
+
+template <class T>
+void gather_rows(Cuda& ctx, MatrixView<const T, Cuda> x, const std::int32_t* idx, MatrixView<T, Cuda> out) {
+  cuda_kernels::gather_rows<<<blocks_for(out.rows * out.cols), kThreads, 0, ctx.stream()>>>(x, idx, out);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+template <class T>
+void scatter_add_rows(Cuda& ctx, MatrixView<const T, Cuda> dout, const std::int32_t* idx, MatrixView<T, Cuda> dx) {
+  cuda_kernels::scatter_add_rows<<<blocks_for(dout.rows * dout.cols), kThreads, 0, ctx.stream()>>>(dout, idx, dx);
+  MDLM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace mdlm

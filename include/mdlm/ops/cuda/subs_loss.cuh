@@ -72,9 +72,11 @@ __global__ void cross_entropy_grad(MatrixView<const T, Cuda> logits, CrossEntrop
 template <class T>
 void cross_entropy_forward(Cuda& ctx, MatrixView<const T, Cuda> logits, CrossEntropyRows rows, double* lse, T* loss) {
   DeviceBuffer<double> row_loss(std::max<std::int64_t>(logits.rows, 1));
-  cuda_kernels::cross_entropy_rows<<<static_cast<unsigned>(logits.rows), 256, 0, ctx.stream()>>>(logits, rows, lse,
-                                                                                                  row_loss.data());
-  MDLM_CUDA_CHECK_LAUNCH();
+  if (logits.rows > 0) {
+    cuda_kernels::cross_entropy_rows<<<static_cast<unsigned>(logits.rows), 256, 0, ctx.stream()>>>(logits, rows, lse,
+                                                                                                    row_loss.data());
+    MDLM_CUDA_CHECK_LAUNCH();
+  }
   cuda_kernels::sum_rows_ordered<<<1, 1024, 0, ctx.stream()>>>(row_loss.data(), logits.rows, loss);
   MDLM_CUDA_CHECK_LAUNCH();
   ctx.synchronize();  // row_loss is freed at return
@@ -83,6 +85,7 @@ void cross_entropy_forward(Cuda& ctx, MatrixView<const T, Cuda> logits, CrossEnt
 template <class T>
 void cross_entropy_backward(Cuda& ctx, MatrixView<const T, Cuda> logits, CrossEntropyRows rows, const double* lse,
                             const T* dloss, MatrixView<T, Cuda> dlogits, bool accumulate) {
+  if (logits.rows == 0) return;
   cuda_kernels::cross_entropy_grad<<<static_cast<unsigned>(logits.rows), 256, 0, ctx.stream()>>>(logits, rows, lse, dloss,
                                                                                                   dlogits, accumulate);
   MDLM_CUDA_CHECK_LAUNCH();

@@ -1,0 +1,194 @@
+#pragma once
+// The MDLM objective as a compile-time component (DESIGN §1, §3):
+//
+//   MaskedDiffusion<Schedule, Subs> objective{schedule, {.mask_id = 50257}};
+//   auto out = objective.loss(tape, model, params, batch, rng, step);   // out.loss on the tape
+//
+// One step: draw one t per sequence (stratified over the micro-batch by default), mask each
+// token of x0 independently with probability 1 - alpha_t (Philox, purpose Mask, so every backend
+// draws the same z_t), run the backbone on z_t (sigma(t) as input with time conditioning, 0
+// otherwise), and take the SUBS NELBO: the output head runs only on the masked rows that count
+// (unmasked rows carry zero loss under SUBS), then the fused log-softmax + weighted NLL.
+// Autoregressive is the AR baseline's token-mean NLL on the same backbone interface.
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "mdlm/autograd/tape.hpp"
+#include "mdlm/core/philox.hpp"
+#include "mdlm/diffusion/schedule.hpp"
+#include "mdlm/diffusion/subs_loss.hpp"
+#include "mdlm/nn/dit.hpp"
+#include "mdlm/ops/gather.hpp"
+#include "mdlm/ops/mask.hpp"
+
+namespace mdlm {
+
+// The SUBS parameterization: zero masking probabilities (mask logit - 1e6) and carry-over
+// unmasking (unmasked rows are copied from z_t). It is what makes the head trimming exact.
+struct Subs {
+  static constexpr double kMaskLogitShift = kSubsMaskLogitShift;
+};
+
+enum class TimeSampling { Stratified, Uniform };
+
+// One t per sequence. Stratified: u_i = (r + i/n) mod 1 with one r per step; uniform: u_i
+// independent; then t = (1 - eps) u + eps. With `discrete_steps` T > 0, t is put on the grid
+// {1/T, ..., 1}: t = floor(u T) / T + 1/T (as the official code does).
+inline std::vector<double> sample_times(Philox rng, std::uint32_t step, std::int64_t n, TimeSampling kind, double eps,
+                                        int discrete_steps = 0) {
+  MDLM_CHECK(n > 0, "sample_times: batch of ", n);
+  std::vector<double> t(static_cast<std::size_t>(n));
+  const double r = rng.uniform_double(Purpose::Time, step, 0);
+  for (std::int64_t i = 0; i < n; ++i) {
+    double u = kind == TimeSampling::Stratified
+                   ? std::fmod(r + static_cast<double>(i) / static_cast<double>(n), 1.0)
+                   : rng.uniform_double(Purpose::Time, step, static_cast<std::uint64_t>(i) + 1);
+    double ti = (1.0 - eps) * u + eps;
+    if (discrete_steps > 0) {
+      ti = std::floor(ti * discrete_steps) / discrete_steps + 1.0 / discrete_steps;
+      ti = std::min(ti, 1.0);
+    }
+    t[static_cast<std::size_t>(i)] = ti;
+  }
+  return t;
+}
+
+// A batch of token sequences on the host (the loader's output).
+struct TokenBatch {
+  const std::int32_t* x0 = nullptr;  // (B*L)
+  std::int64_t batch = 0, seq_len = 0;
+  const double* loss_mask = nullptr;  // (B*L), 1 = counts; nullptr: every token counts
+};
+
+struct DiffusionOptions {
+  std::int64_t mask_id = -1;
+  TimeSampling sampling = TimeSampling::Stratified;
+  double t_eps = 1e-3;       // t in [eps, 1)
+  int discrete_steps = 0;    // 0: continuous-time NELBO; T > 0: the discrete-time one
+  bool trim_head = true;     // run the output head only on rows that carry loss
+};
+
+// What one loss evaluation drew and built. Owns the backend buffers the tape reads in backward.
+template <class B, class T>
+struct LossOutput {
+  Var<T, B> loss;                    // (1, 1)
+  std::vector<double> t, sigma;      // per sequence
+  std::vector<std::int32_t> zt;      // (B*L), host copy
+  std::int64_t masked = 0;           // masked tokens
+  std::int64_t head_rows = 0;        // rows the output head ran on
+  std::int64_t loss_tokens = 0;      // tokens in the denominator (sum of the loss mask)
+  Buffer<std::int32_t, B> ids, rows, target;
+  Buffer<double, B> coef;
+};
+
+template <class Schedule, class Parameterization = Subs>
+class MaskedDiffusion {
+ public:
+  MaskedDiffusion(Schedule schedule, DiffusionOptions options) : schedule_(schedule), opt_(options) {
+    MDLM_CHECK(opt_.mask_id >= 0, "MaskedDiffusion needs a mask id");
+    MDLM_CHECK(opt_.t_eps >= 0 && opt_.t_eps < 1, "t_eps ", opt_.t_eps, " must be in [0, 1)");
+  }
+  const Schedule& schedule() const { return schedule_; }
+  const DiffusionOptions& options() const { return opt_; }
+
+  // Draws t and z_t for `step` and returns the NELBO on the tape.
+  template <class B, class T, class G>
+  LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch,
+                        Philox rng, std::uint32_t step) const {
+    std::vector<double> t = sample_times(rng, step, batch.batch, opt_.sampling, opt_.t_eps, opt_.discrete_steps);
+    const std::int64_t n = batch.batch * batch.seq_len;
+    std::vector<double> move(t.size());
+    for (std::size_t b = 0; b < t.size(); ++b) move[b] = schedule_.move_chance(t[b]);
+    std::vector<std::int32_t> zt(static_cast<std::size_t>(n));
+    absorbing_mask(Host{}, batch.x0, move.data(), n, batch.seq_len, rng, step, static_cast<std::int32_t>(opt_.mask_id),
+                   zt.data());
+    return loss_at(tape, model, p, batch, std::move(t), std::move(zt));
+  }
+
+  // The NELBO for given t (per sequence) and z_t: the deterministic half of loss(), also used to
+  // replay the golden fixtures.
+  template <class B, class T, class G>
+  LossOutput<B, T> loss_at(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch,
+                           std::vector<double> t, std::vector<std::int32_t> zt) const {
+    const std::int64_t n = batch.batch * batch.seq_len;
+    MDLM_CHECK(t.size() == static_cast<std::size_t>(batch.batch) && zt.size() == static_cast<std::size_t>(n),
+               "loss: ", t.size(), " times and ", zt.size(), " tokens for a batch of ", batch.batch, " x ", batch.seq_len);
+    MDLM_CHECK(!model.config().ar, "MaskedDiffusion needs a DiT backbone, not the AR variant");
+    MDLM_CHECK(opt_.mask_id < model.config().vocab, "mask id ", opt_.mask_id, " is outside the model vocabulary of ",
+               model.config().vocab);
+    LossOutput<B, T> out;
+    out.t = std::move(t);
+    out.zt = std::move(zt);
+    out.sigma.resize(out.t.size());
+    std::vector<double> weight(out.t.size());
+    for (std::size_t b = 0; b < out.t.size(); ++b) {
+      out.sigma[b] = schedule_.sigma(out.t[b]);
+      weight[b] = opt_.discrete_steps > 0 ? discrete_loss_weight(schedule_, out.t[b], opt_.discrete_steps)
+                                          : schedule_.loss_weight(out.t[b]);
+    }
+    std::vector<double> mask = batch.loss_mask ? std::vector<double>(batch.loss_mask, batch.loss_mask + n)
+                                               : std::vector<double>(static_cast<std::size_t>(n), 1.0);
+    std::vector<std::int32_t> x0(batch.x0, batch.x0 + n);
+    SubsTargets targets = SubsTargets::make(x0, out.zt, mask, weight, batch.seq_len, opt_.mask_id);
+    for (double m : mask) out.loss_tokens += m != 0.0;
+    for (std::int32_t z : out.zt) out.masked += z == opt_.mask_id;
+
+    out.ids = upload(tape.backend(), out.zt);
+    Var<T, B> h = model.hidden(tape, p, DiTInputs{out.ids.data(), out.zt.data(), batch.batch, batch.seq_len, out.sigma.data()});
+    if (opt_.trim_head) {  // keep the rows with a non-zero coefficient
+      std::vector<std::int32_t> rows;
+      std::vector<std::int32_t> target;
+      std::vector<double> coef;
+      for (std::int64_t r = 0; r < n; ++r) {
+        if (targets.coef[static_cast<std::size_t>(r)] != 0.0) {
+          rows.push_back(static_cast<std::int32_t>(r));
+          target.push_back(targets.target[static_cast<std::size_t>(r)]);
+          coef.push_back(targets.coef[static_cast<std::size_t>(r)]);
+        }
+      }
+      out.head_rows = static_cast<std::int64_t>(rows.size());
+      out.rows = upload(tape.backend(), rows);
+      out.target = upload(tape.backend(), target);
+      out.coef = upload(tape.backend(), coef);
+      h = GatherRowsOp<B, T, G>::forward(tape, h, out.rows.data(), rows.data(), out.head_rows);
+    } else {
+      out.head_rows = n;
+      out.target = upload(tape.backend(), targets.target);
+      out.coef = upload(tape.backend(), targets.coef);
+    }
+    Var<T, B> logits = model.head(tape, p, h);
+    out.loss = CrossEntropyOp<B, T, G>::forward(tape, logits, {out.target.data(), out.coef.data(), opt_.mask_id});
+    return out;
+  }
+
+ private:
+  Schedule schedule_;
+  DiffusionOptions opt_;
+};
+
+// The AR baseline: token-mean NLL of x[1:] given x[:-1] with a causal backbone.
+struct Autoregressive {
+  template <class B, class T, class G>
+  LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch) const {
+    MDLM_CHECK(model.config().ar, "Autoregressive needs the AR (causal) backbone");
+    const std::int64_t n = batch.batch * batch.seq_len;
+    std::vector<double> mask = batch.loss_mask ? std::vector<double>(batch.loss_mask, batch.loss_mask + n)
+                                               : std::vector<double>(static_cast<std::size_t>(n), 1.0);
+    std::vector<std::int32_t> x(batch.x0, batch.x0 + n);
+    SubsTargets targets = ar_targets(x, mask, batch.seq_len);
+    LossOutput<B, T> out;
+    out.zt = x;
+    out.head_rows = n;
+    for (std::int64_t r = 0; r < n; ++r) out.loss_tokens += targets.coef[static_cast<std::size_t>(r)] != 0.0;
+    out.ids = upload(tape.backend(), x);
+    out.target = upload(tape.backend(), targets.target);
+    out.coef = upload(tape.backend(), targets.coef);
+    Var<T, B> logits = model.forward(tape, p, DiTInputs{out.ids.data(), out.zt.data(), batch.batch, batch.seq_len, nullptr});
+    out.loss = CrossEntropyOp<B, T, G>::forward(tape, logits, {out.target.data(), out.coef.data(), -1});
+    return out;
+  }
+};
+
+}  // namespace mdlm
