@@ -10,16 +10,20 @@
 
 namespace {
 
-void run(benchmark::State& state, const char* preset, std::int64_t batch, std::int64_t seq) {
+void run(benchmark::State& state, const char* preset, std::int64_t batch, std::int64_t seq, bool trim_head) {
   mdlm::Cuda ctx;
   mdlm::bench::train_step<mdlm::Cuda, mdlm::bf16, float>(state, ctx, mdlm::DiTConfig::preset(preset, 50258), batch, seq,
-                                                          mdlm::bench::kH100PeakTflops, [&] { ctx.synchronize(); });
+                                                          mdlm::bench::kH100PeakTflops, trim_head,
+                                                          [&] { ctx.synchronize(); });
 }
 
 }  // namespace
 
-BENCHMARK_CAPTURE(run, small_B32_T1024, "small", 32, 1024)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
-BENCHMARK_CAPTURE(run, small_B8_T256, "small", 8, 256)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(run, small_B32_T1024_trimmed_head, "small", 32, 1024, true)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+BENCHMARK_CAPTURE(run, small_B32_T1024_full_head, "small", 32, 1024, false)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+BENCHMARK_CAPTURE(run, small_B8_T256_trimmed_head, "small", 8, 256, true)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 int main(int argc, char** argv) {
   if (mdlm::Cuda::device_count() == 0) {

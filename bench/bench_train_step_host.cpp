@@ -1,5 +1,6 @@
 // Host training step: forward + SUBS loss + backward of the `tiny` preset (8 x 512 x 8 heads,
-// GPT-2 vocabulary + mask) at B = 2, T = 128 in fp32, and a micro model used as CI smoke run.
+// GPT-2 vocabulary + mask) at B = 2, T = 128 in fp32, with the output head trimmed to the masked
+// rows (/1) and full (/0), and a micro model used as CI smoke run.
 //   build/bench/mdlm_bench_train_step_host [--benchmark_filter=tiny]
 #include "train_step.hpp"
 
@@ -8,7 +9,7 @@ namespace {
 void BM_train_step_tiny_preset(benchmark::State& state) {
   mdlm::Host host;
   mdlm::bench::train_step<mdlm::Host, float, float>(state, host, mdlm::DiTConfig::preset("tiny", 50258), 2, 128, 0.0,
-                                                     [] {});
+                                                     state.range(0) != 0, [] {});
 }
 
 void BM_train_step_micro(benchmark::State& state) {
@@ -19,12 +20,13 @@ void BM_train_step_micro(benchmark::State& state) {
   cfg.blocks = 2;
   cfg.cond_dim = 16;
   mdlm::Host host;
-  mdlm::bench::train_step<mdlm::Host, float, float>(state, host, cfg, 2, 32, 0.0, [] {});
+  mdlm::bench::train_step<mdlm::Host, float, float>(state, host, cfg, 2, 32, 0.0, true, [] {});
 }
 
 }  // namespace
 
-BENCHMARK(BM_train_step_tiny_preset)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+// Arg: 1 = output head on masked rows only (the default), 0 = full head.
+BENCHMARK(BM_train_step_tiny_preset)->Arg(1)->Arg(0)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_train_step_micro)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -1,5 +1,5 @@
 #pragma once
-// One training step of the backbone — forward, SUBS loss, backward — on any backend, timed by
+// One training step — forward, SUBS loss (or AR NLL), backward — on any backend, timed by
 // Google Benchmark. Shared by bench_train_step_host.cpp and bench_train_step_cuda.cu.
 // Reports tokens/s, achieved TFLOP/s with FLOPs per token = 6 N_matmul + 12 L d T (the usual
 // MFU accounting) and, on CUDA, MFU against the H100/H200 dense bf16 peak of 989.4 TFLOP/s.
@@ -15,9 +15,11 @@ namespace mdlm::bench {
 
 inline constexpr double kH100PeakTflops = 989.4;
 
+// One MDLM step (MaskedDiffusion, log-linear, head trimmed to the masked rows unless
+// trim_head is false) or, for an AR config, one AR step.
 template <class B, class T, class G, class Sync>
 void train_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int64_t batch, std::int64_t seq,
-                double peak_tflops, Sync&& sync) {
+                double peak_tflops, bool trim_head, Sync&& sync) {
   DiT model(cfg);
   ParamStore<B, T, G> store(model.layout());
   {
@@ -34,37 +36,54 @@ void train_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int6
   }
   const std::int64_t n = batch * seq;
   const std::int32_t mask_id = static_cast<std::int32_t>(cfg.vocab - 1);
-  std::vector<std::int32_t> x0(static_cast<std::size_t>(n)), zt(static_cast<std::size_t>(n));
+  std::vector<std::int32_t> x0(static_cast<std::size_t>(n));
   Philox rng{3};
   for (std::int64_t i = 0; i < n; ++i) {
-    x0[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(rng.block(Purpose::Test, 1, static_cast<std::uint64_t>(i)).v[0] % static_cast<std::uint32_t>(mask_id));
-    zt[static_cast<std::size_t>(i)] = rng.uniform_float(Purpose::Test, 2, static_cast<std::uint64_t>(i)) < 0.5f ? mask_id : x0[static_cast<std::size_t>(i)];
+    x0[static_cast<std::size_t>(i)] =
+        static_cast<std::int32_t>(rng.block(Purpose::Test, 1, static_cast<std::uint64_t>(i)).v[0] % static_cast<std::uint32_t>(mask_id));
   }
-  std::vector<double> weight(static_cast<std::size_t>(batch), 2.0), mask(static_cast<std::size_t>(n), 1.0);
-  SubsTargets targets = SubsTargets::make(x0, zt, mask, weight, seq, mask_id);
-  auto d_ids = upload(ctx, zt);
-  auto d_target = upload(ctx, targets.target);
-  auto d_coef = upload(ctx, targets.coef);
   auto one = upload(ctx, std::vector<T>{from_compute<T>(1)});
   Tape<B, T, G> tape(ctx);
   tape.options = {true, 4, 0};
+  std::int64_t head_rows = 0;
   auto step = [&] {
     tape.reset();
-    Var<T, B> logits = model.forward(tape, store.params(), DiTInputs{d_ids.data(), zt.data(), batch, seq, nullptr});
-    Var<T, B> loss = CrossEntropyOp<B, T, G>::forward(tape, logits, {d_target.data(), d_coef.data(), mask_id});
-    tape.backward(loss, MatrixView<const T, B>(one.data(), 1, 1));
+    if (cfg.ar) {
+      auto out = Autoregressive{}.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, seq, nullptr});
+      tape.backward(out.loss, MatrixView<const T, B>(one.data(), 1, 1));
+      head_rows += out.head_rows;
+    } else {
+      DiffusionOptions opt;
+      opt.mask_id = mask_id;
+      opt.trim_head = trim_head;
+      MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{}, opt);
+      auto out = objective.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, seq, nullptr}, Philox{5},
+                                tape.options.step);
+      tape.backward(out.loss, MatrixView<const T, B>(one.data(), 1, 1));
+      head_rows += out.head_rows;
+    }
     sync();
   };
   step();  // warm-up: arenas reach their size, GEMM plans are built
+  head_rows = 0;
   for (auto _ : state) {
     step();
     ++tape.options.step;
   }
-  const double tokens = static_cast<double>(n) * static_cast<double>(state.iterations());
+  const double iters = static_cast<double>(state.iterations());
+  const double tokens = static_cast<double>(n) * iters;
   const double flops = tokens * model.train_flops_per_token(seq);
+  const double executed = iters * model.executed_train_flops(seq, n, 0) + static_cast<double>(head_rows) * 6 * model.head_matmul_params();
   state.counters["tokens"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
   state.counters["TFLOP"] = benchmark::Counter(flops / 1e12, benchmark::Counter::kIsRate);
-  if (peak_tflops > 0) state.counters["MFU"] = benchmark::Counter(flops / 1e12 / peak_tflops, benchmark::Counter::kIsRate);
+  state.counters["TFLOP_exec"] = benchmark::Counter(executed / 1e12, benchmark::Counter::kIsRate);
+  state.counters["head_rows_frac"] = static_cast<double>(head_rows) / tokens;
+  if (peak_tflops > 0) {
+    // MFU: model FLOPs (6 N + 12 L d T per token, full head) per second over peak. MFU_exec:
+    // the FLOPs actually executed (head on the masked rows only) over peak.
+    state.counters["MFU"] = benchmark::Counter(flops / 1e12 / peak_tflops, benchmark::Counter::kIsRate);
+    state.counters["MFU_exec"] = benchmark::Counter(executed / 1e12 / peak_tflops, benchmark::Counter::kIsRate);
+  }
 }
 
 }  // namespace mdlm::bench

@@ -172,11 +172,20 @@ class DiT {
   // FLOPs of the matrix multiplies per token for forward + backward (6 N_matmul) plus attention
   // (12 L d T), the usual MFU accounting.
   double train_flops_per_token(std::int64_t seq_len) const {
-    const double d = static_cast<double>(cfg_.hidden), r = static_cast<double>(cfg_.mlp_ratio);
-    const double per_block = 3 * d * d + d * d + 2 * r * d * d;
-    const double n_matmul = static_cast<double>(cfg_.blocks) * per_block + d * static_cast<double>(cfg_.vocab);
-    return 6 * n_matmul + 12 * static_cast<double>(cfg_.blocks) * d * static_cast<double>(seq_len);
+    return 6 * (body_matmul_params() + head_matmul_params()) +
+           12 * static_cast<double>(cfg_.blocks) * static_cast<double>(cfg_.hidden) * static_cast<double>(seq_len);
   }
+  // FLOPs a step actually executes when the output head runs on `head_rows` of `tokens` rows
+  // (MaskedDiffusion trims it to the masked rows).
+  double executed_train_flops(std::int64_t seq_len, std::int64_t tokens, std::int64_t head_rows) const {
+    return static_cast<double>(tokens) * (train_flops_per_token(seq_len) - 6 * head_matmul_params()) +
+           static_cast<double>(head_rows) * 6 * head_matmul_params();
+  }
+  double body_matmul_params() const {
+    const double d = static_cast<double>(cfg_.hidden), r = static_cast<double>(cfg_.mlp_ratio);
+    return static_cast<double>(cfg_.blocks) * (3 * d * d + d * d + 2 * r * d * d);
+  }
+  double head_matmul_params() const { return static_cast<double>(cfg_.hidden) * static_cast<double>(cfg_.vocab); }
 
   // Initialization of DESIGN §1 from Philox (purpose Init, step = parameter index): embedding
   // U(+-1/sqrt(d)); Linear weights and biases U(+-1/sqrt(in)) (PyTorch's default); LayerNorm
