@@ -70,6 +70,19 @@ std::vector<double> to_double(const std::vector<T>& v) {
 
 // Runs fixture `g` on backend context `ctx` with values in T and parameter gradients in G:
 // Host<double>, Host<float>, Cuda<float>, Cuda<bf16, float>.
+// Calls f(schedule) with the schedule a fixture config names ("schedule", with "eps",
+// "sigma_min", "sigma_max", "w" where the schedule has them).
+template <class F>
+void with_schedule(const nlohmann::json& cfg, const std::string& origin, F&& f) {
+  const std::string name = cfg.value("schedule", std::string("loglinear"));
+  if (name == "loglinear") f(LogLinearSchedule{cfg.value("eps", 1e-3)});
+  else if (name == "cosine") f(CosineSchedule{cfg.value("eps", 1e-3)});
+  else if (name == "linear") f(LinearSchedule{cfg.value("sigma_min", 0.0), cfg.value("sigma_max", 10.0)});
+  else if (name == "geometric") f(GeometricSchedule{cfg.value("sigma_min", 1e-3), cfg.value("sigma_max", 1.0)});
+  else if (name == "polynomial") f(PolynomialSchedule{cfg.value("w", 1.0), cfg.value("eps", 1e-3)});
+  else MDLM_FAIL(origin, ": unknown schedule '", name, "'");
+}
+
 // trim_head: run the output head only on the rows that carry loss (the default in training).
 template <class B, class T, class G = T>
 GoldenReport check_golden(B& ctx, const GoldenFixture& g, bool trim_head = true) {
@@ -109,14 +122,15 @@ GoldenReport check_golden(B& ctx, const GoldenFixture& g, bool trim_head = true)
     out = Autoregressive{}.loss(tape, model, store.params(), batch);
   } else {
     MDLM_CHECK(g.mask_id.has_value(), g.file.origin(), ": an MDLM fixture needs a mask_id");
-    MDLM_CHECK(g.config.value("schedule", std::string("loglinear")) == "loglinear", g.file.origin(),
-               ": schedule '", g.config.value("schedule", std::string()), "' is not supported by check-fixture");
     MDLM_CHECK(g.t.size() == static_cast<std::size_t>(g.batch), g.file.origin(), ": inputs.t is needed for the loss");
     DiffusionOptions opt;
     opt.mask_id = *g.mask_id;
     opt.trim_head = trim_head;
-    MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{g.config.value("eps", 1e-3)}, opt);
-    out = objective.loss_at(tape, model, store.params(), batch, g.t, g.zt);
+    opt.discrete_steps = g.config.value("T", 0);
+    with_schedule(g.config, g.file.origin(), [&](auto schedule) {
+      MaskedDiffusion<decltype(schedule)> objective(schedule, opt);
+      out = objective.loss_at(tape, model, store.params(), batch, g.t, g.zt);
+    });
     if (g.model.time_conditioning && !g.sigma.empty()) {  // the objective's sigma(t) must be the fixture's
       rep.tensors.push_back(detail::compare("inputs.sigma", out.sigma.data(), g.batch, 1, 1, g.sigma));
     }
