@@ -37,3 +37,5 @@
 
 #include "mdlm/nn/dit.hpp"
 #include "mdlm/nn/params.hpp"
+
+#include "mdlm/tokenizers/all.hpp"
