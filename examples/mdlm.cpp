@@ -6,8 +6,12 @@
 //       fp64 result, with its throughput.
 //   mdlm info [--preset tiny|small|medium] [--vocab V] [--ar 0|1] [--verbose 0|1]
 //   mdlm check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]
+//   mdlm tokenize --tokenizer gpt2:DIR|wordpiece:FILE|bytes [--jsonl] [--special]
 // Errors are reported as "mdlm: error: ..." with exit code 2.
+#include <algorithm>
 #include <chrono>
+#include <iostream>
+#include <iterator>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -31,10 +35,20 @@ using namespace mdlm;
 // --flag value pairs after the subcommand; unknown flags are errors.
 struct Args {
   std::map<std::string, std::string> values;
-  Args(int argc, char** argv, int first, const std::map<std::string, std::string>& defaults) : values(defaults) {
+  // `switches` are flags without a value: present means "1" (an explicit 0/1 may follow).
+  Args(int argc, char** argv, int first, const std::map<std::string, std::string>& defaults,
+       const std::vector<std::string>& switches = {})
+      : values(defaults) {
+    for (const auto& sw : switches) values.emplace(sw, "0");
     for (int i = first; i < argc; ++i) {
       std::string flag = argv[i];
       MDLM_CHECK(values.count(flag) == 1, "unknown flag '", flag, "'");
+      const bool is_switch = std::find(switches.begin(), switches.end(), flag) != switches.end();
+      if (is_switch) {
+        const bool explicit_value = i + 1 < argc && (std::string(argv[i + 1]) == "0" || std::string(argv[i + 1]) == "1");
+        values[flag] = explicit_value ? argv[++i] : "1";
+        continue;
+      }
       MDLM_CHECK(i + 1 < argc, "flag '", flag, "' needs a value");
       values[flag] = argv[++i];
     }
@@ -228,6 +242,59 @@ int check_fixture(int argc, char** argv) {
   return ok ? 0 : 1;
 }
 
+// Reads text (one document per line) or JSON lines with a "text" field from stdin and writes
+// one JSON line {"ids": [...]} per input line, encoding with all cores.
+int tokenize(const Args& args) {
+  const bool jsonl = args.integer("--jsonl") != 0, special = args.integer("--special") != 0;
+  std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  std::vector<std::string> texts;
+  std::size_t line_no = 0;
+  for (std::string_view line : split_lines(input)) {
+    ++line_no;
+    if (!jsonl) {
+      texts.emplace_back(line);
+      continue;
+    }
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      MDLM_FAIL("stdin: line ", line_no, ": invalid JSON (", e.what(), ")");
+    }
+    if (!j.is_object() || !j.contains("text") || !j["text"].is_string()) MDLM_FAIL("stdin: line ", line_no, ": no \"text\" string field");
+    texts.push_back(j["text"].get<std::string>());
+  }
+  with_tokenizer(args.str("--tokenizer"), [&](const auto& tok) {
+    std::vector<std::vector<std::int32_t>> out(texts.size());
+    if constexpr (requires { tok.encode_with_special(std::string_view{}); }) {
+      if (special) {
+#pragma omp parallel for schedule(dynamic, 64)
+        for (std::int64_t i = 0; i < static_cast<std::int64_t>(texts.size()); ++i)
+          out[static_cast<std::size_t>(i)] = tok.encode_with_special(texts[static_cast<std::size_t>(i)]);
+      }
+    } else {
+      MDLM_CHECK(!special, "--special 1 is only meaningful for the gpt2 tokenizer");
+    }
+    if (!special) {
+      std::vector<std::string_view> views(texts.begin(), texts.end());
+      out = encode_batch(tok, views);
+    }
+    std::string buf;
+    for (const auto& ids : out) {
+      buf += "{\"ids\": [";
+      for (std::size_t k = 0; k < ids.size(); ++k) {
+        if (k) buf += ", ";
+        buf += std::to_string(ids[k]);
+      }
+      buf += "]}\n";
+    }
+    std::fwrite(buf.data(), 1, buf.size(), stdout);
+    return 0;
+  });
+  return 0;
+}
+
 void usage() {
   std::printf(
       "usage: mdlm <command> [flags]\n"
@@ -236,6 +303,9 @@ void usage() {
       "                                       Philox, bf16 and a checked GEMM on a backend\n"
       "  info [--preset tiny|small|medium] [--vocab V] [--ar 0|1] [--verbose 0|1]\n"
       "                                       architecture and parameter count\n"
+      "  tokenize --tokenizer gpt2:DIR|wordpiece:FILE|bytes [--jsonl] [--special]\n"
+      "                                       text lines (or JSON lines with \"text\") on stdin ->\n"
+      "                                       JSON lines {\"ids\": [...]} on stdout\n"
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       run a golden fixture (forward, loss, backward) and\n"
       "                                       print a JSON report; exit 0 only within tolerance\n");
@@ -259,6 +329,9 @@ int main(int argc, char** argv) {
       return info(Args(argc, argv, 2, {{"--preset", "small"}, {"--vocab", "50258"}, {"--ar", "0"}, {"--verbose", "0"}}));
     }
     if (cmd == "check-fixture") return check_fixture(argc, argv);
+    if (cmd == "tokenize") {
+      return tokenize(Args(argc, argv, 2, {{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}));
+    }
     if (cmd == "demo") {
       return demo(Args(argc, argv, 2, {{"--backend", default_backend()}, {"--size", "512"}, {"--seed", "0"}}));
     }

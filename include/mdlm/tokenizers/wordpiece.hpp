@@ -74,6 +74,11 @@ class WordPieceTokenizer {
       t.tokens_.push_back(tok);
     }
     if (t.tokens_.empty()) MDLM_FAIL(path.string(), ": the vocabulary is empty");
+    for (std::size_t k = 0; k < t.tokens_.size(); ++k) {
+      const std::string& tok = t.tokens_[k];
+      if (tok.size() > 2 && tok[0] == '#' && tok[1] == '#') t.continuation_.emplace(tok.substr(2), static_cast<std::int32_t>(k));
+      else t.initial_.emplace(tok, static_cast<std::int32_t>(k));
+    }
     auto id = [&](const char* s) {
       auto it = t.vocab_.find(s);
       return it == t.vocab_.end() ? -1 : it->second;
@@ -95,6 +100,21 @@ class WordPieceTokenizer {
     };
     utf8proc_int32_t buf[32];
     for (std::size_t i = 0; i < text.size();) {
+      const auto b0 = static_cast<unsigned char>(text[i]);
+      if (b0 < 0x80) {  // ASCII fast path: same rules, no Unicode tables
+        ++i;
+        if (b0 == ' ' || (b0 >= 0x09 && b0 <= 0x0d)) {
+          flush();
+        } else if (b0 < 0x20 || b0 == 0x7f) {
+          continue;  // control characters are dropped
+        } else if (is_punctuation(b0)) {
+          flush();
+          words.emplace_back(1, static_cast<char>(b0));
+        } else {
+          cur.push_back(static_cast<char>(b0 >= 'A' && b0 <= 'Z' ? b0 + 32 : b0));
+        }
+        continue;
+      }
       unicode::Decoded d = unicode::decode(text, i);
       i += static_cast<std::size_t>(d.len);
       const char32_t cp = d.valid ? d.cp : 0xfffd;
@@ -205,15 +225,14 @@ class WordPieceTokenizer {
     starts.push_back(word.size());
     const std::size_t mark = ids.size();
     std::size_t s = 0;
-    std::string piece;
+    const std::string_view w(word);
     while (s + 1 < starts.size()) {
       std::size_t e = starts.size() - 1;
       std::int32_t found = -1;
+      const auto& table = s > 0 ? continuation_ : initial_;  // "##" pieces are keyed without "##"
       while (e > s) {
-        piece.assign(s > 0 ? "##" : "");
-        piece.append(word, starts[s], starts[e] - starts[s]);
-        auto it = vocab_.find(piece);
-        if (it != vocab_.end()) {
+        auto it = table.find(w.substr(starts[s], starts[e] - starts[s]));
+        if (it != table.end()) {
           found = it->second;
           break;
         }
@@ -229,7 +248,13 @@ class WordPieceTokenizer {
     }
   }
 
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view v) const { return std::hash<std::string_view>{}(v); }
+  };
+  using Table = std::unordered_map<std::string, std::int32_t, Hash, std::equal_to<>>;
   std::unordered_map<std::string, std::int32_t> vocab_;
+  Table initial_, continuation_;  // word-initial pieces; "##" pieces without the "##"
   std::vector<std::string> tokens_;
   SpecialTokens specials_;
 };
