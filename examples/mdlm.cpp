@@ -10,6 +10,7 @@
 // Errors are reported as "mdlm: error: ..." with exit code 2.
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 #include <iterator>
 #include <cmath>
@@ -295,6 +296,133 @@ int tokenize(const Args& args) {
   return 0;
 }
 
+int prepare(int argc, char** argv) {
+  std::string tokenizer, out;
+  std::vector<std::filesystem::path> inputs;
+  double valid_fraction = 0.05;
+  for (int i = 2; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      MDLM_CHECK(i + 1 < argc, "flag '", flag, "' needs a value");
+      return argv[++i];
+    };
+    if (flag == "--tokenizer") tokenizer = value();
+    else if (flag == "--out") out = value();
+    else if (flag == "--valid-fraction") valid_fraction = std::stod(value());
+    else if (flag == "--input") {
+      while (i + 1 < argc && argv[i + 1][0] != '-') inputs.emplace_back(argv[++i]);
+    } else MDLM_FAIL("unknown flag '", flag, "'");
+  }
+  MDLM_CHECK(!tokenizer.empty() && !out.empty() && !inputs.empty(),
+             "usage: mdlm prepare --tokenizer SPEC --input FILE... --out DIR [--valid-fraction F]");
+  const auto t0 = std::chrono::steady_clock::now();
+  PrepareResult r = prepare_corpus(tokenizer, inputs, out, valid_fraction);
+  std::printf("prepared %s with %s in %.2f s: train %lld documents / %lld tokens, valid %lld documents / %lld tokens, vocab %lld\n",
+              out.c_str(), tokenizer.c_str(), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+              static_cast<long long>(r.train_docs), static_cast<long long>(r.train_tokens), static_cast<long long>(r.valid_docs),
+              static_cast<long long>(r.valid_tokens), static_cast<long long>(r.vocab_size));
+  return 0;
+}
+
+const std::map<std::string, std::string> kTrainDefaults = {
+    {"--data", "out/kjv-bytes"}, {"--out", "out/run"}, {"--preset", ""}, {"--hidden", "128"}, {"--blocks", "4"},
+    {"--heads", "4"}, {"--cond-dim", "64"}, {"--seq-len", "128"}, {"--batch", "16"}, {"--accum", "1"},
+    {"--steps", "300"}, {"--lr", "1e-3"}, {"--warmup", "50"}, {"--lr-schedule", "constant"}, {"--weight-decay", "0"},
+    {"--clip", "1.0"}, {"--ema", "0.9999"}, {"--seed", "0"}, {"--backend", ""}, {"--objective", "mdlm"},
+    {"--style", "wrap"}, {"--dropout", "0.1"}, {"--log-every", "10"}, {"--eval-every", "100"},
+    {"--eval-batches", "16"}, {"--save-every", "100"}, {"--stop-after", "0"}};
+
+double real(const Args& a, const std::string& f) {
+  try {
+    return std::stod(a.str(f));
+  } catch (const std::exception&) {
+    MDLM_FAIL("flag '", f, "' expects a number, got '", a.str(f), "'");
+  }
+}
+
+int train(const Args& args) {
+  TrainConfig cfg;
+  cfg.data_dir = args.str("--data");
+  cfg.out_dir = args.str("--out");
+  if (!args.str("--preset").empty()) {
+    cfg.model = DiTConfig::preset(args.str("--preset"), 1);
+  } else {
+    cfg.model.hidden = args.integer("--hidden");
+    cfg.model.blocks = args.integer("--blocks");
+    cfg.model.heads = args.integer("--heads");
+    cfg.model.cond_dim = args.integer("--cond-dim");
+  }
+  cfg.model.dropout = static_cast<float>(real(args, "--dropout"));
+  cfg.model.time_conditioning = args.integer("--time-conditioning") != 0;
+  cfg.objective = args.str("--objective");
+  cfg.style = args.str("--style");
+  cfg.seq_len = args.integer("--seq-len");
+  cfg.batch = args.integer("--batch");
+  cfg.accum = args.integer("--accum");
+  cfg.steps = args.integer("--steps");
+  cfg.lr.peak = real(args, "--lr");
+  cfg.adam.lr = cfg.lr.peak;
+  cfg.lr.warmup = args.integer("--warmup");
+  cfg.lr.kind = LrSchedule::parse(args.str("--lr-schedule"));
+  cfg.lr.total = cfg.steps;
+  cfg.adam.weight_decay = real(args, "--weight-decay");
+  cfg.clip = real(args, "--clip");
+  cfg.ema = real(args, "--ema");
+  cfg.seed = static_cast<std::uint64_t>(args.integer("--seed"));
+  cfg.log_every = args.integer("--log-every");
+  cfg.eval_every = args.integer("--eval-every");
+  cfg.eval_batches = args.integer("--eval-batches");
+  cfg.save_every = args.integer("--save-every");
+  cfg.stop_after = args.integer("--stop-after");
+  cfg.resume = args.integer("--resume") != 0;
+  const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
+  MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
+  TrainResult r;
+  if (backend == "host") {
+    Host host;
+    r = Trainer<Host, float, float>{}.run(host, cfg);
+  } else {
+#if MDLM_WITH_CUDA
+    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+    Cuda ctx;
+    cfg.peak_tflops = 989.4;
+    r = Trainer<Cuda, bf16, float>{}.run(ctx, cfg);
+#else
+    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
+#endif
+  }
+  if (r.valid.tokens > 0) {
+    std::printf("final validation: %.4f nats/token, %s %.3f (unigram baseline %.4f nats/token)\n", r.valid.nats,
+                cfg.objective == "ar" ? "perplexity" : "perplexity bound", r.valid.ppl, r.unigram_nats);
+  }
+  return 0;
+}
+
+int eval(const Args& args) {
+  const std::filesystem::path ckpt = args.str("--checkpoint");
+  const std::filesystem::path path = std::filesystem::is_directory(ckpt) ? ckpt / "checkpoint.safetensors" : ckpt;
+  LoadedCheckpoint c = load_checkpoint(path, /*with_optimizer=*/false);
+  const std::filesystem::path data = args.str("--data").empty() ? std::filesystem::path(c.training_state.value("data", std::string()))
+                                                                  : std::filesystem::path(args.str("--data"));
+  const DataMeta meta = DataMeta::read(data);
+  MDLM_CHECK(meta.vocab_size == c.model.vocab, "the data's vocabulary (", meta.vocab_size, ") differs from the checkpoint's (",
+             c.model.vocab, ")");
+  const Shard shard = Shard::read(data / (args.str("--split") + ".bin"));
+  const std::int64_t seq_len = c.training_state.value("seq_len", std::int64_t{128});
+  SequenceSet set(shard, parse_batch_style(c.training_state.value("style", std::string("wrap"))), seq_len, meta.specials);
+  DiT model(c.model);
+  ParamStore<Host, float> store(model.layout());
+  const auto& weights = args.integer("--ema") != 0 ? c.tensors.ema : c.tensors.master;
+  std::copy(weights.begin(), weights.end(), store.values().data());
+  Host host;
+  EvalResult r = evaluate(host, model, store.params(), set, meta.specials.mask, args.integer("--batch"), args.integer("--batches"),
+                          c.training_state.value("seed", std::uint64_t{0}) + 1);
+  std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", \"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
+              path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm", static_cast<long long>(r.tokens), r.nats,
+              c.model.ar ? "perplexity" : "perplexity_bound", r.ppl);
+  return 0;
+}
+
 void usage() {
   std::printf(
       "usage: mdlm <command> [flags]\n"
@@ -306,6 +434,14 @@ void usage() {
       "  tokenize --tokenizer gpt2:DIR|wordpiece:FILE|bytes [--jsonl] [--special]\n"
       "                                       text lines (or JSON lines with \"text\") on stdin ->\n"
       "                                       JSON lines {\"ids\": [...]} on stdout\n"
+      "  prepare --tokenizer SPEC --input FILE... --out DIR [--valid-fraction F]\n"
+      "                                       tokenize a corpus (a document per line) into shards\n"
+      "  train [--data DIR] [--out DIR] [--preset P | --hidden H --blocks L --heads N] [--seq-len L]\n"
+      "        [--batch B] [--accum K] [--steps S] [--lr LR] [--warmup W] [--lr-schedule constant|cosine]\n"
+      "        [--ema D] [--seed S] [--backend host|cuda] [--objective mdlm|ar] [--style wrap|pad]\n"
+      "        [--dropout P] [--time-conditioning] [--eval-every N] [--save-every N] [--resume]\n"
+      "  eval --checkpoint DIR|FILE [--data DIR] [--split valid|train] [--batches N] [--batch B] [--ema 0|1]\n"
+      "                                       the perplexity bound (MDLM) or perplexity (AR)\n"
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       run a golden fixture (forward, loss, backward) and\n"
       "                                       print a JSON report; exit 0 only within tolerance\n");
@@ -329,6 +465,12 @@ int main(int argc, char** argv) {
       return info(Args(argc, argv, 2, {{"--preset", "small"}, {"--vocab", "50258"}, {"--ar", "0"}, {"--verbose", "0"}}));
     }
     if (cmd == "check-fixture") return check_fixture(argc, argv);
+    if (cmd == "prepare") return prepare(argc, argv);
+    if (cmd == "train") return train(Args(argc, argv, 2, kTrainDefaults, {"--resume", "--time-conditioning"}));
+    if (cmd == "eval") {
+      return eval(Args(argc, argv, 2, {{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"},
+                                       {"--batch", "16"}, {"--ema", "1"}}));
+    }
     if (cmd == "tokenize") {
       return tokenize(Args(argc, argv, 2, {{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}));
     }

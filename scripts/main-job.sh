@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# The main job. Today (foundation release) it installs the dependencies, builds, and runs the
-# `mdlm demo`: Philox draws, bf16 rounding and a Linear+GELU GEMM checked against fp64, on the
-# GPU when one is present. Training and sampling on the bundled corpus arrive with the
-# trainer (see README, "Status").
+# The main job: on a fresh machine, install the dependencies, build the `mdlm` program, prepare
+# the bundled King James Bible with the byte tokenizer, train a small MDLM for a few minutes
+# (the GPU when one is present, otherwise the CPU), and report the validation perplexity bound.
+# Samples will be printed here once the sampler lands (see README, "Status").
+#   MDLM_STEPS=600 MDLM_OUT=out/kjv-mdlm scripts/main-job.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/install-deps.sh
 cmake -S . -B "$MDLM_BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${MDLM_CMAKE_ARGS:-}
 cmake --build "$MDLM_BUILD_DIR" -j "$MDLM_JOBS" --target mdlm_cli
-"$MDLM_BUILD_DIR"/examples/mdlm demo --size 1024
+MDLM="$MDLM_BUILD_DIR/examples/mdlm"
+OUT=${MDLM_OUT:-out/kjv-mdlm}
+"$MDLM" prepare --tokenizer bytes --input data/kjv/kjv.train.txt data/kjv/kjv.valid.txt --out out/kjv-bytes
+"$MDLM" train --data out/kjv-bytes --out "$OUT" --hidden 128 --blocks 4 --heads 4 --seq-len 128 --batch 16 \
+  --steps "${MDLM_STEPS:-600}" --lr 2e-3 --warmup 50 --eval-every 200 --log-every 50 --save-every 200
+"$MDLM" eval --checkpoint "$OUT"
+echo "metrics: $OUT/metrics.jsonl, $OUT/metrics.csv; loss curve: $OUT/loss.svg; checkpoint: $OUT/checkpoint.safetensors"

@@ -11,4 +11,5 @@
 #include "mdlm/ops/cuda/gemm.cuh"
 #include "mdlm/ops/cuda/layernorm.cuh"
 #include "mdlm/ops/cuda/mask.cuh"
+#include "mdlm/ops/cuda/optim.cuh"
 #include "mdlm/ops/cuda/subs_loss.cuh"

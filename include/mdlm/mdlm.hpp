@@ -39,3 +39,11 @@
 #include "mdlm/nn/params.hpp"
 
 #include "mdlm/tokenizers/all.hpp"
+
+#include "mdlm/data/loader.hpp"
+#include "mdlm/data/prepare.hpp"
+#include "mdlm/data/shard.hpp"
+#include "mdlm/io/checkpoint.hpp"
+#include "mdlm/optim/adamw.hpp"
+#include "mdlm/train/metrics.hpp"
+#include "mdlm/train/trainer.hpp"

@@ -1,0 +1,299 @@
+#pragma once
+// The training loop (`mdlm train`): data shards -> shuffled batches -> objective (MDLM NELBO or
+// AR NLL) -> backward -> global-norm clipping -> AdamW on fp32 master weights -> EMA, with
+// gradient accumulation, periodic validation with the EMA weights, NaN/Inf detection, metrics
+// (JSON lines, CSV, SVG plot), a progress line, and atomic checkpoints that resume bit-exactly:
+// every random draw is keyed by (seed, step), and the loader position, optimizer state and EMA
+// are in the checkpoint.
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "mdlm/autograd/tape.hpp"
+#include "mdlm/data/loader.hpp"
+#include "mdlm/data/prepare.hpp"
+#include "mdlm/data/shard.hpp"
+#include "mdlm/diffusion/masked_diffusion.hpp"
+#include "mdlm/io/checkpoint.hpp"
+#include "mdlm/nn/dit.hpp"
+#include "mdlm/nn/params.hpp"
+#include "mdlm/optim/adamw.hpp"
+#include "mdlm/train/metrics.hpp"
+
+namespace mdlm {
+
+struct TrainConfig {
+  std::filesystem::path data_dir, out_dir;
+  DiTConfig model;                 // vocab is taken from the data
+  std::string objective = "mdlm";  // mdlm | ar
+  std::string style = "wrap";      // wrap | pad
+  std::int64_t seq_len = 128, batch = 16, accum = 1, steps = 300;
+  AdamWConfig adam{};
+  LrSchedule lr{};
+  double clip = 1.0;
+  double ema = 0.9999;
+  std::uint64_t seed = 0;
+  std::int64_t log_every = 10, eval_every = 100, eval_batches = 16, save_every = 100;
+  bool resume = false;
+  std::int64_t stop_after = 0;  // stop with a checkpoint after this many steps of this run (0: never)
+  bool quiet = false;
+  double peak_tflops = 0;       // for MFU on the progress line (0: not shown)
+
+  nlohmann::json to_json() const {
+    return {{"objective", objective}, {"style", style}, {"seq_len", seq_len}, {"batch", batch}, {"accum", accum},
+            {"steps", steps}, {"lr", lr.peak}, {"warmup", lr.warmup}, {"lr_schedule", lr.kind == LrSchedule::Kind::Cosine ? "cosine" : "constant"},
+            {"beta1", adam.beta1}, {"beta2", adam.beta2}, {"adam_eps", adam.eps}, {"weight_decay", adam.weight_decay},
+            {"clip", clip}, {"ema", ema}, {"seed", seed}, {"data", data_dir.string()}};
+  }
+};
+
+struct EvalResult {
+  double nats = 0;      // per token: NELBO (MDLM, an upper bound) or NLL (AR)
+  double ppl = 0;       // exp(nats): the perplexity bound (MDLM) or perplexity (AR)
+  std::int64_t tokens = 0;
+};
+
+struct TrainResult {
+  std::int64_t last_step = 0;
+  std::vector<double> losses;  // training loss of every step run here
+  EvalResult valid;
+  double unigram_nats = 0;     // cross-entropy of the validation tokens under the train unigram
+  std::filesystem::path checkpoint;
+};
+
+// Cross-entropy (nats/token) of `eval` under the add-1/2-smoothed unigram distribution of `train`.
+inline double unigram_cross_entropy(const Shard& train, const Shard& eval) {
+  std::vector<double> counts(static_cast<std::size_t>(train.header.vocab_size), 0.5);
+  for (std::int32_t t : train.tokens) counts[static_cast<std::size_t>(t)] += 1;
+  double total = 0;
+  for (double c : counts) total += c;
+  double h = 0;
+  for (std::int32_t t : eval.tokens) h -= std::log(counts[static_cast<std::size_t>(t)] / total);
+  return h / static_cast<double>(eval.tokens.size());
+}
+
+// Validation over the first `batches` batches of `set` in order (0: all), with fixed draws
+// (seed, step = batch index) so every evaluation sees the same t and z_t.
+template <class B, class T, class G>
+EvalResult evaluate(B& ctx, const DiT& model, const Params<B, T, G>& p, const SequenceSet& set, std::int64_t mask_id,
+                    std::int64_t batch, std::int64_t batches, std::uint64_t seed) {
+  Loader loader(set, seed, /*shuffle=*/false);
+  const std::int64_t available = set.size() / batch;
+  MDLM_CHECK(available > 0, "validation needs at least ", batch, " sequences, the set has ", set.size());
+  const std::int64_t n = batches > 0 ? std::min(batches, available) : available;
+  Tape<B, T, G> tape(ctx);
+  tape.set_recording(false);
+  std::vector<std::int32_t> ids;
+  std::vector<double> mask;
+  double sum = 0;
+  std::int64_t tokens = 0;
+  for (std::int64_t k = 0; k < n; ++k) {
+    tape.reset();
+    loader.next(batch, ids, mask);
+    TokenBatch tb{ids.data(), batch, set.seq_len(), mask.data()};
+    LossOutput<B, T> out;
+    if (model.config().ar) {
+      out = Autoregressive{}.loss(tape, model, p, tb);
+    } else {
+      DiffusionOptions opt;
+      opt.mask_id = mask_id;
+      out = MaskedDiffusion<LogLinearSchedule>(LogLinearSchedule{}, opt)
+                .loss(tape, model, p, tb, Philox{seed ^ 0x5eed5eed5eedull}, static_cast<std::uint32_t>(k));
+    }
+    const double v = static_cast<double>(to_compute(download(ctx, MatrixView<const T, B>(out.loss.value))[0]));
+    sum += v * static_cast<double>(out.loss_tokens);
+    tokens += out.loss_tokens;
+  }
+  EvalResult r;
+  r.tokens = tokens;
+  r.nats = sum / static_cast<double>(tokens);
+  r.ppl = std::exp(r.nats);
+  return r;
+}
+
+template <class B, class T, class G = float>
+class Trainer {
+ public:
+  TrainResult run(B& ctx, TrainConfig cfg) {
+    using clock = std::chrono::steady_clock;
+    const DataMeta meta = DataMeta::read(cfg.data_dir);
+    const Shard train = Shard::read(cfg.data_dir / "train.bin");
+    const Shard valid = Shard::read(cfg.data_dir / "valid.bin");
+    MDLM_CHECK(cfg.objective == "mdlm" || cfg.objective == "ar", "unknown objective '", cfg.objective, "' (expected mdlm or ar)");
+    MDLM_CHECK(cfg.batch > 0 && cfg.accum > 0 && cfg.steps > 0, "batch, accum and steps must be positive");
+    cfg.model.vocab = meta.vocab_size;
+    cfg.model.ar = cfg.objective == "ar";
+    if (cfg.model.ar) cfg.model.time_conditioning = false;
+    std::filesystem::create_directories(cfg.out_dir);
+    const std::filesystem::path ckpt_path = cfg.out_dir / "checkpoint.safetensors";
+
+    const BatchStyle style = parse_batch_style(cfg.style);
+    SequenceSet train_set(train, style, cfg.seq_len, meta.specials), valid_set(valid, style, cfg.seq_len, meta.specials);
+    Loader loader(train_set, cfg.seed);
+    DiT model(cfg.model);
+    const ParamLayout& layout = model.layout();
+    const std::int64_t n = layout.buffer_elements();
+    ParamStore<B, T, G> store(layout);
+    AdamW<B> opt(n, cfg.adam, cfg.ema);
+
+    TrainResult result;
+    result.unigram_nats = unigram_cross_entropy(train, valid);
+    std::int64_t start = 0;
+    std::vector<float> master;
+    if (cfg.resume && std::filesystem::exists(ckpt_path)) {
+      LoadedCheckpoint c = load_checkpoint(ckpt_path);
+      MDLM_CHECK(model_config_json(c.model) == model_config_json(cfg.model), ckpt_path.string(),
+                 ": the checkpoint's model config ", model_config_json(c.model).dump(), " differs from this run's ",
+                 model_config_json(cfg.model).dump());
+      start = c.training_state.at("step").get<std::int64_t>();
+      loader.set_position({c.training_state.at("loader_epoch").get<std::uint64_t>(),
+                           c.training_state.at("loader_index").get<std::uint64_t>()});
+      opt.load(ctx, c.tensors.master, c.tensors.ema, &c.tensors.m, &c.tensors.v);
+      opt.set_steps(start);
+      master = std::move(c.tensors.master);
+      say(cfg, "resumed from %s at step %lld\n", ckpt_path.string().c_str(), static_cast<long long>(start));
+    } else {
+      MDLM_CHECK(!cfg.resume, "--resume: no checkpoint at '", ckpt_path.string(), "'");
+      ParamStore<Host, float> init(layout);
+      model.init(init, cfg.seed);
+      master.assign(init.values().data(), init.values().data() + n);
+      opt.load(ctx, master, master);
+    }
+    {
+      std::vector<T> values(static_cast<std::size_t>(n));
+      cast_from_master(Host{}, n, master.data(), values.data());
+      upload_into(ctx, values.data(), n, store.values().data());
+    }
+
+    say(cfg, "model: %s, %lld blocks x %lld, %lld heads, vocab %lld, %s parameters; data: %s (%s), %lld train / %lld valid sequences of %lld\n",
+        cfg.model.ar ? "AR" : "MDLM DiT", static_cast<long long>(cfg.model.blocks), static_cast<long long>(cfg.model.hidden),
+        static_cast<long long>(cfg.model.heads), static_cast<long long>(cfg.model.vocab),
+        std::to_string(layout.parameter_count()).c_str(), cfg.data_dir.string().c_str(), meta.tokenizer.c_str(),
+        static_cast<long long>(train_set.size()), static_cast<long long>(valid_set.size()), static_cast<long long>(cfg.seq_len));
+    say(cfg, "unigram baseline (validation tokens under the train unigram): %.4f nats/token\n", result.unigram_nats);
+
+    MetricsLog metrics(cfg.out_dir, /*append=*/start > 0);
+    Tape<B, T, G> tape(ctx);
+    DiffusionOptions dopt;
+    dopt.mask_id = meta.specials.mask;
+    const MaskedDiffusion<LogLinearSchedule> diffusion(LogLinearSchedule{}, dopt);
+    const auto seed_grad = upload(ctx, std::vector<T>{from_compute<T>(static_cast<compute_t<T>>(1.0 / static_cast<double>(cfg.accum)))});
+    std::vector<std::int32_t> ids;
+    std::vector<double> mask;
+    std::int64_t last_saved = start;
+    const auto t0 = clock::now();
+    auto window_start = t0;
+    std::int64_t window_tokens = 0;
+    const std::int64_t tokens_per_step = cfg.batch * cfg.accum * cfg.seq_len;
+
+    auto save = [&](std::int64_t step) {
+      CheckpointTensors t;
+      t.master = download(ctx, MatrixView<const float, B>(opt.master(), 1, n));
+      t.ema = download(ctx, MatrixView<const float, B>(opt.ema(), 1, n));
+      t.m = download(ctx, MatrixView<const float, B>(opt.m(), 1, n));
+      t.v = download(ctx, MatrixView<const float, B>(opt.v(), 1, n));
+      nlohmann::json state = cfg.to_json();
+      const LoaderPosition pos = loader.position();
+      state["step"] = step;
+      state["loader_epoch"] = pos.epoch;
+      state["loader_index"] = pos.index;
+      state["tokenizer"] = meta.tokenizer;
+      state["mask_id"] = meta.specials.mask;
+      save_checkpoint(ckpt_path, cfg.model, layout, t, state);
+      last_saved = step;
+    };
+    auto validate = [&](std::int64_t step) {
+      ParamStore<B, T, G> ema_store(layout);
+      std::vector<float> ema = download(ctx, MatrixView<const float, B>(opt.ema(), 1, n));
+      std::vector<T> values(static_cast<std::size_t>(n));
+      cast_from_master(Host{}, n, ema.data(), values.data());
+      upload_into(ctx, values.data(), n, ema_store.values().data());
+      EvalResult r = evaluate(ctx, model, ema_store.params(), valid_set, meta.specials.mask, cfg.batch, cfg.eval_batches, cfg.seed + 1);
+      metrics.valid(step, r.nats, r.ppl);
+      say(cfg, "step %lld | validation (EMA) %s %.4f nats/token | %s %.3f | unigram %.4f\n", static_cast<long long>(step),
+          cfg.model.ar ? "NLL" : "NELBO", r.nats, cfg.model.ar ? "perplexity" : "perplexity bound", r.ppl, result.unigram_nats);
+      return r;
+    };
+
+    std::int64_t step = start;
+    while (step < cfg.steps) {
+      ++step;
+      store.zero_grad();
+      double loss = 0;
+      for (std::int64_t micro = 0; micro < cfg.accum; ++micro) {
+        const auto draw = static_cast<std::uint32_t>(step * cfg.accum + micro);
+        tape.reset();
+        tape.options = {true, cfg.seed, draw};
+        loader.next(cfg.batch, ids, mask);
+        TokenBatch tb{ids.data(), cfg.batch, cfg.seq_len, mask.data()};
+        LossOutput<B, T> out = cfg.model.ar ? Autoregressive{}.loss(tape, model, store.params(), tb)
+                                            : diffusion.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
+        tape.backward(out.loss, MatrixView<const T, B>(seed_grad.data(), 1, 1));
+        loss += static_cast<double>(to_compute(download(ctx, MatrixView<const T, B>(out.loss.value))[0])) / static_cast<double>(cfg.accum);
+      }
+      const double norm = opt.grad_norm(ctx, store.grads().data());
+      if (!std::isfinite(loss) || !std::isfinite(norm)) {
+        MDLM_FAIL("non-finite ", std::isfinite(loss) ? "gradient norm" : "loss", " at step ", step, " (loss ", loss,
+                  ", gradient norm ", norm, "): stopped before applying the update; the last good checkpoint is '",
+                  ckpt_path.string(), "' (step ", last_saved, ")");
+      }
+      const double lr = cfg.lr.at(step);
+      opt.update(ctx, store.grads().data(), store.values().data(), lr, norm, cfg.clip);
+      result.losses.push_back(loss);
+      window_tokens += tokens_per_step;
+      if (step % cfg.log_every == 0 || step == cfg.steps) {
+        const auto now = clock::now();
+        const double dt = std::chrono::duration<double>(now - window_start).count();
+        const double tps = dt > 0 ? static_cast<double>(window_tokens) / dt : 0.0;
+        const double elapsed = std::chrono::duration<double>(now - t0).count();
+        const double eta = elapsed / static_cast<double>(step - start) * static_cast<double>(cfg.steps - step);
+        metrics.train(step, loss, lr, norm, tps);
+        std::string mfu;
+        if (cfg.peak_tflops > 0) {
+          char b[48];
+          std::snprintf(b, sizeof b, " | MFU %.1f%%", 100.0 * tps * model.train_flops_per_token(cfg.seq_len) / (cfg.peak_tflops * 1e12));
+          mfu = b;
+        }
+        say(cfg, "step %lld/%lld | loss %.4f | lr %.2e | grad %.3f | %.0f tok/s%s | ETA %s\n", static_cast<long long>(step),
+            static_cast<long long>(cfg.steps), loss, lr, norm, tps, mfu.c_str(), format_duration(eta).c_str());
+        window_start = now;
+        window_tokens = 0;
+      }
+      if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < cfg.steps) validate(step);
+      const bool stopping = cfg.stop_after > 0 && step - start >= cfg.stop_after;
+      if ((cfg.save_every > 0 && step % cfg.save_every == 0) || stopping) save(step);
+      if (stopping) {
+        say(cfg, "stopping after %lld steps (checkpoint at step %lld)\n", static_cast<long long>(step - start), static_cast<long long>(step));
+        metrics.write_plot(cfg.model.ar ? "AR training" : "MDLM training");
+        result.last_step = step;
+        result.checkpoint = ckpt_path;
+        return result;
+      }
+    }
+    result.valid = validate(step);
+    save(step);
+    metrics.write_plot(cfg.model.ar ? "AR training" : "MDLM training");
+    result.last_step = step;
+    result.checkpoint = ckpt_path;
+    say(cfg, "done: %lld steps; checkpoint %s; metrics %s\n", static_cast<long long>(step), ckpt_path.string().c_str(),
+        (cfg.out_dir / "metrics.jsonl").string().c_str());
+    return result;
+  }
+
+ private:
+  template <class... A>
+  static void say(const TrainConfig& cfg, const char* fmt, A... a) {
+    if (cfg.quiet) return;
+    std::printf(fmt, a...);
+    std::fflush(stdout);
+  }
+};
+
+}  // namespace mdlm

@@ -1,0 +1,288 @@
+// The training system: token shards, batching and the loader, learning-rate schedules, AdamW and
+// EMA, checkpoints (atomic, loadable by name, corrupt files rejected), and the trainer's exact
+// resume and NaN stop.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "mdlm/mdlm.hpp"
+
+using namespace mdlm;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path d = fs::temp_directory_path() / ("mdlm_train_test_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string read(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+void write(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+// A small prepared corpus (bytes tokenizer) from the bundled KJV.
+fs::path small_corpus() {
+  static const fs::path dir = [] {
+    const fs::path d = temp_dir("corpus");
+    std::string text = read(fs::path(MDLM_TEST_REPO) / "data" / "kjv" / "kjv.valid.txt");
+    write(d / "input.txt", text);
+    prepare_corpus("bytes", {d / "input.txt"}, d / "data", 0.2);
+    return d / "data";
+  }();
+  return dir;
+}
+
+TrainConfig tiny_run(const fs::path& out) {
+  TrainConfig c;
+  c.data_dir = small_corpus();
+  c.out_dir = out;
+  c.model.hidden = 16;
+  c.model.blocks = 1;
+  c.model.heads = 2;
+  c.model.cond_dim = 8;
+  c.model.dropout = 0.1f;
+  c.seq_len = 24;
+  c.batch = 4;
+  c.accum = 2;
+  c.steps = 6;
+  c.lr.peak = 3e-3;
+  c.lr.warmup = 2;
+  c.log_every = 100;
+  c.eval_every = 0;
+  c.eval_batches = 2;
+  c.save_every = 0;
+  c.quiet = true;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("shards: round trip in uint16 and uint32, validation of header and ids") {
+  const fs::path d = temp_dir("shards");
+  std::vector<std::vector<std::int32_t>> docs{{1, 2, 3}, {4}, {}};
+  write_shard(d / "a.bin", docs, 300, 299);
+  Shard a = Shard::read(d / "a.bin");
+  CHECK(a.header.width == 2);
+  CHECK(a.header.documents == 3);
+  CHECK(a.tokens == std::vector<std::int32_t>{1, 2, 3, 299, 4, 299, 299});
+  write_shard(d / "b.bin", docs, 70000, 69999);
+  Shard b = Shard::read(d / "b.bin");
+  CHECK(b.header.width == 4);
+  CHECK(b.tokens.back() == 69999);
+  CHECK_THROWS_WITH_AS(write_shard(d / "c.bin", {{5, 400}}, 300, 299), doctest::Contains("token id 400 outside"), Error);
+
+  const std::string bytes = read(d / "a.bin");
+  write(d / "trunc.bin", bytes.substr(0, bytes.size() - 1));
+  CHECK_THROWS_WITH_AS(Shard::read(d / "trunc.bin"), doctest::Contains("trunc.bin: header says 7 tokens"), Error);
+  write(d / "short.bin", bytes.substr(0, 10));
+  CHECK_THROWS_WITH_AS(Shard::read(d / "short.bin"), doctest::Contains("too short for a shard header"), Error);
+  std::string magic = bytes;
+  magic[0] = 'X';
+  write(d / "magic.bin", magic);
+  CHECK_THROWS_WITH_AS(Shard::read(d / "magic.bin"), doctest::Contains("bad magic"), Error);
+  std::string oob = bytes;
+  oob[64] = '\xff';
+  oob[65] = '\x7f';  // token 0 = 32767 >= 300
+  write(d / "oob.bin", oob);
+  CHECK_THROWS_WITH_AS(Shard::read(d / "oob.bin"), doctest::Contains("token 0 = 32767 is outside the vocabulary of 300"), Error);
+  std::string ver = bytes;
+  ver[8] = 9;
+  write(d / "ver.bin", ver);
+  CHECK_THROWS_WITH_AS(Shard::read(d / "ver.bin"), doctest::Contains("shard version 9"), Error);
+}
+
+TEST_CASE("batching: wrap frames chunks of L-2 with BOS/EOS; pad pads documents and masks PAD") {
+  const fs::path d = temp_dir("batching");
+  write_shard(d / "s.bin", {{10, 11, 12, 13, 14}, {20, 21}}, 100, 99);
+  Shard s = Shard::read(d / "s.bin");
+  SpecialTokens sp{97, 99, 98, 96, -1};
+  SequenceSet wrap(s, BatchStyle::Wrap, 5, sp);  // chunks of 3 from 9 tokens
+  CHECK(wrap.size() == 3);
+  std::vector<std::int32_t> ids(5);
+  std::vector<double> mask(5);
+  wrap.get(1, ids.data(), mask.data());
+  CHECK(ids == std::vector<std::int32_t>{97, 13, 14, 99, 99});
+  CHECK(mask == std::vector<double>{1, 1, 1, 1, 1});
+  SequenceSet pad(s, BatchStyle::Pad, 6, sp);
+  CHECK(pad.size() == 2);
+  ids.resize(6);
+  mask.resize(6);
+  pad.get(1, ids.data(), mask.data());
+  CHECK(ids == std::vector<std::int32_t>{97, 20, 21, 99, 98, 98});
+  CHECK(mask == std::vector<double>{1, 1, 1, 1, 0, 0});
+  pad.get(0, ids.data(), mask.data());  // truncated to L - 2
+  CHECK(ids == std::vector<std::int32_t>{97, 10, 11, 12, 13, 99});
+}
+
+TEST_CASE("loader: each epoch is a permutation; a saved position replays the same batches") {
+  const fs::path d = temp_dir("loader");
+  std::vector<std::vector<std::int32_t>> docs;
+  for (int i = 0; i < 10; ++i) docs.push_back({i});
+  write_shard(d / "s.bin", docs, 50, 49);
+  Shard s = Shard::read(d / "s.bin");
+  SequenceSet set(s, BatchStyle::Pad, 3, SpecialTokens{48, 49, 47, 46, -1});
+  Loader a(set, 7);
+  std::vector<std::int32_t> ids;
+  std::vector<double> mask;
+  std::multiset<std::int32_t> seen;
+  for (int k = 0; k < 5; ++k) {
+    a.next(2, ids, mask);
+    seen.insert(ids[1]);
+    seen.insert(ids[4]);
+  }
+  CHECK(seen == std::multiset<std::int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+  a.next(3, ids, mask);  // into epoch 1
+  const LoaderPosition pos = a.position();
+  CHECK(pos.epoch == 1);
+  std::vector<std::int32_t> expect;
+  a.next(4, expect, mask);
+  Loader b(set, 7);
+  b.set_position(pos);
+  b.next(4, ids, mask);
+  CHECK(ids == expect);
+}
+
+TEST_CASE("learning-rate schedules and the EMA warm-up") {
+  LrSchedule c{LrSchedule::Kind::Constant, 1e-3, 10, 100, 0.1};
+  CHECK(c.at(1) == doctest::Approx(1e-4));
+  CHECK(c.at(10) == doctest::Approx(1e-3));
+  CHECK(c.at(1000) == doctest::Approx(1e-3));
+  LrSchedule cos{LrSchedule::Kind::Cosine, 1e-3, 10, 110, 0.1};
+  CHECK(cos.at(10) == doctest::Approx(1e-3));
+  CHECK(cos.at(60) == doctest::Approx(0.55e-3));
+  CHECK(cos.at(110) == doctest::Approx(1e-4));
+  CHECK(ema_decay_at(0.9999, 0) == doctest::Approx(0.1));
+  CHECK(ema_decay_at(0.9999, 90) == doctest::Approx(0.91));
+  CHECK(ema_decay_at(0.9999, 1000000) == 0.9999);
+}
+
+TEST_CASE("AdamW: one step matches the closed form; clipping scales the gradient; EMA follows") {
+  Host host;
+  AdamWConfig cfg{0.1, 0.9, 0.999, 1e-8, 0.01};
+  AdamW<Host> opt(2, cfg, 0.5);
+  opt.load(host, {1.0f, -2.0f}, {1.0f, -2.0f});
+  std::vector<float> grad{0.5f, -4.0f}, value(2);
+  const double norm = opt.grad_norm(host, grad.data());
+  CHECK(norm == doctest::Approx(std::sqrt(0.25 + 16.0)));
+  opt.update(host, grad.data(), value.data(), 0.1, norm, 1.0);
+  // After bias correction m_hat = g, v_hat = g^2: the step is lr * (sign(g) + wd * w).
+  const double s = 1.0 / norm;  // clip to norm 1
+  CHECK(value[0] == doctest::Approx(1.0 - 0.1 * (0.5 * s / (0.5 * s + 1e-8) + 0.01 * 1.0)).epsilon(1e-6));
+  CHECK(value[1] == doctest::Approx(-2.0 - 0.1 * (-1.0 + 0.01 * -2.0)).epsilon(1e-6));
+  // EMA with the warm-up decay min(0.5, 2/11) = 2/11 at the first update.
+  const double d = 2.0 / 11.0;
+  CHECK(opt.ema()[0] == doctest::Approx(d * 1.0 + (1 - d) * value[0]).epsilon(1e-6));
+}
+
+TEST_CASE("checkpoints: official names and dtypes, round trip, corrupt files rejected, writes atomic") {
+  DiTConfig cfg;
+  cfg.vocab = 30;
+  cfg.hidden = 8;
+  cfg.heads = 2;
+  cfg.blocks = 1;
+  cfg.cond_dim = 4;
+  DiT model(cfg);
+  const ParamLayout& l = model.layout();
+  CheckpointTensors t;
+  for (auto* v : {&t.master, &t.ema, &t.m, &t.v}) v->assign(static_cast<std::size_t>(l.buffer_elements()), 0.0f);
+  for (const ParamSpec& s : l.specs()) {  // padding between parameters stays zero (it is not saved)
+    for (std::int64_t k = 0; k < s.numel; ++k) {
+      const auto i = static_cast<std::size_t>(s.offset + k);
+      t.master[i] = static_cast<float>(i % 7), t.ema[i] = 0.5f, t.m[i] = 1e-3f;
+    }
+  }
+  const fs::path d = temp_dir("ckpt");
+  save_checkpoint(d / "c.safetensors", cfg, l, t, {{"step", 5}});
+  CHECK_FALSE(fs::exists(d / "c.safetensors.tmp"));
+  SafeTensors f = SafeTensors::read(d / "c.safetensors");
+  CHECK(f.info("backbone.blocks.0.attn_qkv.weight").shape == std::vector<std::int64_t>{24, 8});
+  CHECK(f.info("backbone.blocks.0.attn_qkv.weight").dtype == DType::F32);
+  CHECK(f.contains("ema.backbone.vocab_embed.embedding"));
+  CHECK(f.contains("optimizer.exp_avg_sq.backbone.output_layer.linear.bias"));
+  ParamStore<Host, float> store(l);  // fixture-style loading by name
+  load_params(store, f);
+  CHECK(store.value("blocks.0.norm1.weight").data[3] == t.master[static_cast<std::size_t>(l.spec(l.find("blocks.0.norm1.weight")).offset + 3)]);
+  LoadedCheckpoint c = load_checkpoint(d / "c.safetensors");
+  CHECK(c.training_state["step"] == 5);
+  CHECK(c.tensors.master == t.master);
+  CHECK(c.tensors.m == t.m);
+  CHECK(model_config_json(c.model) == model_config_json(cfg));
+  const std::string bytes = read(d / "c.safetensors");
+  write(d / "trunc.safetensors", bytes.substr(0, bytes.size() - 100));
+  CHECK_THROWS_AS(load_checkpoint(d / "trunc.safetensors"), Error);
+  std::string flipped = bytes;
+  flipped[bytes.find("mdlm-checkpoint-v1")] = 'X';
+  write(d / "flip.safetensors", flipped);
+  CHECK_THROWS_WITH_AS(load_checkpoint(d / "flip.safetensors"), doctest::Contains("format 'Xdlm-checkpoint-v1'"), Error);
+  CHECK_THROWS_AS(save_checkpoint(d / "missing" / "c.safetensors", cfg, l, t, {}), Error);
+  CHECK(load_checkpoint(d / "c.safetensors").tensors.master == t.master);  // the good one is untouched
+}
+
+TEST_CASE("trainer: a run stopped at step k and resumed gives exactly the same losses and weights") {
+  const fs::path full_dir = temp_dir("full"), split_dir = temp_dir("split");
+  TrainConfig full = tiny_run(full_dir);
+  Host host;
+  TrainResult whole = Trainer<Host, float, float>{}.run(host, full);
+  REQUIRE(whole.losses.size() == 6);
+  TrainConfig first = tiny_run(split_dir);
+  first.stop_after = 3;
+  TrainResult a = Trainer<Host, float, float>{}.run(host, first);
+  CHECK(a.last_step == 3);
+  TrainConfig second = tiny_run(split_dir);
+  second.resume = true;
+  TrainResult b = Trainer<Host, float, float>{}.run(host, second);
+  REQUIRE(b.losses.size() == 3);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(std::memcmp(&a.losses[static_cast<std::size_t>(i)], &whole.losses[static_cast<std::size_t>(i)], sizeof(double)) == 0);
+    CHECK(std::memcmp(&b.losses[static_cast<std::size_t>(i)], &whole.losses[static_cast<std::size_t>(i + 3)], sizeof(double)) == 0);
+  }
+  CHECK(load_checkpoint(full_dir / "checkpoint.safetensors").tensors.master ==
+        load_checkpoint(split_dir / "checkpoint.safetensors").tensors.master);
+  CHECK(whole.valid.nats == b.valid.nats);
+  // What a run leaves to look at.
+  CHECK(fs::exists(full_dir / "metrics.jsonl"));
+  CHECK(fs::exists(full_dir / "metrics.csv"));
+  CHECK(read(full_dir / "loss.svg").find("<polyline") != std::string::npos);
+}
+
+TEST_CASE("trainer: a non-finite loss stops the run with a clear message, keeping the last good checkpoint") {
+  const fs::path dir = temp_dir("nan");
+  TrainConfig c = tiny_run(dir);
+  c.lr.peak = std::nan("");
+  c.lr.warmup = 0;
+  c.save_every = 1;
+  Host host;
+  using HostTrainer = Trainer<Host, float, float>;
+  CHECK_THROWS_WITH_AS(HostTrainer{}.run(host, c), doctest::Contains("non-finite loss at step 2"), Error);
+  LoadedCheckpoint k = load_checkpoint(dir / "checkpoint.safetensors");
+  CHECK(k.training_state["step"] == 1);
+}
+
+TEST_CASE("trainer: MDLM on a tiny corpus learns (validation NELBO falls), AR too") {
+  for (const char* objective : {"mdlm", "ar"}) {
+    CAPTURE(objective);
+    TrainConfig c = tiny_run(temp_dir(std::string("learn_") + objective));
+    c.objective = objective;
+    c.steps = 1;
+    Host host;
+    const double before = Trainer<Host, float, float>{}.run(host, c).valid.nats;
+    c = tiny_run(temp_dir(std::string("learn2_") + objective));
+    c.objective = objective;
+    c.steps = 40;
+    c.ema = 0.0;  // evaluate the current weights
+    const double after = Trainer<Host, float, float>{}.run(host, c).valid.nats;
+    CHECK(after < before - 0.5);
+  }
+}
