@@ -423,6 +423,123 @@ int eval(const Args& args) {
   return 0;
 }
 
+// Loads a checkpoint's EMA (or raw) weights into a Host fp32 store.
+struct LoadedModel {
+  LoadedCheckpoint ckpt;
+  DiT model;
+  ParamStore<Host, float> store;
+  std::int64_t mask_id;
+  std::string tokenizer;
+  explicit LoadedModel(const std::filesystem::path& dir_or_file, bool ema = true)
+      : ckpt(load_checkpoint(std::filesystem::is_directory(dir_or_file) ? dir_or_file / "checkpoint.safetensors" : dir_or_file,
+                             false)),
+        model(ckpt.model),
+        store(model.layout()),
+        mask_id(ckpt.training_state.value("mask_id", ckpt.model.vocab - 1)),
+        tokenizer(ckpt.training_state.value("tokenizer", std::string("bytes"))) {
+    const auto& w = ema ? ckpt.tensors.ema : ckpt.tensors.master;
+    std::copy(w.begin(), w.end(), store.values().data());
+  }
+};
+
+struct Generated {
+  std::vector<std::int32_t> ids;
+  std::int64_t n, len, nfe_calls, nfe_sequences;
+  double seconds;
+};
+
+Generated generate(LoadedModel& m, const Args& args, Host& host) {
+  MDLM_CHECK(!m.model.config().ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
+  SamplerConfig cfg;
+  cfg.kind = parse_sampler(args.str("--sampler"));
+  cfg.steps = args.integer("--steps");
+  cfg.seed = static_cast<std::uint64_t>(args.integer("--seed"));
+  cfg.filters.temperature = real(args, "--temperature");
+  cfg.filters.top_p = real(args, "--top-p");
+  cfg.filters.top_k = args.integer("--top-k");
+  cfg.threshold = real(args, "--threshold");
+  cfg.draw = args.integer("--paper-fp32-draws") != 0 ? DrawMode::PaperFp32 : DrawMode::Exact;
+  const std::int64_t n = args.integer("--num-samples"), len = args.integer("--length");
+  const std::int64_t window = args.integer("--window") > 0 ? args.integer("--window")
+                                                            : m.ckpt.training_state.value("seq_len", std::int64_t{128});
+  std::vector<std::int32_t> prompt;
+  with_tokenizer(m.tokenizer, [&](const auto& tok) {
+    const SpecialTokens sp = tok.specials();
+    if (sp.bos >= 0) prompt.push_back(sp.bos);
+    for (std::int32_t id : tok.encode(args.str("--prompt"))) prompt.push_back(id);
+    return 0;
+  });
+  Denoiser d = model_denoiser(host, m.model, m.store, m.mask_id);
+  SampleResult r;
+  if (len > window || args.integer("--stride") > 0) {
+    const std::int64_t stride = args.integer("--stride") > 0 ? args.integer("--stride") : window / 2;
+    r = sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, n, len, window, stride);
+  } else {
+    MDLM_CHECK(static_cast<std::int64_t>(prompt.size()) < len, "the prompt (", prompt.size(), " tokens) must be shorter than --length ", len);
+    std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(m.mask_id));
+    for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * len);
+    r = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  }
+  return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds};
+}
+
+const std::map<std::string, std::string> kSampleDefaults = {
+    {"--checkpoint", "out/kjv-mdlm"}, {"--steps", "128"}, {"--sampler", "cached"}, {"--length", "128"},
+    {"--stride", "0"}, {"--window", "0"}, {"--prompt", ""}, {"--temperature", "1"}, {"--top-p", "1"}, {"--top-k", "0"},
+    {"--threshold", "0"}, {"--seed", "0"}, {"--num-samples", "2"}};
+
+int sample_cmd(const Args& args) {
+  LoadedModel m(args.str("--checkpoint"));
+  Host host;
+  Generated g = generate(m, args, host);
+  const bool json = args.integer("--json") != 0;
+  with_tokenizer(m.tokenizer, [&](const auto& tok) {
+    for (std::int64_t b = 0; b < g.n; ++b) {
+      std::vector<std::int32_t> ids(g.ids.begin() + b * g.len, g.ids.begin() + (b + 1) * g.len);
+      std::vector<std::int32_t> text_ids;
+      const SpecialTokens sp = tok.specials();
+      for (std::int32_t id : ids) if (id != sp.bos && id != sp.eos && id != sp.pad) text_ids.push_back(id);
+      const std::string text = tok.decode(text_ids);
+      if (json) {
+        nlohmann::json j{{"ids", ids}, {"text", text}, {"nfe", g.nfe_sequences / g.n}, {"network_calls", g.nfe_calls},
+                         {"seconds", g.seconds}, {"unigram_entropy", unigram_entropy(ids.data(), g.len)}};
+        std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+      } else {
+        std::printf("--- sample %lld (unigram entropy %.3f nats)\n%s\n", static_cast<long long>(b),
+                    unigram_entropy(ids.data(), g.len), text.c_str());
+      }
+    }
+    if (!json) {
+      std::printf("--- %lld samples of %lld tokens, %s sampler, %lld steps: %lld sequence evaluations, %.2f s\n",
+                  static_cast<long long>(g.n), static_cast<long long>(g.len), args.str("--sampler").c_str(),
+                  static_cast<long long>(args.integer("--steps")), static_cast<long long>(g.nfe_sequences), g.seconds);
+    }
+    return 0;
+  });
+  return 0;
+}
+
+// Generative perplexity: samples from an MDLM checkpoint scored by an AR checkpoint of the same
+// tokenizer (mean NLL of the samples' tokens after the first under the AR model).
+int gen_ppl(const Args& args) {
+  LoadedModel m(args.str("--checkpoint"));
+  LoadedModel scorer(args.str("--scorer"));
+  MDLM_CHECK(scorer.model.config().ar, "--scorer must be an AR checkpoint");
+  MDLM_CHECK(scorer.tokenizer == m.tokenizer && scorer.model.config().vocab == m.model.config().vocab,
+             "the scorer's tokenizer (", scorer.tokenizer, ") differs from the sampler's (", m.tokenizer, ")");
+  Host host;
+  Generated g = generate(m, args, host);
+  Tape<Host, float> tape(host);
+  auto out = Autoregressive{}.loss(tape, scorer.model, scorer.store.params(), TokenBatch{g.ids.data(), g.n, g.len, nullptr});
+  const double nll = out.loss.value.data[0];
+  double ent = 0;
+  for (std::int64_t b = 0; b < g.n; ++b) ent += unigram_entropy(g.ids.data() + b * g.len, g.len) / static_cast<double>(g.n);
+  std::printf("{\"samples\": %lld, \"length\": %lld, \"gen_nll\": %.6f, \"gen_ppl\": %.6f, \"mean_unigram_entropy\": %.6f, \"nfe\": %lld}\n",
+              static_cast<long long>(g.n), static_cast<long long>(g.len), nll, std::exp(nll), ent,
+              static_cast<long long>(g.nfe_sequences / g.n));
+  return 0;
+}
+
 void usage() {
   std::printf(
       "usage: mdlm <command> [flags]\n"
@@ -442,6 +559,10 @@ void usage() {
       "        [--dropout P] [--time-conditioning] [--eval-every N] [--save-every N] [--resume]\n"
       "  eval --checkpoint DIR|FILE [--data DIR] [--split valid|train] [--batches N] [--batch B] [--ema 0|1]\n"
       "                                       the perplexity bound (MDLM) or perplexity (AR)\n"
+      "  sample --checkpoint DIR [--steps N] [--sampler ancestral|cached|confidence|remdm|first-hit]\n"
+      "         [--length L] [--stride S] [--window W] [--prompt TEXT] [--temperature T] [--top-p P]\n"
+      "         [--top-k K] [--threshold C] [--seed S] [--num-samples N] [--json] [--paper-fp32-draws]\n"
+      "  eval --gen-ppl --scorer AR_CHECKPOINT --checkpoint MDLM_CHECKPOINT [sample flags]\n"
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       run a golden fixture (forward, loss, backward) and\n"
       "                                       print a JSON report; exit 0 only within tolerance\n");
@@ -468,9 +589,16 @@ int main(int argc, char** argv) {
     if (cmd == "prepare") return prepare(argc, argv);
     if (cmd == "train") return train(Args(argc, argv, 2, kTrainDefaults, {"--resume", "--time-conditioning"}));
     if (cmd == "eval") {
+      const bool gen = std::find_if(argv + 2, argv + argc, [](const char* a) { return std::string(a) == "--gen-ppl"; }) != argv + argc;
+      if (gen) {
+        auto defaults = kSampleDefaults;
+        defaults["--scorer"] = "";
+        return gen_ppl(Args(argc, argv, 2, defaults, {"--gen-ppl", "--paper-fp32-draws"}));
+      }
       return eval(Args(argc, argv, 2, {{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"},
                                        {"--batch", "16"}, {"--ema", "1"}}));
     }
+    if (cmd == "sample") return sample_cmd(Args(argc, argv, 2, kSampleDefaults, {"--json", "--paper-fp32-draws"}));
     if (cmd == "tokenize") {
       return tokenize(Args(argc, argv, 2, {{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}));
     }

@@ -2,7 +2,7 @@
 # The main job: on a fresh machine, install the dependencies, build the `mdlm` program, prepare
 # the bundled King James Bible with the byte tokenizer, train a small MDLM for a few minutes
 # (the GPU when one is present, otherwise the CPU), and report the validation perplexity bound.
-# Samples will be printed here once the sampler lands (see README, "Status").
+# and print a few samples (cached ancestral sampler, prompt "And God said").
 #   MDLM_STEPS=600 MDLM_OUT=out/kjv-mdlm scripts/main-job.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,5 @@ OUT=${MDLM_OUT:-out/kjv-mdlm}
 "$MDLM" train --data out/kjv-bytes --out "$OUT" --hidden 128 --blocks 4 --heads 4 --seq-len 128 --batch 16 \
   --steps "${MDLM_STEPS:-600}" --lr 2e-3 --warmup 50 --eval-every 200 --log-every 50 --save-every 200
 "$MDLM" eval --checkpoint "$OUT"
+"$MDLM" sample --checkpoint "$OUT" --sampler cached --steps 128 --length 128 --num-samples 3 --prompt "And God said"
 echo "metrics: $OUT/metrics.jsonl, $OUT/metrics.csv; loss curve: $OUT/loss.svg; checkpoint: $OUT/checkpoint.safetensors"

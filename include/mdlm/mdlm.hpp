@@ -47,3 +47,7 @@
 #include "mdlm/optim/adamw.hpp"
 #include "mdlm/train/metrics.hpp"
 #include "mdlm/train/trainer.hpp"
+
+#include "mdlm/sampling/categorical.hpp"
+#include "mdlm/sampling/model_denoiser.hpp"
+#include "mdlm/sampling/samplers.hpp"

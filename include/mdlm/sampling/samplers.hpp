@@ -1,0 +1,306 @@
+#pragma once
+// Samplers of the absorbing-state process (DESIGN §1), for any schedule and any denoiser.
+//
+//   ancestral   t -> s on a grid from 1 to t_min (default 1e-5): a masked token stays masked
+//               w.p. (1 - alpha_s)/(1 - alpha_t), else takes v ~ p_theta (mask never drawn);
+//               unmasked tokens are copied; a final noise-removal step takes the argmax.
+//   cached      the same trajectory, reusing p_theta per sequence while that sequence has not
+//               changed (valid only for a time-agnostic denoiser; refused otherwise).
+//   confidence  MaskGIT/LLaDA: draw candidates, unmask the k most confident per step
+//               (k = remaining / steps left), or with a threshold, every candidate above it
+//               (Fast-dLLM), at least one.
+//   remdm       ReMDM with the capped schedule sigma_t = min(eta, (1 - alpha_s)/alpha_t):
+//               decoded tokens are remasked w.p. sigma_t, masked ones unmask w.p.
+//               (alpha_s - (1 - sigma_t) alpha_t)/(1 - alpha_t).
+//   first-hit   one token per network evaluation: the next unmasking time is analytic,
+//               1 - alpha_t' = (1 - alpha_t) u^(1/n) for n masked tokens, the position uniform.
+// Prompts and infilling: every position that is not the mask id at the start is fixed and
+// never changed. All randomness is Philox keyed by (seed, step, position), so cached and
+// uncached runs, and every backend, follow the same trajectory.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "mdlm/core/error.hpp"
+#include "mdlm/core/philox.hpp"
+#include "mdlm/sampling/categorical.hpp"
+
+namespace mdlm {
+
+// logits (n * L * V, row-major float) for n sequences of length L at noise levels sigma (n).
+struct Denoiser {
+  std::int64_t vocab = 0;
+  std::int64_t mask_id = -1;
+  bool time_conditioning = false;
+  std::function<void(const std::vector<std::int32_t>& z, std::int64_t n, std::int64_t len,
+                     const std::vector<double>& sigma, std::vector<float>& logits)>
+      fn;
+};
+
+enum class SamplerKind { Ancestral, Cached, Confidence, ReMdm, FirstHit };
+
+inline SamplerKind parse_sampler(const std::string& s) {
+  if (s == "ancestral") return SamplerKind::Ancestral;
+  if (s == "cached") return SamplerKind::Cached;
+  if (s == "confidence") return SamplerKind::Confidence;
+  if (s == "remdm") return SamplerKind::ReMdm;
+  if (s == "first-hit") return SamplerKind::FirstHit;
+  MDLM_FAIL("unknown sampler '", s, "' (expected ancestral, cached, confidence, remdm or first-hit)");
+}
+
+struct SamplerConfig {
+  SamplerKind kind = SamplerKind::Ancestral;
+  std::int64_t steps = 128;
+  double t_max = 1.0;       // the grid runs from t_max down to t_min
+  double t_min = 1e-5;
+  Filters filters{};
+  DrawMode draw = DrawMode::Exact;
+  std::uint64_t seed = 0;
+  double threshold = 0.0;   // confidence sampler: > 0 switches to threshold unmasking
+  double remdm_eta = 0.02;  // ReMDM cap
+  bool noise_removal = true;
+};
+
+struct SampleResult {
+  std::vector<std::int32_t> ids;  // n * L
+  std::int64_t nfe_calls = 0;     // network calls (each on the sequences that needed it)
+  std::int64_t nfe_sequences = 0; // sequence evaluations
+  double seconds = 0;
+};
+
+// Entropy (nats) of the token frequencies within one sample: low values flag repetition.
+inline double unigram_entropy(const std::int32_t* ids, std::int64_t n) {
+  std::vector<std::int32_t> s(ids, ids + n);
+  std::sort(s.begin(), s.end());
+  double h = 0;
+  for (std::size_t i = 0; i < s.size();) {
+    std::size_t j = i;
+    while (j < s.size() && s[j] == s[i]) ++j;
+    const double p = static_cast<double>(j - i) / static_cast<double>(n);
+    h -= p * std::log(p);
+    i = j;
+  }
+  return h;
+}
+
+namespace sampling_detail {
+
+// Evaluates the sequences marked in `need` and stores their logits in `cache`.
+inline void evaluate(const Denoiser& d, const std::vector<std::int32_t>& z, std::int64_t n, std::int64_t len,
+                     const std::vector<bool>& need, double sigma, std::vector<float>& cache, SampleResult& res) {
+  std::vector<std::int64_t> which;
+  for (std::int64_t b = 0; b < n; ++b)
+    if (need[static_cast<std::size_t>(b)]) which.push_back(b);
+  if (which.empty()) return;
+  std::vector<std::int32_t> sub(which.size() * static_cast<std::size_t>(len));
+  for (std::size_t k = 0; k < which.size(); ++k)
+    std::copy(z.begin() + which[k] * len, z.begin() + (which[k] + 1) * len, sub.begin() + static_cast<std::ptrdiff_t>(k) * len);
+  std::vector<float> out;
+  d.fn(sub, static_cast<std::int64_t>(which.size()), len, std::vector<double>(which.size(), d.time_conditioning ? sigma : 0.0), out);
+  MDLM_CHECK(out.size() == sub.size() * static_cast<std::size_t>(d.vocab), "denoiser returned ", out.size(), " logits for ",
+             sub.size(), " tokens of vocabulary ", d.vocab);
+  const std::size_t row = static_cast<std::size_t>(len * d.vocab);
+  for (std::size_t k = 0; k < which.size(); ++k)
+    std::copy(out.begin() + static_cast<std::ptrdiff_t>(k * row), out.begin() + static_cast<std::ptrdiff_t>((k + 1) * row),
+              cache.begin() + which[k] * static_cast<std::ptrdiff_t>(row));
+  ++res.nfe_calls;
+  res.nfe_sequences += static_cast<std::int64_t>(which.size());
+}
+
+}  // namespace sampling_detail
+
+// Samples n sequences of length len starting from `init` (mask id = to generate).
+template <class Schedule>
+SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfig& cfg, std::vector<std::int32_t> init,
+                    std::int64_t n, std::int64_t len) {
+  using namespace sampling_detail;
+  const auto t_start = std::chrono::steady_clock::now();
+  MDLM_CHECK(d.mask_id >= 0 && d.mask_id < d.vocab, "sampler: mask id ", d.mask_id, " outside the vocabulary");
+  MDLM_CHECK(static_cast<std::int64_t>(init.size()) == n * len, "sampler: ", init.size(), " initial tokens for ", n, " x ", len);
+  MDLM_CHECK(cfg.steps > 0, "sampler: steps must be positive");
+  MDLM_CHECK(cfg.kind != SamplerKind::Cached || !d.time_conditioning,
+             "the cached sampler needs a time-agnostic denoiser (this model is time-conditioned)");
+  for (std::size_t r = 0; r < init.size(); ++r) {
+    MDLM_CHECK(init[r] >= 0 && init[r] < d.vocab, "sampler: token ", init[r], " at position ", r, " outside the vocabulary");
+  }
+  SampleResult res;
+  std::vector<std::int32_t> z = std::move(init);
+  const std::vector<bool> fixed = [&] {
+    std::vector<bool> f(z.size());
+    for (std::size_t r = 0; r < z.size(); ++r) f[r] = z[r] != d.mask_id;
+    return f;
+  }();
+  const Philox rng{cfg.seed};
+  const auto V = d.vocab;
+  std::vector<float> logits(static_cast<std::size_t>(n * len * V));
+  std::vector<bool> dirty(static_cast<std::size_t>(n), true), need(static_cast<std::size_t>(n));
+  std::vector<double> logw;
+  auto has_mask = [&](std::int64_t b) {
+    for (std::int64_t i = 0; i < len; ++i)
+      if (z[static_cast<std::size_t>(b * len + i)] == d.mask_id) return true;
+    return false;
+  };
+  auto row_logw = [&](std::int64_t r) {
+    filter_logits(logits.data() + r * V, V, d.mask_id, cfg.filters, logw);
+    return logw;
+  };
+
+  if (cfg.kind == SamplerKind::FirstHit) {
+    std::vector<double> t(static_cast<std::size_t>(n), cfg.t_max);
+    for (std::uint32_t step = 0;; ++step) {
+      bool any = false;
+      for (std::int64_t b = 0; b < n; ++b) any |= (need[static_cast<std::size_t>(b)] = has_mask(b));
+      if (!any) break;
+      // all sequences share the network call at their own times (one sigma per call here: the
+      // denoiser is evaluated per sequence group; time-conditioned models get each sequence's t)
+      for (std::int64_t b = 0; b < n; ++b) {
+        if (!need[static_cast<std::size_t>(b)]) continue;
+        std::int64_t masked = 0;
+        for (std::int64_t i = 0; i < len; ++i) masked += z[static_cast<std::size_t>(b * len + i)] == d.mask_id;
+        const double u = rng.uniform_double(Purpose::Remask, step, static_cast<std::uint64_t>(b) * 2);
+        const double move = sched.move_chance(t[static_cast<std::size_t>(b)]) * std::pow(u, 1.0 / static_cast<double>(masked));
+        t[static_cast<std::size_t>(b)] = std::clamp(sched.t_of_alpha(1.0 - move), 0.0, 1.0);
+        std::vector<bool> one(static_cast<std::size_t>(n), false);
+        one[static_cast<std::size_t>(b)] = true;
+        evaluate(d, z, n, len, one, sched.sigma(t[static_cast<std::size_t>(b)]), logits, res);
+        const auto pick = static_cast<std::int64_t>(rng.uniform_double(Purpose::Remask, step, static_cast<std::uint64_t>(b) * 2 + 1) *
+                                                    static_cast<double>(masked));
+        std::int64_t seen = 0;
+        for (std::int64_t i = 0; i < len; ++i) {
+          const std::int64_t r = b * len + i;
+          if (z[static_cast<std::size_t>(r)] != d.mask_id) continue;
+          if (seen++ == pick) {
+            z[static_cast<std::size_t>(r)] = draw_categorical(row_logw(r), rng, step, static_cast<std::uint64_t>(r), cfg.draw);
+            break;
+          }
+        }
+      }
+    }
+  } else {
+    const double span = cfg.t_max - cfg.t_min;
+    for (std::int64_t step = 0; step < cfg.steps; ++step) {
+      const double t = cfg.t_max - span * static_cast<double>(step) / static_cast<double>(cfg.steps);
+      const double s = cfg.t_max - span * static_cast<double>(step + 1) / static_cast<double>(cfg.steps);
+      const auto st = static_cast<std::uint32_t>(step);
+      for (std::int64_t b = 0; b < n; ++b) {
+        const bool masks = has_mask(b) || cfg.kind == SamplerKind::ReMdm;
+        need[static_cast<std::size_t>(b)] = masks && (cfg.kind != SamplerKind::Cached || dirty[static_cast<std::size_t>(b)]);
+      }
+      evaluate(d, z, n, len, need, sched.sigma(t), logits, res);
+      std::fill(dirty.begin(), dirty.end(), false);
+      const double move_t = sched.move_chance(t), move_s = sched.move_chance(s);
+      if (cfg.kind == SamplerKind::Confidence) {
+        for (std::int64_t b = 0; b < n; ++b) {
+          std::vector<std::pair<double, std::int64_t>> cand;  // (confidence, position)
+          std::vector<std::int32_t> token(static_cast<std::size_t>(len), -1);
+          for (std::int64_t i = 0; i < len; ++i) {
+            const std::int64_t r = b * len + i;
+            if (z[static_cast<std::size_t>(r)] != d.mask_id) continue;
+            const auto& w = row_logw(r);
+            const std::int32_t v = draw_categorical(w, rng, st, static_cast<std::uint64_t>(r), cfg.draw);
+            double mx = -INFINITY, total = 0;
+            for (double x : w) mx = std::max(mx, x);
+            for (double x : w) total += std::isfinite(x) ? std::exp(x - mx) : 0.0;
+            cand.push_back({std::exp(w[static_cast<std::size_t>(v)] - mx) / total, i});
+            token[static_cast<std::size_t>(i)] = v;
+          }
+          if (cand.empty()) continue;
+          std::stable_sort(cand.begin(), cand.end(), [](const auto& a, const auto& c) { return a.first > c.first; });
+          std::size_t k;
+          if (cfg.threshold > 0) {
+            k = 1;
+            while (k < cand.size() && cand[k].first >= cfg.threshold) ++k;
+          } else {
+            const auto left = static_cast<std::size_t>(cfg.steps - step);
+            k = (cand.size() + left - 1) / left;
+          }
+          for (std::size_t j = 0; j < k; ++j) {
+            const std::int64_t i = cand[j].second;
+            z[static_cast<std::size_t>(b * len + i)] = token[static_cast<std::size_t>(i)];
+          }
+          dirty[static_cast<std::size_t>(b)] = true;
+        }
+        continue;
+      }
+      double p_unmask = move_t > 0 ? (move_t - move_s) / move_t : 1.0;  // ancestral: (alpha_s - alpha_t) / (1 - alpha_t)
+      double p_remask = 0.0;
+      if (cfg.kind == SamplerKind::ReMdm) {
+        const double a_t = 1.0 - move_t, a_s = 1.0 - move_s;
+        p_remask = a_t > 0 ? std::min(cfg.remdm_eta, move_s / a_t) : 0.0;
+        p_unmask = move_t > 0 ? std::clamp((a_s - (1.0 - p_remask) * a_t) / move_t, 0.0, 1.0) : 1.0;
+      }
+      if (step == cfg.steps - 1) p_remask = 0.0;  // the last step only unmasks
+      for (std::int64_t r = 0; r < n * len; ++r) {
+        if (fixed[static_cast<std::size_t>(r)]) continue;
+        const double u = rng.uniform_double(Purpose::Remask, st, static_cast<std::uint64_t>(r));
+        if (z[static_cast<std::size_t>(r)] == d.mask_id) {
+          if (u < p_unmask) {
+            z[static_cast<std::size_t>(r)] = draw_categorical(row_logw(r), rng, st, static_cast<std::uint64_t>(r), cfg.draw);
+            dirty[static_cast<std::size_t>(r / len)] = true;
+          }
+        } else if (u < p_remask) {
+          z[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(d.mask_id);
+          dirty[static_cast<std::size_t>(r / len)] = true;
+        }
+      }
+    }
+    if (cfg.noise_removal) {  // whatever is still masked takes the argmax at t_min
+      for (std::int64_t b = 0; b < n; ++b) need[static_cast<std::size_t>(b)] = has_mask(b) && (cfg.kind != SamplerKind::Cached || dirty[static_cast<std::size_t>(b)]);
+      evaluate(d, z, n, len, need, sched.sigma(cfg.t_min), logits, res);
+      for (std::int64_t r = 0; r < n * len; ++r) {
+        if (z[static_cast<std::size_t>(r)] == d.mask_id) z[static_cast<std::size_t>(r)] = argmax_with_prob(row_logw(r)).first;
+      }
+    }
+  }
+  res.ids = std::move(z);
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return res;
+}
+
+// Semi-autoregressive generation of `total` tokens per sequence: a window of L tokens, moved
+// by `stride` S; each new window keeps the previous window's last L - S tokens as fixed prefix
+// and generates S new ones. `prompt` (any length, may be empty) starts the first window.
+template <class Schedule>
+SampleResult sample_semi_ar(const Denoiser& d, const Schedule& sched, const SamplerConfig& cfg,
+                            const std::vector<std::int32_t>& prompt, std::int64_t n, std::int64_t total, std::int64_t window,
+                            std::int64_t stride) {
+  MDLM_CHECK(stride > 0 && stride <= window, "semi-AR: stride ", stride, " must be in [1, window ", window, "]");
+  MDLM_CHECK(static_cast<std::int64_t>(prompt.size()) < window, "semi-AR: the prompt (", prompt.size(),
+             " tokens) must be shorter than the window (", window, ")");
+  MDLM_CHECK(total >= window, "semi-AR: length ", total, " is shorter than the window ", window);
+  SampleResult out;
+  std::vector<std::vector<std::int32_t>> seqs(static_cast<std::size_t>(n));
+  std::vector<std::int32_t> init(static_cast<std::size_t>(n * window), static_cast<std::int32_t>(d.mask_id));
+  for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * window);
+  SamplerConfig c = cfg;
+  for (std::int64_t round = 0;; ++round) {
+    c.seed = cfg.seed + static_cast<std::uint64_t>(round) * 0x9E3779B97F4A7C15ull;
+    SampleResult r = sample(d, sched, c, init, n, window);
+    out.nfe_calls += r.nfe_calls;
+    out.nfe_sequences += r.nfe_sequences;
+    out.seconds += r.seconds;
+    for (std::int64_t b = 0; b < n; ++b) {
+      auto& s = seqs[static_cast<std::size_t>(b)];
+      const auto first = round == 0 ? r.ids.begin() + b * window : r.ids.begin() + b * window + (window - stride);
+      s.insert(s.end(), first, r.ids.begin() + (b + 1) * window);
+    }
+    if (static_cast<std::int64_t>(seqs[0].size()) >= total) break;
+    for (std::int64_t b = 0; b < n; ++b) {  // next window: the last L - S tokens, then S masks
+      const auto& s = seqs[static_cast<std::size_t>(b)];
+      std::fill(init.begin() + b * window, init.begin() + (b + 1) * window, static_cast<std::int32_t>(d.mask_id));
+      std::copy(s.end() - (window - stride), s.end(), init.begin() + b * window);
+    }
+  }
+  for (auto& s : seqs) {
+    s.resize(static_cast<std::size_t>(total));
+    out.ids.insert(out.ids.end(), s.begin(), s.end());
+  }
+  return out;
+}
+
+}  // namespace mdlm

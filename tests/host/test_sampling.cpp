@@ -1,0 +1,244 @@
+// Samplers with fixed, known denoisers: the marginals of one ancestral step, the full sampler on
+// a factorized target, filters, draws that reach the tail (and the paper-era fp32 draw that does
+// not), caching, prompts and infilling, semi-AR lengths, and the other samplers' invariants.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <set>
+#include <vector>
+
+#include "mdlm/mdlm.hpp"
+
+using namespace mdlm;
+
+namespace {
+
+// Every position gets the same fixed distribution over the first vocab-1 tokens (mask last).
+Denoiser fixed_denoiser(const std::vector<double>& probs) {
+  Denoiser d;
+  d.vocab = static_cast<std::int64_t>(probs.size()) + 1;
+  d.mask_id = d.vocab - 1;
+  d.fn = [probs, d](const std::vector<std::int32_t>& z, std::int64_t, std::int64_t, const std::vector<double>&,
+                    std::vector<float>& logits) {
+    logits.assign(z.size() * static_cast<std::size_t>(d.vocab), 0.0f);
+    for (std::size_t r = 0; r < z.size(); ++r) {
+      for (std::size_t v = 0; v < probs.size(); ++v) logits[r * static_cast<std::size_t>(d.vocab) + v] = static_cast<float>(std::log(probs[v]));
+      logits[r * static_cast<std::size_t>(d.vocab) + probs.size()] = 5.0f;  // the mask logit: must never be drawn
+    }
+  };
+  return d;
+}
+
+// Position-dependent, context-dependent logits (so caching matters): token v at position i
+// scores cos(i * v) + 0.3 * (number of unmasked tokens in the sequence).
+Denoiser contextual_denoiser(std::int64_t vocab) {
+  Denoiser d;
+  d.vocab = vocab;
+  d.mask_id = vocab - 1;
+  d.fn = [d](const std::vector<std::int32_t>& z, std::int64_t n, std::int64_t len, const std::vector<double>&,
+             std::vector<float>& logits) {
+    logits.assign(z.size() * static_cast<std::size_t>(d.vocab), 0.0f);
+    for (std::int64_t b = 0; b < n; ++b) {
+      std::int64_t known = 0;
+      for (std::int64_t i = 0; i < len; ++i) known += z[static_cast<std::size_t>(b * len + i)] != d.mask_id;
+      for (std::int64_t i = 0; i < len; ++i)
+        for (std::int64_t v = 0; v < d.vocab; ++v)
+          logits[static_cast<std::size_t>((b * len + i) * d.vocab + v)] =
+              static_cast<float>(std::cos(static_cast<double>(i * v)) + 0.3 * static_cast<double>(known * (v % 3)));
+    }
+  };
+  return d;
+}
+
+void check_binomial(std::int64_t count, std::int64_t n, double p) {
+  const double sd = std::sqrt(static_cast<double>(n) * p * (1 - p));
+  CAPTURE(count);
+  CAPTURE(n * p);
+  CHECK(std::abs(static_cast<double>(count) - static_cast<double>(n) * p) < 5 * sd + 1);
+}
+
+}  // namespace
+
+TEST_CASE("one ancestral step: stay masked w.p. (1-a_s)/(1-a_t), else p_theta (a_s - a_t)/(1 - a_t)") {
+  const std::vector<double> p{0.1, 0.2, 0.3, 0.4};
+  Denoiser d = fixed_denoiser(p);
+  LogLinearSchedule sched;
+  SamplerConfig cfg;
+  cfg.steps = 1;
+  cfg.t_max = 0.8;
+  cfg.t_min = 0.5;
+  cfg.noise_removal = false;
+  cfg.seed = 3;
+  const std::int64_t n = 400, len = 100;
+  SampleResult r = sample(d, sched, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 4), n, len);
+  const double stay = sched.move_chance(0.5) / sched.move_chance(0.8);
+  std::vector<std::int64_t> count(5, 0);
+  for (std::int32_t v : r.ids) count[static_cast<std::size_t>(v)]++;
+  check_binomial(count[4], n * len, stay);
+  for (int v = 0; v < 4; ++v) check_binomial(count[static_cast<std::size_t>(v)], n * len, p[static_cast<std::size_t>(v)] * (1 - stay));
+}
+
+TEST_CASE("the full ancestral sampler reproduces a factorized target's marginals; mask is never emitted") {
+  const std::vector<double> p{0.05, 0.15, 0.3, 0.5};
+  Denoiser d = fixed_denoiser(p);
+  SamplerConfig cfg;
+  cfg.steps = 32;
+  cfg.seed = 11;
+  const std::int64_t n = 500, len = 40;
+  SampleResult r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 4), n, len);
+  std::vector<std::int64_t> count(5, 0);
+  for (std::int32_t v : r.ids) count[static_cast<std::size_t>(v)]++;
+  CHECK(count[4] == 0);
+  for (int v = 0; v < 4; ++v) check_binomial(count[static_cast<std::size_t>(v)], n * len, p[static_cast<std::size_t>(v)]);
+  CHECK(r.nfe_sequences <= n * 33);  // a sequence is evaluated while it still has masks
+  CHECK(r.nfe_calls <= 33);
+}
+
+TEST_CASE("top-k and top-p never emit filtered tokens; temperature sharpens") {
+  const std::vector<double> p{0.02, 0.08, 0.1, 0.3, 0.5};
+  Denoiser d = fixed_denoiser(p);
+  const std::int64_t n = 200, len = 20;
+  SamplerConfig cfg;
+  cfg.steps = 8;
+  cfg.filters.top_k = 2;
+  SampleResult r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
+  for (std::int32_t v : r.ids) REQUIRE((v == 3 || v == 4));
+  cfg.filters = {};
+  cfg.filters.top_p = 0.85;  // keeps {4, 3, 2}: 0.5 + 0.3 + 0.1 >= 0.85
+  r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
+  std::set<std::int32_t> seen(r.ids.begin(), r.ids.end());
+  CHECK(seen == std::set<std::int32_t>{2, 3, 4});
+  cfg.filters = {};
+  cfg.filters.temperature = 0.25;
+  r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
+  std::int64_t top = 0;
+  for (std::int32_t v : r.ids) top += v == 4;
+  CHECK(static_cast<double>(top) / static_cast<double>(n * len) > 0.85);  // p^4 normalized: 0.5^4/(sum) = 0.87
+}
+
+TEST_CASE("exact draws reach the tail; the paper-era fp32 draw does not") {
+  // The largest uniform Philox gives (1 - 2^-53) maps to an exponential variate <= 1e-15.
+  CHECK(exponential_from_words(0xffffffffu, 0xfffff7ffu) <= 1e-15);
+  CHECK(exponential_from_words(0xffffffffu, 0xfffff7ffu) > 0.0);
+  // One token of weight 1 and 100,000 of weight 1e-7: the tail holds 1e-2 / 1.01 ~ 0.99%.
+  std::vector<double> logw(100001, std::log(1e-7));
+  logw[0] = 0.0;
+  const int draws = 5000;
+  int exact_tail = 0, fp32_tail = 0;
+#pragma omp parallel for reduction(+ : exact_tail, fp32_tail) schedule(dynamic, 50)
+  for (int k = 0; k < draws; ++k) {
+    exact_tail += draw_categorical(logw, Philox{77}, 0, static_cast<std::uint64_t>(k), DrawMode::Exact) != 0;
+    fp32_tail += draw_categorical(logw, Philox{77}, 1, static_cast<std::uint64_t>(k), DrawMode::PaperFp32) != 0;
+  }
+  const double exact = static_cast<double>(exact_tail) / draws, fp32 = static_cast<double>(fp32_tail) / draws;
+  CAPTURE(exact);
+  CAPTURE(fp32);
+  CHECK(exact > 0.005);
+  CHECK(exact < 0.015);
+  // fp32 noise is a grid (u <= 1 - 2^-24, so E >= 6e-8): for weights of 1e-7 it only distorts the
+  // tail (expected 0.73% instead of 0.99%, from summing over the grid); it cannot reach below it.
+  CHECK(fp32 < exact);
+  MESSAGE("tail frequency over 5000 draws: exact " << exact << ", paper-era fp32 " << fp32);
+}
+
+TEST_CASE("tokens below fp32's noise floor: exact draws find them, the fp32 draw practically never") {
+  // One token of weight 1 and 500,000 of weight 2e-8 (tail mass 1%): a tail token can win under
+  // fp32 noise only if E_top > 5e7 * E_tail >= 3, i.e. about 0.16% of the time; exact draws: 1%.
+  std::vector<double> logw(500001, std::log(2e-8));
+  logw[0] = 0.0;
+  const int draws = 1000;
+  int exact_tail = 0, fp32_tail = 0;
+#pragma omp parallel for reduction(+ : exact_tail, fp32_tail) schedule(dynamic, 10)
+  for (int k = 0; k < draws; ++k) {
+    exact_tail += draw_categorical(logw, Philox{78}, 0, static_cast<std::uint64_t>(k), DrawMode::Exact) != 0;
+    fp32_tail += draw_categorical(logw, Philox{78}, 1, static_cast<std::uint64_t>(k), DrawMode::PaperFp32) != 0;
+  }
+  CAPTURE(exact_tail);
+  CAPTURE(fp32_tail);
+  CHECK(exact_tail >= 4);  // Poisson(10)
+  CHECK(exact_tail <= 20);
+  CHECK(fp32_tail < exact_tail);
+  CHECK(fp32_tail <= 5);   // Poisson(1.6)
+  MESSAGE("tail draws out of 1000 (expected 10): exact " << exact_tail << ", paper-era fp32 " << fp32_tail);
+}
+
+TEST_CASE("caching gives identical samples with fewer network evaluations when steps > length") {
+  Denoiser d = contextual_denoiser(9);
+  const std::int64_t n = 6, len = 12;
+  SamplerConfig cfg;
+  cfg.steps = 64;
+  cfg.seed = 5;
+  std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 8);
+  SampleResult plain = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  cfg.kind = SamplerKind::Cached;
+  SampleResult cached = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  CHECK(cached.ids == plain.ids);
+  CHECK(cached.nfe_sequences < plain.nfe_sequences);
+  CHECK(cached.nfe_sequences <= n * (len + 1));  // at most one evaluation per change (+ the first)
+  d.time_conditioning = true;
+  CHECK_THROWS_WITH_AS(sample(d, LogLinearSchedule{}, cfg, init, n, len), doctest::Contains("time-agnostic"), Error);
+}
+
+TEST_CASE("prompted and infilled positions are never altered, by any sampler") {
+  Denoiser d = contextual_denoiser(9);
+  const std::int64_t n = 4, len = 16;
+  std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 8);
+  for (std::int64_t b = 0; b < n; ++b) {
+    init[static_cast<std::size_t>(b * len + 0)] = 1;  // a prompt
+    init[static_cast<std::size_t>(b * len + 1)] = 2;
+    init[static_cast<std::size_t>(b * len + 9)] = 7;  // an infilled span
+    init[static_cast<std::size_t>(b * len + 10)] = 0;
+  }
+  for (auto kind : {SamplerKind::Ancestral, SamplerKind::Cached, SamplerKind::Confidence, SamplerKind::ReMdm, SamplerKind::FirstHit}) {
+    CAPTURE(static_cast<int>(kind));
+    SamplerConfig cfg;
+    cfg.kind = kind;
+    cfg.steps = 20;
+    cfg.remdm_eta = 0.5;
+    SampleResult r = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+    for (std::size_t k = 0; k < init.size(); ++k) {
+      if (init[k] != 8) REQUIRE(r.ids[k] == init[k]);
+      REQUIRE(r.ids[k] != 8);  // nothing left masked
+    }
+    if (kind == SamplerKind::FirstHit) CHECK(r.nfe_sequences == n * (len - 4));  // one token per evaluation
+  }
+}
+
+TEST_CASE("confidence sampling unmasks k = remaining / steps-left per step; threshold mode at least one") {
+  Denoiser d = contextual_denoiser(9);
+  const std::int64_t n = 2, len = 10;
+  SamplerConfig cfg;
+  cfg.kind = SamplerKind::Confidence;
+  cfg.steps = 5;
+  cfg.noise_removal = false;
+  SampleResult r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 8), n, len);
+  for (std::int32_t v : r.ids) CHECK(v != 8);  // 10 tokens in 5 steps of 2
+  CHECK(r.nfe_calls == 5);
+  cfg.threshold = 0.999;  // nothing is that confident: one token per step
+  cfg.steps = 3;
+  r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 8), n, len);
+  std::int64_t masked = 0;
+  for (std::int32_t v : r.ids) masked += v == 8;
+  CHECK(masked == n * (len - 3));
+}
+
+TEST_CASE("semi-autoregressive generation has the requested length and keeps its prompt") {
+  Denoiser d = contextual_denoiser(9);
+  SamplerConfig cfg;
+  cfg.steps = 8;
+  const std::vector<std::int32_t> prompt{3, 1, 4};
+  SampleResult r = sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, 2, 50, 16, 6);
+  REQUIRE(r.ids.size() == 100);
+  for (std::int64_t b = 0; b < 2; ++b) {
+    for (std::size_t k = 0; k < prompt.size(); ++k) CHECK(r.ids[static_cast<std::size_t>(b * 50) + k] == prompt[k]);
+  }
+  for (std::int32_t v : r.ids) CHECK(v != 8);
+  CHECK_THROWS_AS(sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, 1, 50, 16, 0), Error);
+}
+
+TEST_CASE("per-sample unigram entropy") {
+  std::vector<std::int32_t> same(8, 3), two{1, 2, 1, 2};
+  CHECK(unigram_entropy(same.data(), 8) == 0.0);
+  CHECK(unigram_entropy(two.data(), 4) == doctest::Approx(std::log(2.0)));
+}
