@@ -110,19 +110,6 @@ struct Shape3 {
   std::int64_t m, n, k;
 };
 
-template <class T>
-std::vector<T> rounded(const std::vector<double>& v) {
-  std::vector<T> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = from_compute<T>(static_cast<compute_t<T>>(v[i]));
-  return out;
-}
-template <class T>
-std::vector<double> widened(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<double>(to_compute(v[i]));
-  return out;
-}
-
 double max_rel_err(const std::vector<double>& got, const std::vector<double>& want) {
   double err = 0, scale = 1e-30;
   for (std::size_t i = 0; i < want.size(); ++i) {
@@ -142,16 +129,16 @@ double cuda_vs_host(Cuda& ctx, Op op_a, Op op_b, Shape3 s, Epilogue kind, std::i
   const std::int64_t b_rows = tb ? s.n : s.k, b_cols = tb ? s.k : s.n;
   const std::int64_t lda = a_cols + pad, ldb = b_cols + pad, ldc = s.n + pad;
   // Inputs as the CUDA side sees them (rounded to TIn / TOut), widened for the fp64 host run.
-  auto a = rounded<TIn>(random_vector<double>(static_cast<std::size_t>(a_rows * lda), seed, 0));
-  auto b = rounded<TIn>(random_vector<double>(static_cast<std::size_t>(b_rows * ldb), seed, 1));
-  auto c = rounded<TOut>(random_vector<double>(static_cast<std::size_t>(s.m * ldc), seed, 2));
-  auto bias = rounded<TOut>(random_vector<double>(static_cast<std::size_t>(s.n), seed, 3));
-  auto aux = rounded<TOut>(random_vector<double>(static_cast<std::size_t>(s.m * ldc), seed, 4));
+  auto a = cast_vector<TIn>(random_vector<double>(static_cast<std::size_t>(a_rows * lda), seed, 0));
+  auto b = cast_vector<TIn>(random_vector<double>(static_cast<std::size_t>(b_rows * ldb), seed, 1));
+  auto c = cast_vector<TOut>(random_vector<double>(static_cast<std::size_t>(s.m * ldc), seed, 2));
+  auto bias = cast_vector<TOut>(random_vector<double>(static_cast<std::size_t>(s.n), seed, 3));
+  auto aux = cast_vector<TOut>(random_vector<double>(static_cast<std::size_t>(s.m * ldc), seed, 4));
   const std::int64_t bias_grad_len = s.m;
 
   // Host fp64
   Host host;
-  auto ha = widened(a), hb = widened(b), hc = widened(c), hbias = widened(bias), haux = widened(aux);
+  auto ha = cast_vector<double>(a), hb = cast_vector<double>(b), hc = cast_vector<double>(c), hbias = cast_vector<double>(bias), haux = cast_vector<double>(aux);
   std::vector<double> hbg(static_cast<std::size_t>(bias_grad_len));
   GemmEpilogue<double, Host> he;
   he.kind = kind;
@@ -174,9 +161,9 @@ double cuda_vs_host(Cuda& ctx, Op op_a, Op op_b, Shape3 s, Epilogue kind, std::i
   gemm(ctx, op_a, MatrixView<const TIn, Cuda>(da.data(), a_rows, a_cols, lda), op_b,
        MatrixView<const TIn, Cuda>(db.data(), b_rows, b_cols, ldb), MatrixView<TOut, Cuda>(dc.data(), s.m, s.n, ldc),
        de, 1.0f, static_cast<float>(beta));
-  double err = max_rel_err(widened(to_host(ctx, dc.view())), hc);
-  if (kind == Epilogue::GeluAuxBias) err = std::max(err, max_rel_err(widened(to_host(ctx, daux.view())), haux));
-  if (kind == Epilogue::BiasGrad) err = std::max(err, max_rel_err(widened(to_host(ctx, dbg.view())), hbg));
+  double err = max_rel_err(cast_vector<double>(to_host(ctx, dc.view())), hc);
+  if (kind == Epilogue::GeluAuxBias) err = std::max(err, max_rel_err(cast_vector<double>(to_host(ctx, daux.view())), haux));
+  if (kind == Epilogue::BiasGrad) err = std::max(err, max_rel_err(cast_vector<double>(to_host(ctx, dbg.view())), hbg));
   return err;
 }
 

@@ -37,19 +37,6 @@ struct CaseInput {
   std::vector<double> data;
 };
 
-template <class T>
-std::vector<T> to_type(const std::vector<double>& v) {
-  std::vector<T> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = from_compute<T>(static_cast<compute_t<T>>(v[i]));
-  return out;
-}
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<double>(to_compute(v[i]));
-  return out;
-}
-
 // The inputs of one case on one backend; activations (var) or parameters (param).
 template <class B, class T, class G>
 struct Leaves {
@@ -87,19 +74,19 @@ CaseResult run_case(B& ctx, std::vector<CaseInput>& inputs, Build&& build, TapeO
   Leaves<B, T, G> l{&tape, {}, {}, {}, &inputs, {}};
   for (auto& in : inputs) {
     const std::size_t n = static_cast<std::size_t>(in.rows * in.cols);
-    l.values.push_back(upload(ctx, to_type<T>(in.data)));
+    l.values.push_back(upload(ctx, cast_vector<T>(in.data)));
     l.var_grads.push_back(upload(ctx, std::vector<T>(n, from_compute<T>(0))));
     l.param_grads.push_back(upload(ctx, std::vector<G>(n, from_compute<G>(0))));
   }
   Var<T, B> out = build(tape, l);
   auto weights = random_vector<double>(static_cast<std::size_t>(out.rows() * out.cols()), 77);
-  auto w = upload(ctx, to_type<T>(weights));
+  auto w = upload(ctx, cast_vector<T>(weights));
   tape.backward(out, MatrixView<const T, B>(w.data(), out.rows(), out.cols()));
   CaseResult r;
-  r.out = to_double(download(ctx, MatrixView<const T, B>(out.value)));
+  r.out = cast_vector<double>(download(ctx, MatrixView<const T, B>(out.value)));
   for (std::size_t i = 0; i < inputs.size(); ++i) {
-    auto vg = to_double(download(ctx, MatrixView<const T, B>(l.var_grads[i].data(), inputs[i].rows, inputs[i].cols)));
-    auto pg = to_double(download(ctx, MatrixView<const G, B>(l.param_grads[i].data(), inputs[i].rows, inputs[i].cols)));
+    auto vg = cast_vector<double>(download(ctx, MatrixView<const T, B>(l.var_grads[i].data(), inputs[i].rows, inputs[i].cols)));
+    auto pg = cast_vector<double>(download(ctx, MatrixView<const G, B>(l.param_grads[i].data(), inputs[i].rows, inputs[i].cols)));
     for (std::size_t k = 0; k < vg.size(); ++k) vg[k] += pg[k];  // only one of them is used per input
     r.grads.push_back(vg);
   }
@@ -283,7 +270,7 @@ TEST_CASE("CUDA fused SUBS loss matches the Host unfused path (fp32 to 1e-5)") {
                  MatrixView<double, Host>(lp.data(), n, vocab));
   double unfused = 0;
   for (std::int64_t r = 0; r < n; ++r) unfused -= tg.coef[static_cast<std::size_t>(r)] * lp[static_cast<std::size_t>(r * vocab + x0[static_cast<std::size_t>(r)])];
-  auto d_logits = upload(cuda, to_type<float>(logits));
+  auto d_logits = upload(cuda, cast_vector<float>(logits));
   auto d_target = upload(cuda, tg.target);
   auto d_coef = upload(cuda, tg.coef);
   DeviceBuffer<double> lse(n);
@@ -302,7 +289,7 @@ TEST_CASE("CUDA fused SUBS loss matches the Host unfused path (fp32 to 1e-5)") {
       const double c = tg.coef[static_cast<std::size_t>(r)];
       want[k] = c == 0 ? 0 : c * (std::exp(lp[k]) - (v == x0[static_cast<std::size_t>(r)] ? 1.0 : 0.0));
     }
-  CHECK(rel_err(to_double(to_host(cuda, dlogits.view())), want) < 1e-5);
+  CHECK(rel_err(cast_vector<double>(to_host(cuda, dlogits.view())), want) < 1e-5);
 }
 
 TEST_CASE("CUDA MaskedDiffusion step (trimmed head) matches Host: same z_t, loss and gradients") {

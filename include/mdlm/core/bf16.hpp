@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "mdlm/core/config.hpp"
 
@@ -94,6 +95,15 @@ MDLM_HD inline T from_compute(compute_t<T> v) {
 template <>
 MDLM_HD inline bf16 from_compute<bf16>(float v) {
   return bf16(v);
+}
+
+// Element-wise conversion of a host vector between storage types (double <-> float <-> bf16),
+// through the compute types: for moving reference data in and out of T-typed buffers.
+template <class To, class From>
+std::vector<To> cast_vector(const std::vector<From>& v) {
+  std::vector<To> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = from_compute<To>(static_cast<compute_t<To>>(to_compute(v[i])));
+  return out;
 }
 
 }  // namespace mdlm

@@ -53,23 +53,6 @@ TensorError compare(const std::string& name, const T* got, std::int64_t rows, st
 }
 }  // namespace detail
 
-namespace detail {
-template <class T>
-std::vector<T> to_type(const std::vector<double>& v) {
-  std::vector<T> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = from_compute<T>(static_cast<compute_t<T>>(v[i]));
-  return out;
-}
-template <class T>
-std::vector<double> to_double(const std::vector<T>& v) {
-  std::vector<double> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<double>(to_compute(v[i]));
-  return out;
-}
-}  // namespace detail
-
-// Runs fixture `g` on backend context `ctx` with values in T and parameter gradients in G:
-// Host<double>, Host<float>, Cuda<float>, Cuda<bf16, float>.
 // Calls f(schedule) with the schedule a fixture config names ("schedule", with "eps",
 // "sigma_min", "sigma_max", "w" where the schedule has them).
 template <class F>
@@ -94,7 +77,7 @@ GoldenReport check_golden(B& ctx, const GoldenFixture& g, bool trim_head = true)
     for (const ParamSpec& s : layout.specs()) {
       const std::string name = "backbone." + s.name;
       if (!g.file.contains(name)) MDLM_FAIL(g.file.origin(), ": missing parameter '", name, "'");
-      auto v = detail::to_type<T>(g.file.get<double>(name, s.shape));
+      auto v = cast_vector<T>(g.file.get<double>(name, s.shape));
       std::copy(v.begin(), v.end(), host.begin() + s.offset);
     }
     upload_into(ctx, host.data(), layout.buffer_elements(), store.values().data());
@@ -109,7 +92,7 @@ GoldenReport check_golden(B& ctx, const GoldenFixture& g, bool trim_head = true)
     auto dev_ids = upload(ctx, ids);
     Var<T, B> logits =
         model.forward(tape, store.params(), DiTInputs{dev_ids.data(), ids.data(), g.batch, g.seq_len, g.sigma.data()});
-    got_logits = detail::to_double(download(ctx, MatrixView<const T, B>(logits.value)));
+    got_logits = cast_vector<double>(download(ctx, MatrixView<const T, B>(logits.value)));
   }
   rep.tensors.push_back(detail::compare("outputs.logits", got_logits.data(), n, vocab, vocab,
                                         g.file.get<double>("outputs.logits", {g.batch, g.seq_len, vocab})));
@@ -142,14 +125,14 @@ GoldenReport check_golden(B& ctx, const GoldenFixture& g, bool trim_head = true)
                                             g.file.get<double>("outputs.log_probs", {g.batch, g.seq_len, vocab})));
     }
   }
-  const std::vector<double> got_loss = detail::to_double(download(ctx, MatrixView<const T, B>(out.loss.value)));
+  const std::vector<double> got_loss = cast_vector<double>(download(ctx, MatrixView<const T, B>(out.loss.value)));
   rep.tensors.push_back(detail::compare("outputs.loss", got_loss.data(), 1, 1, 1, g.file.get<double>("outputs.loss")));
   auto one = upload(ctx, std::vector<T>{from_compute<T>(1)});
   tape.backward(out.loss, MatrixView<const T, B>(one.data(), 1, 1));
   for (const ParamSpec& s : layout.specs()) {
     const std::string name = "grads.backbone." + s.name;
     if (!g.file.contains(name)) continue;
-    const auto grad = detail::to_double(download(ctx, MatrixView<const G, B>(store.grad(s.name))));
+    const auto grad = cast_vector<double>(download(ctx, MatrixView<const G, B>(store.grad(s.name))));
     rep.tensors.push_back(detail::compare(name, grad.data(), s.rows(), s.cols(), s.cols(), g.file.get<double>(name, s.shape)));
   }
   return rep;
