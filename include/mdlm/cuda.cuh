@@ -12,4 +12,5 @@
 #include "mdlm/ops/cuda/layernorm.cuh"
 #include "mdlm/ops/cuda/mask.cuh"
 #include "mdlm/ops/cuda/optim.cuh"
+#include "mdlm/ops/cuda/sample.cuh"
 #include "mdlm/ops/cuda/subs_loss.cuh"

@@ -51,3 +51,4 @@
 #include "mdlm/sampling/categorical.hpp"
 #include "mdlm/sampling/model_denoiser.hpp"
 #include "mdlm/sampling/samplers.hpp"
+#include "mdlm/sampling/step.hpp"

@@ -242,3 +242,36 @@ TEST_CASE("per-sample unigram entropy") {
   CHECK(unigram_entropy(same.data(), 8) == 0.0);
   CHECK(unigram_entropy(two.data(), 4) == doctest::Approx(std::log(2.0)));
 }
+
+TEST_CASE("the fused sampler step (the CUDA kernel's Host twin) takes the same decisions as the sampler") {
+  Denoiser d = contextual_denoiser(11);
+  const std::int64_t n = 8, len = 20;
+  std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 10);
+  init[3] = 4;  // one fixed position
+  SamplerConfig cfg;
+  cfg.steps = 1;
+  cfg.t_max = 0.9;
+  cfg.t_min = 0.4;
+  cfg.noise_removal = false;
+  cfg.seed = 21;
+  cfg.filters.temperature = 0.7;
+  SampleResult want = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  std::vector<float> logits;
+  d.fn(init, n, len, std::vector<double>(static_cast<std::size_t>(n), 0.0), logits);
+  std::vector<std::int32_t> z = init;
+  std::vector<std::uint8_t> fixed(z.size()), changed(static_cast<std::size_t>(n), 0);
+  for (std::size_t r = 0; r < z.size(); ++r) fixed[r] = init[r] != 10;
+  LogLinearSchedule s;
+  SampleStepArgs a;
+  a.rows = n * len;
+  a.vocab = 11;
+  a.len = len;
+  a.mask_id = 10;
+  a.rng = Philox{21};
+  a.step = 0;
+  a.p_unmask = (s.move_chance(0.9) - s.move_chance(0.4)) / s.move_chance(0.9);
+  a.temperature = 0.7;
+  sample_step(Host{}, MatrixView<const float, Host>(logits.data(), n * len, 11), z.data(), fixed.data(), a, changed.data());
+  CHECK(z == want.ids);
+  for (std::int64_t b = 0; b < n; ++b) CHECK(changed[static_cast<std::size_t>(b)] == 1);
+}
