@@ -14,3 +14,4 @@
 #include "mdlm/ops/cuda/optim.cuh"
 #include "mdlm/ops/cuda/sample.cuh"
 #include "mdlm/ops/cuda/subs_loss.cuh"
+#include "mdlm/sampling/cuda_sampler.cuh"
