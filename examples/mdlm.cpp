@@ -471,6 +471,25 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
   });
   Denoiser d = model_denoiser(host, m.model, m.store, m.mask_id);
   SampleResult r;
+  const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
+  MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
+  const bool on_device = backend == "cuda" && (cfg.kind == SamplerKind::Ancestral || cfg.kind == SamplerKind::ReMdm) &&
+                         cfg.filters.top_k <= 0 && cfg.filters.top_p >= 1 && cfg.draw == DrawMode::Exact && len <= window &&
+                         args.integer("--stride") == 0;
+  if (on_device) {
+#if MDLM_WITH_CUDA
+    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+    Cuda ctx;
+    ParamStore<Cuda, float, float> dev(m.model.layout());
+    upload_into(ctx, m.store.values().data(), m.model.layout().buffer_elements(), dev.values().data());
+    std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(m.mask_id));
+    for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * len);
+    r = sample_on_device(ctx, m.model, dev, m.mask_id, LogLinearSchedule{}, cfg, init, n, len);
+    return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds};
+#else
+    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
+#endif
+  }
   if (len > window || args.integer("--stride") > 0) {
     const std::int64_t stride = args.integer("--stride") > 0 ? args.integer("--stride") : window / 2;
     r = sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, n, len, window, stride);
@@ -486,7 +505,7 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
 const std::map<std::string, std::string> kSampleDefaults = {
     {"--checkpoint", "out/kjv-mdlm"}, {"--steps", "128"}, {"--sampler", "cached"}, {"--length", "128"},
     {"--stride", "0"}, {"--window", "0"}, {"--prompt", ""}, {"--temperature", "1"}, {"--top-p", "1"}, {"--top-k", "0"},
-    {"--threshold", "0"}, {"--seed", "0"}, {"--num-samples", "2"}};
+    {"--threshold", "0"}, {"--seed", "0"}, {"--num-samples", "2"}, {"--backend", "host"}};
 
 int sample_cmd(const Args& args) {
   LoadedModel m(args.str("--checkpoint"));
@@ -562,6 +581,7 @@ void usage() {
       "  sample --checkpoint DIR [--steps N] [--sampler ancestral|cached|confidence|remdm|first-hit]\n"
       "         [--length L] [--stride S] [--window W] [--prompt TEXT] [--temperature T] [--top-p P]\n"
       "         [--top-k K] [--threshold C] [--seed S] [--num-samples N] [--json] [--paper-fp32-draws]\n"
+      "         [--backend host|cuda]  (cuda: ancestral/remdm on the device with the fused step kernel)\n"
       "  eval --gen-ppl --scorer AR_CHECKPOINT --checkpoint MDLM_CHECKPOINT [sample flags]\n"
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       run a golden fixture (forward, loss, backward) and\n"

@@ -1,0 +1,142 @@
+// Sampler step throughput on CUDA for the small preset's shapes (B = 16, L = 1024, V = 50258,
+// bf16 logits): the fused step (ops/cuda/sample.cuh: unmask decision + exact exponential race in
+// one pass over the logits, no probabilities written) beside the PyTorch-style unfused arithmetic
+// of the official sampler (softmax to fp32 probabilities, fp64 uniforms and Gumbel noise over the
+// whole vocabulary in memory, divide, argmax). The network is not included (it is the same for
+// both); 128 steps of the sampler cost 128 of these plus 128 forward passes.
+//   build/bench/mdlm_bench_sampler_cuda
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstdint>
+
+#include "mdlm/cuda.cuh"
+
+namespace {
+
+using mdlm::bf16;
+using mdlm::Cuda;
+constexpr std::int64_t kRows = 16 * 1024, kVocab = 50258, kMask = 50257;
+
+__global__ void fill_logits(bf16* p, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    p[i] = bf16(6.0f * (mdlm::Philox{1}.uniform_float(mdlm::Purpose::Test, 0, static_cast<std::uint64_t>(i)) - 0.5f));
+  }
+}
+
+// Unfused baseline, kernel 1: softmax of each row into fp32 probabilities (mask suppressed).
+__global__ void softmax_rows(const bf16* logits, float* probs) {
+  const std::int64_t r = blockIdx.x;
+  const bf16* l = logits + r * kVocab;
+  float mx = -INFINITY;
+  for (std::int64_t v = threadIdx.x; v < kVocab; v += blockDim.x) mx = fmaxf(mx, v == kMask ? -INFINITY : l[v].to_float());
+  mx = mdlm::cuda_detail::block_reduce<float, true>(mx);
+  float s = 0;
+  for (std::int64_t v = threadIdx.x; v < kVocab; v += blockDim.x) s += v == kMask ? 0.0f : expf(l[v].to_float() - mx);
+  s = mdlm::cuda_detail::block_reduce<float, false>(s);
+  for (std::int64_t v = threadIdx.x; v < kVocab; v += blockDim.x) probs[r * kVocab + v] = v == kMask ? 0.0f : expf(l[v].to_float() - mx) / s;
+}
+// kernel 2: fp64 uniforms -> Gumbel-normalized noise in memory (torch.rand_like(float64) then log).
+__global__ void gumbel_noise(double* noise, std::int64_t n, std::uint32_t step) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const double u = mdlm::Philox{2}.uniform_double(mdlm::Purpose::Sampling, step, static_cast<std::uint64_t>(i));
+    noise[i] = 1e-10 - log(u + 1e-10);
+  }
+}
+// kernel 3: argmax of probs / noise per row.
+__global__ void argmax_ratio(const float* probs, const double* noise, std::int32_t* out) {
+  const std::int64_t r = blockIdx.x;
+  double best = -1;
+  std::int32_t id = 0;
+  for (std::int64_t v = threadIdx.x; v < kVocab; v += blockDim.x) {
+    const double s = static_cast<double>(probs[r * kVocab + v]) / noise[r * kVocab + v];
+    if (s > best) best = s, id = static_cast<std::int32_t>(v);
+  }
+  __shared__ double sb[256];
+  __shared__ std::int32_t si[256];
+  sb[threadIdx.x] = best;
+  si[threadIdx.x] = id;
+  __syncthreads();
+  for (unsigned h = blockDim.x / 2; h > 0; h /= 2) {
+    if (threadIdx.x < h && (sb[threadIdx.x + h] > sb[threadIdx.x])) sb[threadIdx.x] = sb[threadIdx.x + h], si[threadIdx.x] = si[threadIdx.x + h];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[r] = si[0];
+}
+
+template <class F>
+void time_steps(benchmark::State& state, Cuda& ctx, F&& step) {
+  cudaEvent_t a, b;
+  MDLM_CUDA_CHECK(cudaEventCreate(&a));
+  MDLM_CUDA_CHECK(cudaEventCreate(&b));
+  step(0u);
+  std::uint32_t k = 1;
+  for (auto _ : state) {
+    MDLM_CUDA_CHECK(cudaEventRecord(a, ctx.stream()));
+    step(k++);
+    MDLM_CUDA_CHECK(cudaEventRecord(b, ctx.stream()));
+    MDLM_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    MDLM_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    state.SetIterationTime(ms / 1e3);
+  }
+  state.counters["positions"] = benchmark::Counter(static_cast<double>(kRows) * static_cast<double>(state.iterations()),
+                                                   benchmark::Counter::kIsRate);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+}
+
+void BM_fused_step(benchmark::State& state) {
+  Cuda ctx;
+  mdlm::DeviceBuffer<bf16> logits(kRows * kVocab);
+  fill_logits<<<4096, 256, 0, ctx.stream()>>>(logits.data(), kRows * kVocab);
+  mdlm::DeviceBuffer<std::int32_t> z(kRows);
+  mdlm::DeviceBuffer<std::uint8_t> fixed(kRows), changed(16);
+  MDLM_CUDA_CHECK(cudaMemsetAsync(fixed.data(), 0, kRows, ctx.stream()));
+  time_steps(state, ctx, [&](std::uint32_t step) {
+    MDLM_CUDA_CHECK(cudaMemsetAsync(z.data(), 0xff, kRows * sizeof(std::int32_t), ctx.stream()));  // all masked (-1)
+    mdlm::SampleStepArgs a;
+    a.rows = kRows;
+    a.vocab = kVocab;
+    a.len = 1024;
+    a.mask_id = -1;  // every position masked, every position drawn (the worst case)
+    a.rng = mdlm::Philox{3};
+    a.step = step;
+    a.p_unmask = 1.0;
+    mdlm::sample_step(ctx, mdlm::MatrixView<const bf16, Cuda>(logits.data(), kRows, kVocab), z.data(), fixed.data(), a,
+                      changed.data());
+  });
+}
+
+void BM_unfused_pytorch_style_step(benchmark::State& state) {
+  Cuda ctx;
+  mdlm::DeviceBuffer<bf16> logits(kRows * kVocab);
+  fill_logits<<<4096, 256, 0, ctx.stream()>>>(logits.data(), kRows * kVocab);
+  mdlm::DeviceBuffer<float> probs(kRows * kVocab);
+  mdlm::DeviceBuffer<double> noise(kRows * kVocab);
+  mdlm::DeviceBuffer<std::int32_t> out(kRows);
+  time_steps(state, ctx, [&](std::uint32_t step) {
+    softmax_rows<<<kRows, 256, 0, ctx.stream()>>>(logits.data(), probs.data());
+    gumbel_noise<<<8192, 256, 0, ctx.stream()>>>(noise.data(), kRows * kVocab, step);
+    argmax_ratio<<<kRows, 256, 0, ctx.stream()>>>(probs.data(), noise.data(), out.data());
+    MDLM_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace
+
+BENCHMARK(BM_fused_step)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_unfused_pytorch_style_step)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+int main(int argc, char** argv) {
+  if (mdlm::Cuda::device_count() == 0) {
+    std::printf("no CUDA device: nothing to benchmark\n");
+    return 0;
+  }
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
