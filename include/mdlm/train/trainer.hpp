@@ -190,7 +190,8 @@ class Trainer {
     std::int64_t last_saved = start;
     const auto t0 = clock::now();
     auto window_start = t0;
-    std::int64_t window_tokens = 0;
+    std::int64_t window_tokens = 0, window_steps = 0;
+    double window_loss = 0;  // the logged training loss is the mean since the last log line
     const std::int64_t tokens_per_step = cfg.batch * cfg.accum * cfg.seq_len;
 
     auto save = [&](std::int64_t step) {
@@ -248,13 +249,16 @@ class Trainer {
       opt.update(ctx, store.grads().data(), store.values().data(), lr, norm, cfg.clip);
       result.losses.push_back(loss);
       window_tokens += tokens_per_step;
+      window_loss += loss;
+      ++window_steps;
       if (step % cfg.log_every == 0 || step == cfg.steps) {
         const auto now = clock::now();
         const double dt = std::chrono::duration<double>(now - window_start).count();
         const double tps = dt > 0 ? static_cast<double>(window_tokens) / dt : 0.0;
         const double elapsed = std::chrono::duration<double>(now - t0).count();
         const double eta = elapsed / static_cast<double>(step - start) * static_cast<double>(cfg.steps - step);
-        metrics.train(step, loss, lr, norm, tps);
+        const double mean_loss = window_loss / static_cast<double>(window_steps);
+        metrics.train(step, mean_loss, lr, norm, tps);
         std::string mfu;
         if (cfg.peak_tflops > 0) {
           char b[48];
@@ -262,9 +266,11 @@ class Trainer {
           mfu = b;
         }
         say(cfg, "step %lld/%lld | loss %.4f | lr %.2e | grad %.3f | %.0f tok/s%s | ETA %s\n", static_cast<long long>(step),
-            static_cast<long long>(cfg.steps), loss, lr, norm, tps, mfu.c_str(), format_duration(eta).c_str());
+            static_cast<long long>(cfg.steps), mean_loss, lr, norm, tps, mfu.c_str(), format_duration(eta).c_str());
         window_start = now;
         window_tokens = 0;
+        window_steps = 0;
+        window_loss = 0;
       }
       if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < cfg.steps) validate(step);
       const bool stopping = cfg.stop_after > 0 && step - start >= cfg.stop_after;
