@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdint>
 
+#include "cuda_main.hpp"
 #include "mdlm/cuda.cuh"
 
 namespace {
@@ -97,13 +98,4 @@ BENCHMARK_CAPTURE(run_problem, mlp_fc_dgelu_bwd, Problem{Op::N, Op::N, kTokens, 
 BENCHMARK_CAPTURE(run_problem, mlp_fc_dW_bgrad_bwd, Problem{Op::T, Op::N, 4 * kD, kD, kTokens, Epilogue::BiasGrad})
     ->UseManualTime();
 
-int main(int argc, char** argv) {
-  if (mdlm::Cuda::device_count() == 0) {
-    std::printf("no CUDA device: nothing to benchmark\n");
-    return 0;
-  }
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return run_cuda_benchmarks(argc, argv); }

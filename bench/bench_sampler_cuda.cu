@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdint>
 
+#include "cuda_main.hpp"
 #include "mdlm/cuda.cuh"
 
 namespace {
@@ -130,13 +131,4 @@ void BM_unfused_pytorch_style_step(benchmark::State& state) {
 BENCHMARK(BM_fused_step)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_unfused_pytorch_style_step)->UseManualTime()->Unit(benchmark::kMillisecond);
 
-int main(int argc, char** argv) {
-  if (mdlm::Cuda::device_count() == 0) {
-    std::printf("no CUDA device: nothing to benchmark\n");
-    return 0;
-  }
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return run_cuda_benchmarks(argc, argv); }

@@ -5,6 +5,7 @@
 //   build/bench/mdlm_bench_train_step_cuda [--benchmark_filter=...]
 #include <cstdio>
 
+#include "cuda_main.hpp"
 #include "mdlm/cuda.cuh"
 #include "train_step.hpp"
 
@@ -25,13 +26,4 @@ BENCHMARK_CAPTURE(run, small_B32_T1024_full_head, "small", 32, 1024, false)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
 BENCHMARK_CAPTURE(run, small_B8_T256_trimmed_head, "small", 8, 256, true)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-int main(int argc, char** argv) {
-  if (mdlm::Cuda::device_count() == 0) {
-    std::printf("no CUDA device: nothing to benchmark\n");
-    return 0;
-  }
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return run_cuda_benchmarks(argc, argv); }
