@@ -27,6 +27,18 @@ inline double gelu_grad_ref(double x) {  // central difference of gelu_ref, accu
   return (gelu_ref(x + h) - gelu_ref(x - h)) / (2 * h);
 }
 
+// A small DiT configuration for tests (every other field keeps its default).
+inline DiTConfig small_dit(std::int64_t vocab, std::int64_t hidden, std::int64_t heads, std::int64_t blocks,
+                           std::int64_t cond_dim) {
+  DiTConfig c;
+  c.vocab = vocab;
+  c.hidden = hidden;
+  c.heads = heads;
+  c.blocks = blocks;
+  c.cond_dim = cond_dim;
+  return c;
+}
+
 // C (m x n, ldc) = alpha op(A) op(B) + beta C in long double, element access through lambdas.
 struct NaiveGemm {
   bool ta, tb;

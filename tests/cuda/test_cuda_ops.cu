@@ -17,20 +17,9 @@ using mdlm::testing::random_vector;
 
 namespace {
 
-template <class Tp>
-using LinearOf = LinearOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
-template <class Tp>
-using LayerNormOf = LayerNormModulateOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
-template <class Tp>
-using ResidualOf = GatedResidualOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
-template <class Tp>
-using RopeOf = RopeOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
-template <class Tp>
-using AttentionOf = AttentionOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
-template <class Tp>
-using SiluOf = SiluOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
-template <class Tp>
-using EmbeddingOf = EmbeddingOp<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
+// The op type for a tape type: OpFor<LinearOp, Tp> = LinearOp<Tp::Backend, Tp::Value, Tp::Grad>.
+template <template <class, class, class> class Op, class Tp>
+using OpFor = Op<typename Tp::Backend, typename Tp::Value, typename Tp::Grad>;
 
 struct CaseInput {
   std::int64_t rows, cols;
@@ -132,7 +121,7 @@ TEST_CASE("CUDA Linear (bias, no bias, fused GELU) matches Host") {
   auto lin = [](bool bias, bool gelu) {
     return [=](auto& tape, auto& l) {
       using Tp = std::remove_reference_t<decltype(tape)>;
-      return LinearOf<Tp>::forward(tape, l.var(0), l.param(1), bias ? l.param(2) : typename Tp::ParamT{}, gelu);
+      return OpFor<LinearOp, Tp>::forward(tape, l.var(0), l.param(1), bias ? l.param(2) : typename Tp::ParamT{}, gelu);
     };
   };
   compare_backends({input(37, 24, 1), input(40, 24, 2), input(1, 40, 3)}, lin(true, false));
@@ -145,11 +134,11 @@ TEST_CASE("CUDA LayerNorm with adaLN modulation, and plain, matches Host") {
   compare_backends({input(batches * seq, c, 4, 2.0), input(1, c, 5), input(batches, c, 6), input(batches, c, 7)},
                    [=](auto& tape, auto& l) {
                      using Tp = std::remove_reference_t<decltype(tape)>;
-                     return LayerNormOf<Tp>::forward(tape, l.var(0), l.param(1), l.var(2), l.var(3), seq, 1e-5);
+                     return OpFor<LayerNormModulateOp, Tp>::forward(tape, l.var(0), l.param(1), l.var(2), l.var(3), seq, 1e-5);
                    });
   compare_backends({input(batches * seq, c, 4, 2.0), input(1, c, 5)}, [=](auto& tape, auto& l) {
     using Tp = std::remove_reference_t<decltype(tape)>;
-    return LayerNormOf<Tp>::forward(tape, l.var(0), l.param(1), typename Tp::VarT{}, typename Tp::VarT{}, seq, 1e-5);
+    return OpFor<LayerNormModulateOp, Tp>::forward(tape, l.var(0), l.param(1), typename Tp::VarT{}, typename Tp::VarT{}, seq, 1e-5);
   });
 }
 
@@ -157,7 +146,7 @@ TEST_CASE("CUDA gated residual with dropout draws the same masks as Host") {
   const std::int64_t batches = 2, seq = 7, c = 33;
   auto build = [=](auto& tape, auto& l) {
     using Tp = std::remove_reference_t<decltype(tape)>;
-    return ResidualOf<Tp>::forward(tape, l.var(0), l.var(1), l.var(2), seq, 0.3f);
+    return OpFor<GatedResidualOp, Tp>::forward(tape, l.var(0), l.var(1), l.var(2), seq, 0.3f);
   };
   compare_backends({input(batches * seq, c, 8), input(batches * seq, c, 9), input(batches, c, 10)}, build);
   compare_backends({input(batches * seq, c, 8), input(batches * seq, c, 9), input(batches, c, 10)}, build,
@@ -168,35 +157,30 @@ TEST_CASE("CUDA RoPE, attention (bidirectional, causal), SiLU and embedding matc
   const std::int64_t seq = 9, heads = 3, d = 8;
   compare_backends({input(2 * seq, 3 * heads * d, 11)}, [=](auto& tape, auto& l) {
     using Tp = std::remove_reference_t<decltype(tape)>;
-    return RopeOf<Tp>::forward(tape, l.var(0), seq, heads, 10000.0);
+    return OpFor<RopeOp, Tp>::forward(tape, l.var(0), seq, heads, 10000.0);
   });
   for (bool causal : {false, true}) {
     CAPTURE(causal);
     compare_backends({input(2 * seq, 3 * heads * d, 12)}, [=](auto& tape, auto& l) {
       using Tp = std::remove_reference_t<decltype(tape)>;
-      return AttentionOf<Tp>::forward(tape, l.var(0), seq, heads, causal);
+      return OpFor<AttentionOp, Tp>::forward(tape, l.var(0), seq, heads, causal);
     });
   }
   compare_backends({input(6, 10, 13, 4.0)}, [](auto& tape, auto& l) {
     using Tp = std::remove_reference_t<decltype(tape)>;
-    return SiluOf<Tp>::forward(tape, l.var(0));
+    return OpFor<SiluOp, Tp>::forward(tape, l.var(0));
   });
   std::vector<std::int32_t> ids{3, 0, 3, 6, 1, 3, 2};
   compare_backends({input(7, 12, 14)}, [=](auto& tape, auto& l) {
     using Tp = std::remove_reference_t<decltype(tape)>;
-    return EmbeddingOf<Tp>::forward(tape, l.hold(ids), ids.data(), static_cast<std::int64_t>(ids.size()), l.param(0));
+    return OpFor<EmbeddingOp, Tp>::forward(tape, l.hold(ids), ids.data(), static_cast<std::int64_t>(ids.size()), l.param(0));
   });
 }
 
 TEST_CASE("CUDA whole DiT and AR training step (dropout on) matches Host") {
   for (bool ar : {false, true}) {
     CAPTURE(ar);
-    DiTConfig cfg;
-    cfg.vocab = 50;
-    cfg.hidden = 32;
-    cfg.heads = 4;
-    cfg.blocks = 2;
-    cfg.cond_dim = 16;
+    DiTConfig cfg = mdlm::testing::small_dit(50, 32, 4, 2, 16);
     cfg.time_conditioning = !ar;
     cfg.ar = ar;
     cfg.dropout = 0.1f;
@@ -293,12 +277,7 @@ TEST_CASE("CUDA fused SUBS loss matches the Host unfused path (fp32 to 1e-5)") {
 }
 
 TEST_CASE("CUDA MaskedDiffusion step (trimmed head) matches Host: same z_t, loss and gradients") {
-  DiTConfig cfg;
-  cfg.vocab = 41;
-  cfg.hidden = 32;
-  cfg.heads = 4;
-  cfg.blocks = 2;
-  cfg.cond_dim = 16;
+  DiTConfig cfg = mdlm::testing::small_dit(41, 32, 4, 2, 16);
   cfg.time_conditioning = true;
   cfg.dropout = 0.1f;
   DiT model(cfg);
@@ -366,12 +345,7 @@ TEST_CASE("CUDA fused sampler step draws the same tokens as the Host step (fp32 
 
 TEST_CASE("CUDA on-device ancestral sampler follows the Host sampler's trajectory (fp32 model)") {
   Cuda cuda;
-  DiTConfig cfg;
-  cfg.vocab = 30;
-  cfg.hidden = 32;
-  cfg.heads = 4;
-  cfg.blocks = 2;
-  cfg.cond_dim = 16;
+  DiTConfig cfg = mdlm::testing::small_dit(30, 32, 4, 2, 16);
   cfg.dropout = 0.0f;
   DiT model(cfg);
   ParamStore<Host, float> host_store(model.layout());

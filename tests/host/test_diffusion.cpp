@@ -164,12 +164,7 @@ TEST_CASE("fused SUBS loss equals the unfused path (materialized log-probs), and
 }
 
 TEST_CASE("MaskedDiffusion: head trimming changes nothing but the work; draws are reproducible") {
-  DiTConfig cfg;
-  cfg.vocab = 21;
-  cfg.hidden = 16;
-  cfg.heads = 2;
-  cfg.blocks = 2;
-  cfg.cond_dim = 8;
+  DiTConfig cfg = mdlm::testing::small_dit(21, 16, 2, 2, 8);
   cfg.dropout = 0.0f;
   DiT model(cfg);
   ParamStore<Host, double> full(model.layout()), trimmed(model.layout());
@@ -223,12 +218,7 @@ TEST_CASE("MaskedDiffusion: head trimming changes nothing but the work; draws ar
 }
 
 TEST_CASE("objectives check their backbone and inputs") {
-  DiTConfig cfg;
-  cfg.vocab = 10;
-  cfg.hidden = 8;
-  cfg.heads = 2;
-  cfg.blocks = 1;
-  cfg.cond_dim = 4;
+  DiTConfig cfg = mdlm::testing::small_dit(10, 8, 2, 1, 4);
   DiT dit(cfg);
   cfg.ar = true;
   DiT ar(cfg);

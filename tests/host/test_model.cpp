@@ -56,12 +56,7 @@ TEST_CASE("logits match every golden fixture at fp64 (1e-10 relative)") {
 TEST_CASE("gradcheck: whole 2-block DiT (with and without time conditioning) and AR model") {
   for (int variant = 0; variant < 3; ++variant) {
     CAPTURE(variant);
-    DiTConfig cfg;
-    cfg.vocab = 11;
-    cfg.hidden = 8;
-    cfg.heads = 2;
-    cfg.blocks = 2;
-    cfg.cond_dim = 4;
+    DiTConfig cfg = mdlm::testing::small_dit(11, 8, 2, 2, 4);
     cfg.freq_dim = 6;
     cfg.time_conditioning = variant == 1;
     cfg.ar = variant == 2;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/reference.hpp"
 #include "mdlm/mdlm.hpp"
 
 using namespace mdlm;
@@ -187,12 +188,7 @@ TEST_CASE("AdamW: one step matches the closed form; clipping scales the gradient
 }
 
 TEST_CASE("checkpoints: official names and dtypes, round trip, corrupt files rejected, writes atomic") {
-  DiTConfig cfg;
-  cfg.vocab = 30;
-  cfg.hidden = 8;
-  cfg.heads = 2;
-  cfg.blocks = 1;
-  cfg.cond_dim = 4;
+  DiTConfig cfg = mdlm::testing::small_dit(30, 8, 2, 1, 4);
   DiT model(cfg);
   const ParamLayout& l = model.layout();
   CheckpointTensors t;
