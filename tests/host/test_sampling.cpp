@@ -51,6 +51,20 @@ Denoiser contextual_denoiser(std::int64_t vocab) {
   return d;
 }
 
+// Draws from one token of weight 1 and `tail` tokens of weight w, exact and paper-era fp32;
+// returns how many draws of each landed in the tail.
+std::pair<int, int> tail_draws(int tail, double w, int draws, std::uint64_t seed) {
+  std::vector<double> logw(static_cast<std::size_t>(tail) + 1, std::log(w));
+  logw[0] = 0.0;
+  int exact_tail = 0, fp32_tail = 0;
+#pragma omp parallel for reduction(+ : exact_tail, fp32_tail) schedule(dynamic, 10)
+  for (int k = 0; k < draws; ++k) {
+    exact_tail += draw_categorical(logw, Philox{seed}, 0, static_cast<std::uint64_t>(k), DrawMode::Exact) != 0;
+    fp32_tail += draw_categorical(logw, Philox{seed}, 1, static_cast<std::uint64_t>(k), DrawMode::PaperFp32) != 0;
+  }
+  return {exact_tail, fp32_tail};
+}
+
 void check_binomial(std::int64_t count, std::int64_t n, double p) {
   const double sd = std::sqrt(static_cast<double>(n) * p * (1 - p));
   CAPTURE(count);
@@ -122,15 +136,8 @@ TEST_CASE("exact draws reach the tail; the paper-era fp32 draw does not") {
   CHECK(exponential_from_words(0xffffffffu, 0xfffff7ffu) <= 1e-15);
   CHECK(exponential_from_words(0xffffffffu, 0xfffff7ffu) > 0.0);
   // One token of weight 1 and 100,000 of weight 1e-7: the tail holds 1e-2 / 1.01 ~ 0.99%.
-  std::vector<double> logw(100001, std::log(1e-7));
-  logw[0] = 0.0;
   const int draws = 5000;
-  int exact_tail = 0, fp32_tail = 0;
-#pragma omp parallel for reduction(+ : exact_tail, fp32_tail) schedule(dynamic, 50)
-  for (int k = 0; k < draws; ++k) {
-    exact_tail += draw_categorical(logw, Philox{77}, 0, static_cast<std::uint64_t>(k), DrawMode::Exact) != 0;
-    fp32_tail += draw_categorical(logw, Philox{77}, 1, static_cast<std::uint64_t>(k), DrawMode::PaperFp32) != 0;
-  }
+  const auto [exact_tail, fp32_tail] = tail_draws(100000, 1e-7, draws, 77);
   const double exact = static_cast<double>(exact_tail) / draws, fp32 = static_cast<double>(fp32_tail) / draws;
   CAPTURE(exact);
   CAPTURE(fp32);
@@ -145,15 +152,7 @@ TEST_CASE("exact draws reach the tail; the paper-era fp32 draw does not") {
 TEST_CASE("tokens below fp32's noise floor: exact draws find them, the fp32 draw practically never") {
   // One token of weight 1 and 500,000 of weight 2e-8 (tail mass 1%): a tail token can win under
   // fp32 noise only if E_top > 5e7 * E_tail >= 3, i.e. about 0.16% of the time; exact draws: 1%.
-  std::vector<double> logw(500001, std::log(2e-8));
-  logw[0] = 0.0;
-  const int draws = 1000;
-  int exact_tail = 0, fp32_tail = 0;
-#pragma omp parallel for reduction(+ : exact_tail, fp32_tail) schedule(dynamic, 10)
-  for (int k = 0; k < draws; ++k) {
-    exact_tail += draw_categorical(logw, Philox{78}, 0, static_cast<std::uint64_t>(k), DrawMode::Exact) != 0;
-    fp32_tail += draw_categorical(logw, Philox{78}, 1, static_cast<std::uint64_t>(k), DrawMode::PaperFp32) != 0;
-  }
+  const auto [exact_tail, fp32_tail] = tail_draws(500000, 2e-8, 1000, 78);
   CAPTURE(exact_tail);
   CAPTURE(fp32_tail);
   CHECK(exact_tail >= 4);  // Poisson(10)
