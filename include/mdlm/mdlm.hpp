@@ -52,3 +52,4 @@
 #include "mdlm/sampling/model_denoiser.hpp"
 #include "mdlm/sampling/samplers.hpp"
 #include "mdlm/sampling/step.hpp"
+#include "mdlm/sampling/top_cut.hpp"

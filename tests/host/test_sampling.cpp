@@ -9,8 +9,10 @@
 #include <vector>
 
 #include "mdlm/mdlm.hpp"
+#include "../common/reference.hpp"
 
 using namespace mdlm;
+using mdlm::testing::random_vector;
 
 namespace {
 
@@ -242,6 +244,63 @@ TEST_CASE("per-sample unigram entropy") {
   CHECK(unigram_entropy(two.data(), 4) == doctest::Approx(std::log(2.0)));
 }
 
+TEST_CASE("the radix-selected top-k/top-p cut keeps exactly the tokens filter_logits keeps") {
+  // fp32 logits, bf16-rounded logits (long runs of equal values) and a flat row, at several
+  // vocabulary sizes, temperatures, k and p (including cuts inside a run of ties)
+  std::int64_t rows = 0, cut_in_ties = 0;
+  for (std::int64_t vocab : {3, 17, 300, 50258}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      auto raw = random_vector<float>(static_cast<std::size_t>(vocab), 77 + static_cast<std::uint64_t>(vocab), static_cast<std::uint32_t>(kind));
+      std::vector<float> logits(raw.size());
+      for (std::size_t v = 0; v < raw.size(); ++v) {
+        const float x = 6.0f * raw[v];
+        logits[v] = kind == 0 ? x : kind == 1 ? to_compute(bf16(x)) : 0.25f;
+      }
+      const std::int64_t mask = vocab - 1;
+      for (double temperature : {1.0, 0.7}) {
+        for (std::int64_t k : {0L, 1L, 2L, 5L, 100L, vocab + 3}) {
+          for (double p : {1.0, 0.999999, 0.9, 0.5, 1e-9}) {
+            if (k == 0 && p >= 1) continue;
+            Filters f;
+            f.temperature = temperature;
+            f.top_k = k;
+            f.top_p = p;
+            std::vector<double> want;
+            filter_logits(logits.data(), vocab, mask, f, want);
+            const TopCut cut = find_top_cut([&](std::int64_t v) { return logits[static_cast<std::size_t>(v)]; }, vocab, mask, k, p,
+                                            temperature);
+            std::int64_t kept = 0, mismatches = 0;
+            for (std::int64_t v = 0; v < vocab; ++v) {
+              if (v == mask) continue;
+              const bool keeps = cut.keeps(order_key(logits[static_cast<std::size_t>(v)]), static_cast<std::uint32_t>(v));
+              mismatches += keeps != std::isfinite(want[static_cast<std::size_t>(v)]);
+              kept += keeps;
+            }
+            INFO("vocab ", vocab, " kind ", kind, " T ", temperature, " k ", k, " p ", p, " kept ", kept);
+            CHECK(mismatches == 0);
+            CHECK(kept >= 1);
+            if (k > 0) CHECK(kept <= k);
+            cut_in_ties += !cut.all && cut.id != 0xffffffffu;
+            ++rows;
+          }
+        }
+      }
+    }
+  }
+  CHECK(rows > 300);
+  CHECK(cut_in_ties > 10);  // the id passes were exercised
+}
+
+TEST_CASE("order_key orders floats like <, fixed masses sum exactly") {
+  const std::vector<float> xs{-INFINITY, -3.3e38f, -2.0f, -1e-30f, -0.0f, 0.0f, 1e-30f, 1.0f, 1.5f, 3.4e38f, INFINITY};
+  for (std::size_t i = 0; i + 1 < xs.size(); ++i) CHECK(order_key(xs[i]) < order_key(xs[i + 1]));
+  CHECK(fixed_mass(1.0) == (std::uint64_t{1} << 40));
+  CHECK(fixed_mass(0.0) == 0);
+  CHECK(top_p_target(0.5, 10) == 5);
+  CHECK(top_p_target(0.51, 10) == 6);
+  CHECK(top_p_target(1e-30, 10) == 1);
+}
+
 TEST_CASE("the fused sampler step (the CUDA kernel's Host twin) takes the same decisions as the sampler") {
   Denoiser d = contextual_denoiser(11);
   const std::int64_t n = 8, len = 20;
@@ -273,4 +332,13 @@ TEST_CASE("the fused sampler step (the CUDA kernel's Host twin) takes the same d
   sample_step(Host{}, MatrixView<const float, Host>(logits.data(), n * len, 11), z.data(), fixed.data(), a, changed.data());
   CHECK(z == want.ids);
   for (std::int64_t b = 0; b < n; ++b) CHECK(changed[static_cast<std::size_t>(b)] == 1);
+
+  for (auto [k, p] : {std::pair{3L, 1.0}, std::pair{0L, 0.6}, std::pair{4L, 0.8}}) {  // with top-k / top-p
+    cfg.filters.top_k = a.top_k = k;
+    cfg.filters.top_p = a.top_p = p;
+    want = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+    z = init;
+    sample_step(Host{}, MatrixView<const float, Host>(logits.data(), n * len, 11), z.data(), fixed.data(), a, changed.data());
+    CHECK(z == want.ids);
+  }
 }

@@ -18,6 +18,7 @@
 
 #include "mdlm/core/error.hpp"
 #include "mdlm/core/philox.hpp"
+#include "mdlm/sampling/top_cut.hpp"
 
 namespace mdlm {
 
@@ -51,18 +52,23 @@ inline void filter_logits(const float* logits, std::int64_t vocab, std::int64_t 
   });
   std::int64_t keep = vocab;
   if (f.top_k > 0) keep = std::min(keep, f.top_k);
-  if (f.top_p < 1) {  // smallest prefix whose probability reaches top_p
-    const double mx = out[static_cast<std::size_t>(order[0])];
-    double total = 0;
-    for (double x : out) total += std::isfinite(x) ? std::exp(x - mx) : 0.0;
-    double cum = 0;
+  if (f.top_p < 1) {  // smallest prefix whose (fixed-point, see top_cut.hpp) mass reaches top_p
+    const float mx = logits[order[0]];
+    auto q = [&](std::int64_t v) {
+      return fixed_mass(std::exp((static_cast<double>(logits[v]) - static_cast<double>(mx)) / f.temperature));
+    };
+    std::uint64_t total = 0;
+    for (std::int64_t v = 0; v < vocab; ++v)
+      if (v != suppressed) total += q(v);
+    const std::uint64_t target = top_p_target(f.top_p, total);
+    std::uint64_t cum = 0;
     std::int64_t n = 0;
     while (n < keep) {
-      const double x = out[static_cast<std::size_t>(order[static_cast<std::size_t>(n)])];
-      if (!std::isfinite(x)) break;
-      cum += std::exp(x - mx) / total;
+      const std::int64_t v = order[static_cast<std::size_t>(n)];
+      if (!std::isfinite(out[static_cast<std::size_t>(v)])) break;
+      cum += q(v);
       ++n;
-      if (cum >= f.top_p) break;
+      if (cum >= target) break;
     }
     keep = std::max<std::int64_t>(n, 1);
   }
@@ -101,6 +107,20 @@ inline std::int32_t draw_categorical(const std::vector<double>& logw, Philox rng
   }
   MDLM_CHECK(best >= 0, "draw: every token was filtered out");
   return best;
+}
+
+// Probability of token v under the filtered distribution (logw from filter_logits on `logits`):
+// exp((x_v - x_max)/T) over the fixed-point total of the kept tokens' masses (top_cut.hpp), the
+// definition the CUDA confidence kernel uses, so both rank candidates identically.
+inline double kept_probability(const float* logits, const std::vector<double>& logw, std::int64_t v, double temperature) {
+  float mx = -INFINITY;
+  for (std::size_t u = 0; u < logw.size(); ++u)
+    if (std::isfinite(logw[u])) mx = std::fmax(mx, logits[u]);
+  std::uint64_t total = 0;
+  for (std::size_t u = 0; u < logw.size(); ++u)
+    if (std::isfinite(logw[u])) total += fixed_mass(std::exp((static_cast<double>(logits[u]) - static_cast<double>(mx)) / temperature));
+  return std::exp((static_cast<double>(logits[v]) - static_cast<double>(mx)) / temperature) * kFixedMassOne /
+         static_cast<double>(total);
 }
 
 // Probability of the most likely kept token and its id (confidence-ordered samplers).

@@ -203,10 +203,7 @@ SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfi
             if (z[static_cast<std::size_t>(r)] != d.mask_id) continue;
             const auto& w = row_logw(r);
             const std::int32_t v = draw_categorical(w, rng, st, static_cast<std::uint64_t>(r), cfg.draw);
-            double mx = -INFINITY, total = 0;
-            for (double x : w) mx = std::max(mx, x);
-            for (double x : w) total += std::isfinite(x) ? std::exp(x - mx) : 0.0;
-            cand.push_back({std::exp(w[static_cast<std::size_t>(v)] - mx) / total, i});
+            cand.push_back({kept_probability(logits.data() + r * V, w, v, cfg.filters.temperature), i});
             token[static_cast<std::size_t>(i)] = v;
           }
           if (cand.empty()) continue;
