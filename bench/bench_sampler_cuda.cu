@@ -1,17 +1,23 @@
-// Sampler step throughput on CUDA for the small preset's shapes (B = 16, L = 1024, V = 50258,
-// bf16 logits): the fused step (ops/cuda/sample.cuh: unmask decision + exact exponential race in
-// one pass over the logits, no probabilities written) beside the PyTorch-style unfused arithmetic
-// of the official sampler (softmax to fp32 probabilities, fp64 uniforms and Gumbel noise over the
-// whole vocabulary in memory, divide, argmax). The network is not included (it is the same for
-// both); 128 steps of the sampler cost 128 of these plus 128 forward passes.
+// Sampler throughput on CUDA for the small preset (B = 16, L = 1024, V = 50258, bf16):
+//   BM_fused_step / BM_unfused_pytorch_style_step: the step after the network alone — the fused
+//     kernel (ops/cuda/sample.cuh: unmask decision + exact exponential race in one pass over the
+//     logits, no probabilities written) beside the PyTorch-style unfused arithmetic of the official
+//     sampler (softmax to fp32 probabilities, fp64 uniforms and Gumbel noise over the whole
+//     vocabulary in memory, divide, argmax), all positions drawn (the worst case);
+//   BM_sample_small_*: whole 128-step ancestral runs of the small model (random weights): the
+//     device sampler with and without CUDA-graph replay, and the same forward passes followed by
+//     the unfused arithmetic; reported as generated tokens/s.
 //   build/bench/mdlm_bench_sampler_cuda
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdio>
+#include <vector>
 #include <cstdint>
 
 #include "cuda_main.hpp"
 #include "mdlm/cuda.cuh"
+#include "train_step.hpp"
 
 namespace {
 
@@ -126,9 +132,88 @@ void BM_unfused_pytorch_style_step(benchmark::State& state) {
   });
 }
 
+// Unfused baseline, kernel 4: the ancestral decision (u < p_unmask) applied to masked positions.
+__global__ void apply_unmask(const std::int32_t* drawn, std::int32_t* z, double p_unmask, std::uint32_t step) {
+  const std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= kRows || z[r] != kMask) return;
+  if (mdlm::Philox{3}.uniform_double(mdlm::Purpose::Remask, step, static_cast<std::uint64_t>(r)) < p_unmask) z[r] = drawn[r];
+}
+
+constexpr std::int64_t kBatch = 16, kLen = 1024, kSteps = 128;
+
+struct SmallModel {
+  mdlm::DiT model{mdlm::DiTConfig::preset("small", kVocab)};
+  mdlm::ParamStore<Cuda, bf16, float> store{model.layout()};
+  explicit SmallModel(Cuda& ctx) { mdlm::bench::init_for_benchmark(ctx, model, store); }
+};
+
+void report_tokens(benchmark::State& state, double seconds_total) {
+  state.counters["tokens_per_s"] =
+      benchmark::Counter(static_cast<double>(kBatch * kLen) * static_cast<double>(state.iterations()) / seconds_total);
+  state.counters["ms_per_step"] = seconds_total * 1e3 / static_cast<double>(kSteps * state.iterations());
+}
+
+void BM_sample_small_device(benchmark::State& state) {
+  Cuda ctx;
+  SmallModel m(ctx);
+  mdlm::SamplerConfig cfg;
+  cfg.steps = kSteps;
+  cfg.cuda_graph = state.range(0) != 0;
+  const std::vector<std::int32_t> init(static_cast<std::size_t>(kRows), static_cast<std::int32_t>(kMask));
+  double total = 0;
+  bool graph = false;
+  for (auto _ : state) {
+    auto r = mdlm::sample_on_device(ctx, m.model, m.store, kMask, mdlm::LogLinearSchedule{}, cfg, init, kBatch, kLen);
+    state.SetIterationTime(r.seconds);
+    total += r.seconds;
+    graph = r.cuda_graph;
+    if (!r.note.empty()) state.SetLabel(r.note);
+  }
+  state.counters["cuda_graph"] = graph ? 1 : 0;
+  report_tokens(state, total);
+}
+
+void BM_sample_small_unfused_pytorch_style(benchmark::State& state) {
+  Cuda ctx;
+  SmallModel m(ctx);
+  mdlm::DeviceBuffer<float> probs(kRows * kVocab);
+  mdlm::DeviceBuffer<double> noise(kRows * kVocab);
+  mdlm::DeviceBuffer<std::int32_t> drawn(kRows);
+  mdlm::Tape<Cuda, bf16, float> tape(ctx);
+  tape.set_recording(false);
+  const mdlm::LogLinearSchedule sched;
+  double total = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::int32_t> host_z(static_cast<std::size_t>(kRows), static_cast<std::int32_t>(kMask));
+    auto z = mdlm::upload(ctx, host_z);
+    for (std::int64_t step = 0; step < kSteps; ++step) {
+      const double t = 1.0 - (1.0 - 1e-5) * static_cast<double>(step) / kSteps;
+      const double s = 1.0 - (1.0 - 1e-5) * static_cast<double>(step + 1) / kSteps;
+      host_z = mdlm::to_host(ctx, z.view());  // the official loop checks its state on the host each step
+      tape.reset();
+      auto logits = m.model.forward(tape, m.store.params(), mdlm::DiTInputs{z.data(), host_z.data(), kBatch, kLen});
+      softmax_rows<<<kRows, 256, 0, ctx.stream()>>>(logits.value.data, probs.data());
+      gumbel_noise<<<8192, 256, 0, ctx.stream()>>>(noise.data(), kRows * kVocab, static_cast<std::uint32_t>(step));
+      argmax_ratio<<<kRows, 256, 0, ctx.stream()>>>(probs.data(), noise.data(), drawn.data());
+      apply_unmask<<<(kRows + 255) / 256, 256, 0, ctx.stream()>>>(drawn.data(), z.data(),
+                                                                  (sched.move_chance(t) - sched.move_chance(s)) / sched.move_chance(t),
+                                                                  static_cast<std::uint32_t>(step));
+      MDLM_CUDA_CHECK_LAUNCH();
+    }
+    ctx.synchronize();
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    state.SetIterationTime(sec);
+    total += sec;
+  }
+  report_tokens(state, total);
+}
+
 }  // namespace
 
 BENCHMARK(BM_fused_step)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_unfused_pytorch_style_step)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_sample_small_device)->ArgName("graph")->Arg(1)->Arg(0)->UseManualTime()->Iterations(2)->Unit(benchmark::kSecond);
+BENCHMARK(BM_sample_small_unfused_pytorch_style)->UseManualTime()->Iterations(2)->Unit(benchmark::kSecond);
 
 int main(int argc, char** argv) { return run_cuda_benchmarks(argc, argv); }

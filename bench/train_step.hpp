@@ -15,6 +15,20 @@ namespace mdlm::bench {
 
 inline constexpr double kH100PeakTflops = 989.4;
 
+// DESIGN §1 init plus a little noise, so that adaLN and the head (zero at init) do real work.
+template <class B, class T, class G>
+void init_for_benchmark(B& ctx, const DiT& model, ParamStore<B, T, G>& store) {
+  ParamStore<Host, float> init(model.layout());
+  model.init(init, 1);
+  Philox rng{2};
+  std::vector<T> host(static_cast<std::size_t>(model.layout().buffer_elements()));
+  for (std::size_t i = 0; i < host.size(); ++i) {
+    host[i] = from_compute<T>(static_cast<compute_t<T>>(init.values().data()[i] +
+                                                        0.02f * (rng.uniform_float(Purpose::Test, 0, i) - 0.5f)));
+  }
+  upload_into(ctx, host.data(), model.layout().buffer_elements(), store.values().data());
+}
+
 // One MDLM step (MaskedDiffusion, log-linear, head trimmed to the masked rows unless
 // trim_head is false) or, for an AR config, one AR step.
 template <class B, class T, class G, class Sync>
@@ -22,18 +36,7 @@ void train_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int6
                 double peak_tflops, bool trim_head, Sync&& sync) {
   DiT model(cfg);
   ParamStore<B, T, G> store(model.layout());
-  {
-    ParamStore<Host, float> init(model.layout());
-    model.init(init, 1);
-    // Non-zero adaLN and head weights so the whole graph does real work.
-    Philox rng{2};
-    std::vector<T> host(static_cast<std::size_t>(model.layout().buffer_elements()));
-    for (std::size_t i = 0; i < host.size(); ++i) {
-      host[i] = from_compute<T>(static_cast<compute_t<T>>(init.values().data()[i] +
-                                                          0.02f * (rng.uniform_float(Purpose::Test, 0, i) - 0.5f)));
-    }
-    upload_into(ctx, host.data(), model.layout().buffer_elements(), store.values().data());
-  }
+  init_for_benchmark(ctx, model, store);
   const std::int64_t n = batch * seq;
   const std::int32_t mask_id = static_cast<std::int32_t>(cfg.vocab - 1);
   std::vector<std::int32_t> x0(static_cast<std::size_t>(n));

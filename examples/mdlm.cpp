@@ -446,6 +446,9 @@ struct Generated {
   std::vector<std::int32_t> ids;
   std::int64_t n, len, nfe_calls, nfe_sequences;
   double seconds;
+  std::string backend;
+  bool cuda_graph = false;
+  std::string note;
 };
 
 Generated generate(LoadedModel& m, const Args& args, Host& host) {
@@ -473,33 +476,32 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
   SampleResult r;
   const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
-  const bool on_device = backend == "cuda" && (cfg.kind == SamplerKind::Ancestral || cfg.kind == SamplerKind::ReMdm) &&
-                         cfg.filters.top_k <= 0 && cfg.filters.top_p >= 1 && cfg.draw == DrawMode::Exact && len <= window &&
-                         args.integer("--stride") == 0;
-  if (on_device) {
+  cfg.cuda_graph = args.integer("--no-cuda-graph") == 0;
+  const bool semi_ar = len > window || args.integer("--stride") > 0;
+  const std::int64_t stride = args.integer("--stride") > 0 ? args.integer("--stride") : window / 2;
+  const std::int64_t span = semi_ar ? window : len;
+  MDLM_CHECK(static_cast<std::int64_t>(prompt.size()) < span, "the prompt (", prompt.size(), " tokens) must be shorter than ",
+             semi_ar ? "the window " : "--length ", span);
+  std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(m.mask_id));
+  for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * len);
+  // the paper-era fp32 draw is a Host reproduction mode: it runs on the Host whatever the backend
+  if (backend == "cuda" && cfg.draw == DrawMode::Exact) {
 #if MDLM_WITH_CUDA
     MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
     Cuda ctx;
     ParamStore<Cuda, float, float> dev(m.model.layout());
     upload_into(ctx, m.store.values().data(), m.model.layout().buffer_elements(), dev.values().data());
-    std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(m.mask_id));
-    for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * len);
-    r = sample_on_device(ctx, m.model, dev, m.mask_id, LogLinearSchedule{}, cfg, init, n, len);
-    return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds};
+    auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
+      return sample_on_device(ctx, m.model, dev, m.mask_id, LogLinearSchedule{}, c, z0, n, span);
+    };
+    r = semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
+    return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "cuda", r.cuda_graph, r.note};
 #else
     MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
 #endif
   }
-  if (len > window || args.integer("--stride") > 0) {
-    const std::int64_t stride = args.integer("--stride") > 0 ? args.integer("--stride") : window / 2;
-    r = sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, n, len, window, stride);
-  } else {
-    MDLM_CHECK(static_cast<std::int64_t>(prompt.size()) < len, "the prompt (", prompt.size(), " tokens) must be shorter than --length ", len);
-    std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(m.mask_id));
-    for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * len);
-    r = sample(d, LogLinearSchedule{}, cfg, init, n, len);
-  }
-  return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds};
+  r = semi_ar ? sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, n, len, window, stride) : sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "host", false, ""};
 }
 
 const std::map<std::string, std::string> kSampleDefaults = {
@@ -521,7 +523,9 @@ int sample_cmd(const Args& args) {
       const std::string text = tok.decode(text_ids);
       if (json) {
         nlohmann::json j{{"ids", ids}, {"text", text}, {"nfe", g.nfe_sequences / g.n}, {"network_calls", g.nfe_calls},
-                         {"seconds", g.seconds}, {"unigram_entropy", unigram_entropy(ids.data(), g.len)}};
+                         {"seconds", g.seconds}, {"unigram_entropy", unigram_entropy(ids.data(), g.len)},
+                         {"backend", g.backend}, {"cuda_graph", g.cuda_graph}};
+        if (!g.note.empty()) j["note"] = g.note;
         std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
       } else {
         std::printf("--- sample %lld (unigram entropy %.3f nats)\n%s\n", static_cast<long long>(b),
@@ -581,7 +585,8 @@ void usage() {
       "  sample --checkpoint DIR [--steps N] [--sampler ancestral|cached|confidence|remdm|first-hit]\n"
       "         [--length L] [--stride S] [--window W] [--prompt TEXT] [--temperature T] [--top-p P]\n"
       "         [--top-k K] [--threshold C] [--seed S] [--num-samples N] [--json] [--paper-fp32-draws]\n"
-      "         [--backend host|cuda]  (cuda: ancestral/remdm on the device with the fused step kernel)\n"
+      "         [--backend host|cuda] [--no-cuda-graph]  (cuda: every sampler on the device, fused step kernels,\n"
+      "         the loop replayed as a CUDA graph except for cached)\n"
       "  eval --gen-ppl --scorer AR_CHECKPOINT --checkpoint MDLM_CHECKPOINT [sample flags]\n"
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       run a golden fixture (forward, loss, backward) and\n"
@@ -613,12 +618,12 @@ int main(int argc, char** argv) {
       if (gen) {
         auto defaults = kSampleDefaults;
         defaults["--scorer"] = "";
-        return gen_ppl(Args(argc, argv, 2, defaults, {"--gen-ppl", "--paper-fp32-draws"}));
+        return gen_ppl(Args(argc, argv, 2, defaults, {"--gen-ppl", "--paper-fp32-draws", "--no-cuda-graph"}));
       }
       return eval(Args(argc, argv, 2, {{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"},
                                        {"--batch", "16"}, {"--ema", "1"}}));
     }
-    if (cmd == "sample") return sample_cmd(Args(argc, argv, 2, kSampleDefaults, {"--json", "--paper-fp32-draws"}));
+    if (cmd == "sample") return sample_cmd(Args(argc, argv, 2, kSampleDefaults, {"--json", "--paper-fp32-draws", "--no-cuda-graph"}));
     if (cmd == "tokenize") {
       return tokenize(Args(argc, argv, 2, {{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}));
     }

@@ -3,6 +3,7 @@
 // and a full training step with dropout (Philox masks must agree across backends).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -341,34 +342,84 @@ TEST_CASE("CUDA fused sampler step draws the same tokens as the Host step (fp32 
   };
   run(float{});
   run(bf16{});
+  // with the radix-selected top-k / top-p cut (bf16: long runs of equal logits at the cut)
+  for (auto [k, p] : {std::pair{40L, 1.0}, std::pair{0L, 0.9}, std::pair{1000L, 0.5}, std::pair{0L, 0.999}}) {
+    INFO("top-k ", k, " top-p ", p);
+    a.top_k = k;
+    a.top_p = p;
+    run(float{});
+    run(bf16{});
+  }
 }
 
-TEST_CASE("CUDA on-device ancestral sampler follows the Host sampler's trajectory (fp32 model)") {
-  Cuda cuda;
-  DiTConfig cfg = mdlm::testing::small_dit(30, 32, 4, 2, 16);
-  cfg.dropout = 0.0f;
-  DiT model(cfg);
-  ParamStore<Host, float> host_store(model.layout());
-  model.init(host_store, 4);
-  Philox jitter{6};
-  for (std::int64_t i = 0; i < model.layout().buffer_elements(); ++i) {
-    host_store.values().data()[i] += 0.3f * (jitter.uniform_float(Purpose::Test, 0, static_cast<std::uint64_t>(i)) - 0.5f);
+namespace {
+
+// A small trained-looking model (init + jitter) on both backends.
+struct SamplerModels {
+  DiT model;
+  ParamStore<Host, float> host_store;
+  ParamStore<Cuda, float, float> dev_store;
+  SamplerModels(Cuda& cuda, bool time_conditioning)
+      : model([&] {
+          DiTConfig cfg = mdlm::testing::small_dit(30, 32, 4, 2, 16);
+          cfg.dropout = 0.0f;
+          cfg.time_conditioning = time_conditioning;
+          return cfg;
+        }()),
+        host_store(model.layout()),
+        dev_store(model.layout()) {
+    model.init(host_store, 4);
+    Philox jitter{6};
+    for (std::int64_t i = 0; i < model.layout().buffer_elements(); ++i) {
+      host_store.values().data()[i] += 0.3f * (jitter.uniform_float(Purpose::Test, 0, static_cast<std::uint64_t>(i)) - 0.5f);
+    }
+    upload_into(cuda, host_store.values().data(), model.layout().buffer_elements(), dev_store.values().data());
   }
-  ParamStore<Cuda, float, float> dev_store(model.layout());
-  upload_into(cuda, host_store.values().data(), model.layout().buffer_elements(), dev_store.values().data());
-  const std::int64_t n = 4, len = 24;
-  std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 29);
-  init[0] = 3;
-  SamplerConfig sc;
-  sc.steps = 16;
-  sc.seed = 12;
+};
+
+}  // namespace
+
+TEST_CASE("CUDA on-device samplers follow the Host samplers' trajectories (fp32 model), with and without CUDA graphs") {
+  // The Host sampler evaluates one sequence at a time, the device a batch: fp32 logits differ in
+  // the last bits, which could flip a draw only at a near-tie of two race scores (~1e-7).
+  Cuda cuda;
   Host host;
-  SampleResult h = sample(model_denoiser(host, model, host_store, 29), LogLinearSchedule{}, sc, init, n, len);
-  SampleResult d = sample_on_device(cuda, model, dev_store, 29, LogLinearSchedule{}, sc, init, n, len);
-  std::int64_t same = 0;
-  for (std::size_t r = 0; r < h.ids.size(); ++r) same += h.ids[r] == d.ids[r];
-  // fp32 logits differ from the Host's in the last bits (batched vs per-sequence GEMMs), which can
-  // flip a draw only at a near-tie of two race scores: all but a rare token must agree.
-  CHECK(same >= static_cast<std::int64_t>(h.ids.size()) - 2);
-  CHECK(d.ids[0] == 3);
+  for (bool tc : {false, true}) {
+    SamplerModels m(cuda, tc);
+    const std::int64_t n = 4, len = 24;
+    std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 29);
+    init[0] = 3;      // a prompt token
+    init[30] = 7;     // an infilled token in sequence 1
+    struct Case {
+      SamplerKind kind;
+      std::int64_t steps, top_k;
+      double top_p, threshold;
+    };
+    for (const Case& c : {Case{SamplerKind::Ancestral, 16, 0, 1.0, 0}, Case{SamplerKind::Ancestral, 16, 5, 0.9, 0},
+                          Case{SamplerKind::ReMdm, 16, 0, 1.0, 0}, Case{SamplerKind::Confidence, 8, 0, 1.0, 0},
+                          Case{SamplerKind::Confidence, 8, 0, 0.8, 0.3}, Case{SamplerKind::FirstHit, 1, 0, 1.0, 0},
+                          Case{SamplerKind::Cached, 48, 0, 0.95, 0}}) {
+      if (tc && c.kind == SamplerKind::Cached) continue;
+      INFO("time conditioning ", tc, " sampler ", static_cast<int>(c.kind), " top-k ", c.top_k, " top-p ", c.top_p);
+      SamplerConfig sc;
+      sc.kind = c.kind;
+      sc.steps = c.steps;
+      sc.seed = 12;
+      sc.filters.top_k = c.top_k;
+      sc.filters.top_p = c.top_p;
+      sc.threshold = c.threshold;
+      SampleResult h = sample(model_denoiser(host, m.model, m.host_store, 29), LogLinearSchedule{}, sc, init, n, len);
+      SampleResult d = sample_on_device(cuda, m.model, m.dev_store, 29, LogLinearSchedule{}, sc, init, n, len);
+      sc.cuda_graph = false;
+      SampleResult e = sample_on_device(cuda, m.model, m.dev_store, 29, LogLinearSchedule{}, sc, init, n, len);
+      CHECK(d.ids == h.ids);
+      CHECK(e.ids == d.ids);  // the graph replays exactly the eager kernels
+      CHECK(d.note == "");
+      CHECK(d.cuda_graph == (c.kind != SamplerKind::Cached));
+      CHECK(!e.cuda_graph);
+      CHECK(d.ids[0] == 3);
+      CHECK(d.ids[30] == 7);
+      CHECK(std::find(d.ids.begin(), d.ids.end(), 29) == d.ids.end());
+    }
+  }
 }

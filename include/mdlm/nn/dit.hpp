@@ -132,14 +132,18 @@ struct FinalLayer {
   Linear ada_ln;
 };
 
-// Inputs of one forward pass. Token ids in backend memory plus their host copy (validation);
-// sigma (B) in host memory, read only with time conditioning on.
+// Inputs of one forward pass. Token ids in backend memory plus their host copy (validation;
+// nullptr when a device-side sampler produced them); sigma (B) in host memory, read only with
+// time conditioning on. A device-resident loop (CUDA graphs) sets resident_sigma and gives
+// sigma_device (B floats in backend memory, nullptr: sigma = 0) so nothing crosses to the host.
 struct DiTInputs {
   const std::int32_t* ids = nullptr;
   const std::int32_t* host_ids = nullptr;
   std::int64_t batch = 0;
   std::int64_t seq_len = 0;
   const double* sigma = nullptr;
+  bool resident_sigma = false;
+  const float* sigma_device = nullptr;
 };
 
 class DiT {
@@ -241,13 +245,17 @@ class DiT {
     Var<T, B> c;
     if (!cfg_.ar) {
       std::vector<T> sigma(static_cast<std::size_t>(in.batch), T(0));
-      if (cfg_.time_conditioning) {
+      if (cfg_.time_conditioning && !in.resident_sigma) {
         MDLM_CHECK(in.sigma != nullptr, "forward: time conditioning is on but no sigma was given");
         for (std::int64_t b = 0; b < in.batch; ++b) sigma[static_cast<std::size_t>(b)] = static_cast<T>(in.sigma[b]);
       }
       auto emb = tape.template scratch<T>(Shape{in.batch, cfg_.freq_dim});
       MatrixView<T, B> emb_view(emb.data, in.batch, cfg_.freq_dim);
-      timestep_embedding(tape.backend(), sigma.data(), in.batch, emb_view);
+      if (in.resident_sigma) {
+        timestep_embedding_resident(tape.backend(), cfg_.time_conditioning ? in.sigma_device : nullptr, in.batch, emb_view);
+      } else {
+        timestep_embedding(tape.backend(), sigma.data(), in.batch, emb_view);
+      }
       Var<T, B> e = tape.constant(emb_view);
       Var<T, B> h = SiluOp<B, T, G>::forward(tape, sigma_map_.l0.forward(tape, p, e));
       c = SiluOp<B, T, G>::forward(tape, sigma_map_.l2.forward(tape, p, h));

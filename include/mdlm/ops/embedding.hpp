@@ -46,9 +46,11 @@ struct EmbeddingOp {
     V out;
   };
 
-  // `ids` lives in backend memory; `host_ids` (the same values) is used for validation.
+  // `ids` lives in backend memory; `host_ids` (the same values) is used for validation. nullptr:
+  // the ids were produced on the device by code that keeps them in range (a sampler step), and
+  // reading them back would break CUDA-graph capture.
   static V forward(Tape<B, T, G>& tape, const std::int32_t* ids, const std::int32_t* host_ids, std::int64_t n, P table) {
-    check_token_ids(host_ids, n, table.rows());
+    if (host_ids != nullptr) check_token_ids(host_ids, n, table.rows());
     V out = tape.new_var(n, table.cols());
     embedding_forward(tape.backend(), ids, MatrixView<const T, B>(table.value), out.value);
     tape.template record<EmbeddingOp>(Ctx{ids, table, out});

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "mdlm/backend/host.hpp"
 
@@ -23,6 +24,17 @@ void timestep_embedding(const Host& ctx, const T* sigma, std::int64_t batches, M
     }
     if (out.cols % 2 == 1) out.data[b * out.ld + out.cols - 1] = T(0);
   });
+}
+
+// sigma (float, B values) already in backend memory, or nullptr for sigma = 0 — the form a
+// device-resident sampling loop uses (ops/cuda/elementwise.cuh has the CUDA one).
+template <class T>
+void timestep_embedding_resident(const Host& ctx, const float* sigma, std::int64_t batches, MatrixView<T, Host> out,
+                                 double max_period = 10000.0) {
+  std::vector<T> s(static_cast<std::size_t>(batches), T(0));
+  if (sigma != nullptr)
+    for (std::int64_t b = 0; b < batches; ++b) s[static_cast<std::size_t>(b)] = static_cast<T>(sigma[b]);
+  timestep_embedding(ctx, s.data(), batches, out, max_period);
 }
 
 }  // namespace mdlm

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mdlm/core/error.hpp"
@@ -64,6 +65,7 @@ struct SamplerConfig {
   double threshold = 0.0;   // confidence sampler: > 0 switches to threshold unmasking
   double remdm_eta = 0.02;  // ReMDM cap
   bool noise_removal = true;
+  bool cuda_graph = true;   // device sampler: replay the step as a captured CUDA graph
 };
 
 struct SampleResult {
@@ -71,6 +73,8 @@ struct SampleResult {
   std::int64_t nfe_calls = 0;     // network calls (each on the sequences that needed it)
   std::int64_t nfe_sequences = 0; // sequence evaluations
   double seconds = 0;
+  bool cuda_graph = false;  // device sampler: the loop ran as a CUDA graph
+  std::string note;         // e.g. why graph capture was not used
 };
 
 // Entropy (nats) of the token frequencies within one sample: low values flag repetition.
@@ -262,8 +266,10 @@ SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfi
 // Semi-autoregressive generation of `total` tokens per sequence: a window of L tokens, moved
 // by `stride` S; each new window keeps the previous window's last L - S tokens as fixed prefix
 // and generates S new ones. `prompt` (any length, may be empty) starts the first window.
-template <class Schedule>
-SampleResult sample_semi_ar(const Denoiser& d, const Schedule& sched, const SamplerConfig& cfg,
+// `run_window(init, cfg)` samples n windows (any sampler, any backend: sample() or
+// sample_on_device()); `mask_id` marks the positions to generate.
+template <class RunWindow>
+SampleResult sample_semi_ar(RunWindow&& run_window, std::int64_t mask_id, const SamplerConfig& cfg,
                             const std::vector<std::int32_t>& prompt, std::int64_t n, std::int64_t total, std::int64_t window,
                             std::int64_t stride) {
   MDLM_CHECK(stride > 0 && stride <= window, "semi-AR: stride ", stride, " must be in [1, window ", window, "]");
@@ -272,12 +278,12 @@ SampleResult sample_semi_ar(const Denoiser& d, const Schedule& sched, const Samp
   MDLM_CHECK(total >= window, "semi-AR: length ", total, " is shorter than the window ", window);
   SampleResult out;
   std::vector<std::vector<std::int32_t>> seqs(static_cast<std::size_t>(n));
-  std::vector<std::int32_t> init(static_cast<std::size_t>(n * window), static_cast<std::int32_t>(d.mask_id));
+  std::vector<std::int32_t> init(static_cast<std::size_t>(n * window), static_cast<std::int32_t>(mask_id));
   for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * window);
   SamplerConfig c = cfg;
   for (std::int64_t round = 0;; ++round) {
     c.seed = cfg.seed + static_cast<std::uint64_t>(round) * 0x9E3779B97F4A7C15ull;
-    SampleResult r = sample(d, sched, c, init, n, window);
+    SampleResult r = run_window(init, c);
     out.nfe_calls += r.nfe_calls;
     out.nfe_sequences += r.nfe_sequences;
     out.seconds += r.seconds;
@@ -289,7 +295,7 @@ SampleResult sample_semi_ar(const Denoiser& d, const Schedule& sched, const Samp
     if (static_cast<std::int64_t>(seqs[0].size()) >= total) break;
     for (std::int64_t b = 0; b < n; ++b) {  // next window: the last L - S tokens, then S masks
       const auto& s = seqs[static_cast<std::size_t>(b)];
-      std::fill(init.begin() + b * window, init.begin() + (b + 1) * window, static_cast<std::int32_t>(d.mask_id));
+      std::fill(init.begin() + b * window, init.begin() + (b + 1) * window, static_cast<std::int32_t>(mask_id));
       std::copy(s.end() - (window - stride), s.end(), init.begin() + b * window);
     }
   }
@@ -298,6 +304,14 @@ SampleResult sample_semi_ar(const Denoiser& d, const Schedule& sched, const Samp
     out.ids.insert(out.ids.end(), s.begin(), s.end());
   }
   return out;
+}
+
+template <class Schedule>
+SampleResult sample_semi_ar(const Denoiser& d, const Schedule& sched, const SamplerConfig& cfg,
+                            const std::vector<std::int32_t>& prompt, std::int64_t n, std::int64_t total, std::int64_t window,
+                            std::int64_t stride) {
+  return sample_semi_ar([&](const std::vector<std::int32_t>& init, const SamplerConfig& c) { return sample(d, sched, c, init, n, window); },
+                        d.mask_id, cfg, prompt, n, total, window, stride);
 }
 
 }  // namespace mdlm

@@ -156,6 +156,23 @@ __global__ void rope_apply(MatrixView<const T, Cuda> in, std::int64_t seq_len, s
   }
 }
 
+// emb[b] = [cos(sigma_b f_i), sin(sigma_b f_i)], f_i = exp(-ln(max_period) i / half): the Host formula.
+template <class T>
+__global__ void timestep_embedding(const float* sigma, std::int64_t batches, MatrixView<T, Cuda> out, double max_period) {
+  const std::int64_t half = out.cols / 2;
+  for (std::int64_t e = global_index(); e < batches * out.cols; e += global_stride()) {
+    const std::int64_t b = e / out.cols, c = e % out.cols;
+    T v = from_compute<T>(compute_t<T>(0));
+    if (c < 2 * half) {
+      const std::int64_t i = c < half ? c : c - half;
+      const double f = exp(-log(max_period) * static_cast<double>(i) / static_cast<double>(half));
+      const double s = sigma != nullptr ? static_cast<double>(to_compute(from_compute<T>(sigma[b]))) : 0.0;
+      v = from_compute<T>(static_cast<compute_t<T>>(c < half ? cos(s * f) : sin(s * f)));
+    }
+    out.data[b * out.ld + c] = v;
+  }
+}
+
 }  // namespace cuda_kernels
 
 // ---- backend entry points (found by the ops through argument-dependent lookup) ----------
@@ -220,6 +237,16 @@ void rope_apply(Cuda& ctx, MatrixView<const T, Cuda> in, std::int64_t seq_len, s
                 MatrixView<T, Cuda> out, bool accumulate) {
   cuda_kernels::rope_apply<<<blocks_for(in.rows * in.cols), kThreads, 0, ctx.stream()>>>(in, seq_len, heads, base, sign,
                                                                                          out, accumulate);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+
+// sigma (float, B values) in device memory, or nullptr for sigma = 0: no host round trip, so
+// it can be captured in a CUDA graph. Same arithmetic as the Host version (fp64 cos/sin).
+template <class T>
+void timestep_embedding_resident(Cuda& ctx, const float* sigma, std::int64_t batches, MatrixView<T, Cuda> out,
+                                 double max_period = 10000.0) {
+  cuda_kernels::timestep_embedding<<<blocks_for(batches * out.cols), kThreads, 0, ctx.stream()>>>(sigma, batches, out,
+                                                                                                   max_period);
   MDLM_CUDA_CHECK_LAUNCH();
 }
 
