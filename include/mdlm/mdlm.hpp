@@ -48,6 +48,7 @@
 #include "mdlm/train/metrics.hpp"
 #include "mdlm/train/trainer.hpp"
 
+#include "mdlm/sampling/batched.hpp"
 #include "mdlm/sampling/categorical.hpp"
 #include "mdlm/sampling/model_denoiser.hpp"
 #include "mdlm/sampling/samplers.hpp"

@@ -39,6 +39,55 @@ inline DiTConfig small_dit(std::int64_t vocab, std::int64_t hidden, std::int64_t
   return c;
 }
 
+// A sampler test model: vocab 30 (mask 29), 2 blocks of width 32, no dropout, DESIGN §1 init
+// plus jitter (so adaLN and the head, zero at init, shape the logits).
+inline DiTConfig sampler_test_dit(bool time_conditioning) {
+  DiTConfig c = small_dit(30, 32, 4, 2, 16);
+  c.dropout = 0.0f;
+  c.time_conditioning = time_conditioning;
+  return c;
+}
+template <class T>
+void init_sampler_test_model(const DiT& model, ParamStore<Host, T>& store) {
+  model.init(store, 4);
+  Philox jitter{6};
+  for (std::int64_t i = 0; i < model.layout().buffer_elements(); ++i) {
+    store.values().data()[i] += static_cast<T>(0.3f * (jitter.uniform_float(Purpose::Test, 0, static_cast<std::uint64_t>(i)) - 0.5f));
+  }
+}
+
+// Every sampler, with and without filters: the cases the batched samplers are checked on.
+struct SamplerCase {
+  const char* name;
+  SamplerConfig cfg;
+};
+inline std::vector<SamplerCase> sampler_cases() {
+  auto make = [](SamplerKind kind, std::int64_t steps, std::int64_t top_k, double top_p, double threshold) {
+    SamplerConfig c;
+    c.kind = kind;
+    c.steps = steps;
+    c.seed = 12;
+    c.filters.top_k = top_k;
+    c.filters.top_p = top_p;
+    c.threshold = threshold;
+    return c;
+  };
+  return {{"ancestral", make(SamplerKind::Ancestral, 16, 0, 1.0, 0)},
+          {"ancestral top-k 5 top-p 0.9", make(SamplerKind::Ancestral, 16, 5, 0.9, 0)},
+          {"remdm", make(SamplerKind::ReMdm, 16, 0, 1.0, 0)},
+          {"confidence", make(SamplerKind::Confidence, 8, 0, 1.0, 0)},
+          {"confidence threshold 0.3 top-p 0.8", make(SamplerKind::Confidence, 8, 0, 0.8, 0.3)},
+          {"first-hit", make(SamplerKind::FirstHit, 1, 0, 1.0, 0)},
+          {"cached top-p 0.95", make(SamplerKind::Cached, 48, 0, 0.95, 0)}};
+}
+// 4 sequences of 24 (mask 29) with a prompt token and an infilled one.
+inline std::vector<std::int32_t> sampler_test_init() {
+  std::vector<std::int32_t> init(4 * 24, 29);
+  init[0] = 3;
+  init[30] = 7;
+  return init;
+}
+
 // C (m x n, ldc) = alpha op(A) op(B) + beta C in long double, element access through lambdas.
 struct NaiveGemm {
   bool ta, tb;

@@ -1,263 +1,69 @@
 #pragma once
-// Every sampler of samplers.hpp with the whole batch on the GPU: z, the step's numbers and the
-// logits never leave the device; one batched forward pass per step, then the fused kernels of
-// ops/cuda/sample.cuh (filters, exact draws, decisions) reading the logits in place. Same
-// randomness as the Host samplers (Philox keyed by step and position), same decisions.
-//
-// The step's numbers (unmask/remask probabilities, Philox step, steps left, sigma per sequence)
-// are computed on the host up front into a table; the kernels read row *counter of it and a last
-// kernel advances the counter. So every step launches the same kernels with the same arguments,
-// and (cfg.cuda_graph, all samplers but cached) the loop runs as one captured CUDA graph
-// replayed per step: step 0 runs eagerly (it sizes the activation arena and the GEMM plan
-// cache), step 1 is captured, and the graph is launched for steps 1..N-1. The cached sampler's
-// batch changes from step to step (only the sequences that changed are evaluated), so it runs
-// eagerly with a device-side logits cache.
+// The batched samplers (sampling/batched.hpp) on CUDA, and the CUDA-graph replay of their loop:
+// step 0 runs eagerly (it sizes the activation arena and fills the GEMM plan cache), step 1 is
+// captured (every kernel reads its step's numbers from device memory, so the arguments do not
+// change) and the graph is launched for steps 1..N-1. If capture fails, the loop goes on eagerly
+// and SampleResult::note says why.
 
-#include <algorithm>
-#include <chrono>
-#include <cmath>
-#include <cstdint>
 #include <string>
-#include <vector>
 
 #include "mdlm/backend/cuda/context.cuh"
-#include "mdlm/nn/dit.hpp"
-#include "mdlm/nn/params.hpp"
 #include "mdlm/ops/cuda/sample.cuh"
-#include "mdlm/sampling/samplers.hpp"
+#include "mdlm/sampling/batched.hpp"
 
 namespace mdlm {
 
-namespace sampling_detail {
-
-// Owns a captured graph's executable instance.
-struct GraphExec {
+template <>
+struct StepReplay<Cuda> {
+  Cuda& ctx;
+  bool enabled;
+  bool failed = false;
   cudaGraphExec_t exec = nullptr;
-  GraphExec() = default;
-  GraphExec(const GraphExec&) = delete;
-  GraphExec& operator=(const GraphExec&) = delete;
-  ~GraphExec() {
+
+  StepReplay(Cuda& c, bool on) : ctx(c), enabled(on) {}
+  StepReplay(const StepReplay&) = delete;
+  StepReplay& operator=(const StepReplay&) = delete;
+  ~StepReplay() {
     if (exec != nullptr) cudaGraphExecDestroy(exec);
   }
-};
 
-// The per-step table: plan rows and sigma (steps x n); first-hit also the active sequences.
-template <class Schedule>
-struct DevicePlan {
-  std::vector<StepPlan> steps;
-  std::vector<float> sigma;
-  std::vector<std::int64_t> active;  // sequences evaluated with effect at each step
-
-  DevicePlan(const Schedule& sched, const SamplerConfig& cfg, bool time_conditioning, const std::vector<std::int32_t>& init,
-             std::int64_t n, std::int64_t len, std::int64_t mask_id) {
-    auto sig = [&](double t) { return time_conditioning ? static_cast<float>(sched.sigma(t)) : 0.0f; };
-    if (cfg.kind == SamplerKind::FirstHit) {
-      std::vector<std::int64_t> masked(static_cast<std::size_t>(n), 0);
-      for (std::int64_t b = 0; b < n; ++b)
-        for (std::int64_t i = 0; i < len; ++i) masked[static_cast<std::size_t>(b)] += init[static_cast<std::size_t>(b * len + i)] == mask_id;
-      const std::int64_t total = *std::max_element(masked.begin(), masked.end());
-      std::vector<double> t(static_cast<std::size_t>(n), cfg.t_max);
-      const Philox rng{cfg.seed};
-      for (std::int64_t step = 0; step < total; ++step) {
-        std::int64_t act = 0;
-        for (std::int64_t b = 0; b < n; ++b) {
-          const std::int64_t m = masked[static_cast<std::size_t>(b)] - step;
-          if (m <= 0) {
-            sigma.push_back(0.0f);
-            continue;
-          }
-          ++act;
-          // the Host sampler's time update (samplers.hpp), for the m masked tokens left
-          const double u = rng.uniform_double(Purpose::Remask, static_cast<std::uint32_t>(step), static_cast<std::uint64_t>(b) * 2);
-          double& tb = t[static_cast<std::size_t>(b)];
-          const double move = sched.move_chance(tb) * std::pow(u, 1.0 / static_cast<double>(m));
-          tb = std::clamp(sched.t_of_alpha(1.0 - move), 0.0, 1.0);
-          sigma.push_back(sig(tb));
-        }
-        steps.push_back(StepPlan{0.0, 0.0, static_cast<std::uint32_t>(step), 1});
-        active.push_back(act);
-      }
+  template <class Body, class Prepare>
+  void step(std::int64_t step, Body&& body, Prepare&& prepare, SampleResult& res) {
+    if (!enabled || step == 0 || failed) {
+      body();
       return;
     }
-    const double span = cfg.t_max - cfg.t_min;
-    for (std::int64_t step = 0; step < cfg.steps; ++step) {
-      const double t = cfg.t_max - span * static_cast<double>(step) / static_cast<double>(cfg.steps);
-      const double s = cfg.t_max - span * static_cast<double>(step + 1) / static_cast<double>(cfg.steps);
-      const double move_t = sched.move_chance(t), move_s = sched.move_chance(s);
-      StepPlan p;
-      p.step = static_cast<std::uint32_t>(step);
-      p.left = static_cast<std::int32_t>(cfg.steps - step);
-      p.p_unmask = move_t > 0 ? (move_t - move_s) / move_t : 1.0;
-      if (cfg.kind == SamplerKind::ReMdm && step < cfg.steps - 1) {
-        const double a_t = 1.0 - move_t, a_s = 1.0 - move_s;
-        p.p_remask = a_t > 0 ? std::min(cfg.remdm_eta, move_s / a_t) : 0.0;
-        p.p_unmask = move_t > 0 ? std::clamp((a_s - (1.0 - p.p_remask) * a_t) / move_t, 0.0, 1.0) : 1.0;
+    if (exec == nullptr) {
+      prepare();  // e.g. consolidate the arena grown in step 0: no allocation while capturing
+      MDLM_CUDA_CHECK(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeRelaxed));
+      cudaGraph_t g = nullptr;
+      try {
+        body();
+      } catch (const Error& e) {  // leave capture mode and go on eagerly, saying why
+        (void)cudaStreamEndCapture(ctx.stream(), &g);
+        if (g != nullptr) cudaGraphDestroy(g);
+        (void)cudaGetLastError();
+        res.note = std::string("CUDA graph capture failed, ran eagerly: ") + e.what();
+        failed = true;
+        body();
+        return;
       }
-      steps.push_back(p);
-      sigma.insert(sigma.end(), static_cast<std::size_t>(n), sig(t));
-      active.push_back(n);
+      MDLM_CUDA_CHECK(cudaStreamEndCapture(ctx.stream(), &g));
+      const cudaError_t st = cudaGraphInstantiate(&exec, g, 0);
+      cudaGraphDestroy(g);
+      MDLM_CUDA_CHECK(st);
+      res.cuda_graph = true;
     }
+    MDLM_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream()));
   }
 };
 
-}  // namespace sampling_detail
-
+// The batched samplers with z, the logits and the step table on the GPU.
 template <class Schedule, class T, class G>
 SampleResult sample_on_device(Cuda& ctx, const DiT& model, ParamStore<Cuda, T, G>& store, std::int64_t mask_id,
                               const Schedule& sched, const SamplerConfig& cfg, std::vector<std::int32_t> init, std::int64_t n,
                               std::int64_t len) {
-  using namespace sampling_detail;
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::int64_t rows = n * len, vocab = model.config().vocab;
-  const bool tc = model.config().time_conditioning;
-  MDLM_CHECK(cfg.draw == DrawMode::Exact, "the device sampler draws exactly; the paper-era fp32 draw runs through sample()");
-  MDLM_CHECK(cfg.kind != SamplerKind::Cached || !tc,
-             "the cached sampler needs a time-agnostic denoiser (this model is time-conditioned)");
-  MDLM_CHECK(cfg.steps > 0, "sampler: steps must be positive");
-  MDLM_CHECK(mask_id >= 0 && mask_id < vocab, "sampler: mask id ", mask_id, " outside the vocabulary");
-  MDLM_CHECK(static_cast<std::int64_t>(init.size()) == rows, "sampler: ", init.size(), " initial tokens for ", n, " x ", len);
-  MDLM_CHECK(cfg.filters.temperature > 0, "temperature ", cfg.filters.temperature, " must be positive");
-  MDLM_CHECK(cfg.filters.top_p > 0 && cfg.filters.top_p <= 1, "top-p ", cfg.filters.top_p, " must be in (0, 1]");
-  check_token_ids(init.data(), rows, vocab);
-  std::vector<std::uint8_t> fixed(init.size());
-  for (std::size_t r = 0; r < init.size(); ++r) fixed[r] = init[r] != mask_id;
-  auto has_mask = [&](const std::vector<std::int32_t>& z, std::int64_t b) {
-    return std::find(z.begin() + b * len, z.begin() + (b + 1) * len, static_cast<std::int32_t>(mask_id)) != z.begin() + (b + 1) * len;
-  };
-
-  SampleStepArgs a;
-  a.rows = rows;
-  a.vocab = vocab;
-  a.len = len;
-  a.mask_id = static_cast<std::int32_t>(mask_id);
-  a.rng = Philox{cfg.seed};
-  a.temperature = cfg.filters.temperature;
-  a.top_k = cfg.filters.top_k;
-  a.top_p = cfg.filters.top_p;
-  MDLM_CHECK(!a.filtered() || vocab <= kMaxFilteredVocab, "top-k/top-p: vocabulary ", vocab, " above ", kMaxFilteredVocab);
-
-  const DevicePlan<Schedule> plan(sched, cfg, tc, init, n, len, mask_id);
-  const auto n_steps = static_cast<std::int64_t>(plan.steps.size());
-  auto dz = upload(ctx, init);
-  auto dfixed = upload(ctx, fixed);
-  auto dplan = upload(ctx, plan.steps.empty() ? std::vector<StepPlan>(1) : plan.steps);
-  auto dsigma_table = upload(ctx, plan.sigma.empty() ? std::vector<float>(1) : plan.sigma);
-  auto dsigma = upload(ctx, std::vector<float>(static_cast<std::size_t>(n), 0.0f));
-  auto dcounter = upload(ctx, std::vector<int>{0});
-  Buffer<std::int32_t, Cuda> dcand(cfg.kind == SamplerKind::Confidence ? rows : 0);
-  Buffer<double, Cuda> dconf(cfg.kind == SamplerKind::Confidence ? rows : 0);
-  Tape<Cuda, T, G> tape(ctx);
-  tape.set_recording(false);
-  SampleResult res;
-
-  auto forward_all = [&]() {  // the whole batch at this step's sigma (device-resident inputs)
-    tape.reset();
-    DiTInputs in{dz.data(), nullptr, n, len, nullptr, true, dsigma.data()};
-    return model.forward(tape, store.params(), in);
-  };
-  auto step_body = [&]() {
-    cuda_kernels::loop_begin_step<<<1, 256, 0, ctx.stream()>>>(dsigma_table.data(), n, dcounter.data(), dsigma.data());
-    MDLM_CUDA_CHECK_LAUNCH();
-    Var<T, Cuda> logits = forward_all();
-    const MatrixView<const T, Cuda> lv(logits.value);
-    if (cfg.kind == SamplerKind::Confidence) {
-      confidence_step(ctx, lv, dz.data(), dfixed.data(), a, cfg.threshold, 1, dcand.data(), dconf.data(), dplan.data(), dcounter.data());
-    } else if (cfg.kind == SamplerKind::FirstHit) {
-      first_hit_step(ctx, lv, dz.data(), a, dplan.data(), dcounter.data());
-    } else {
-      sample_step(ctx, lv, dz.data(), dfixed.data(), a, nullptr, dplan.data(), dcounter.data());
-    }
-    cuda_kernels::loop_advance<<<1, 1, 0, ctx.stream()>>>(dcounter.data());
-    MDLM_CUDA_CHECK_LAUNCH();
-  };
-
-  std::vector<std::int32_t> host_z = init;
-  if (cfg.kind == SamplerKind::Cached) {
-    // eager: evaluate only the sequences that changed, into a device cache of every row's logits
-    Buffer<T, Cuda> cache(Shape{rows, vocab});
-    auto dchanged = upload(ctx, std::vector<std::uint8_t>(static_cast<std::size_t>(n), 1));
-    std::vector<std::uint8_t> dirty(static_cast<std::size_t>(n), 1);
-    auto evaluate_into_cache = [&]() {
-      std::vector<std::int64_t> which;
-      for (std::int64_t b = 0; b < n; ++b)
-        if (dirty[static_cast<std::size_t>(b)] && has_mask(host_z, b)) which.push_back(b);
-      if (which.empty()) return;
-      std::vector<std::int32_t> sub;
-      for (std::int64_t b : which) sub.insert(sub.end(), host_z.begin() + b * len, host_z.begin() + (b + 1) * len);
-      auto dsub = upload(ctx, sub);
-      tape.reset();
-      Var<T, Cuda> out = model.forward(tape, store.params(), DiTInputs{dsub.data(), sub.data(), static_cast<std::int64_t>(which.size()), len});
-      for (std::size_t j = 0; j < which.size(); ++j) {
-        copy(ctx, MatrixView<const T, Cuda>(out.value.data + static_cast<std::int64_t>(j) * len * out.value.ld, len, vocab, out.value.ld),
-             MatrixView<T, Cuda>(cache.data() + which[j] * len * vocab, len, vocab));
-      }
-      ++res.nfe_calls;
-      res.nfe_sequences += static_cast<std::int64_t>(which.size());
-    };
-    const MatrixView<const T, Cuda> cv(cache.data(), rows, vocab);
-    for (std::int64_t step = 0; step < n_steps; ++step) {
-      evaluate_into_cache();
-      MDLM_CUDA_CHECK(cudaMemsetAsync(dchanged.data(), 0, static_cast<std::size_t>(n), ctx.stream()));
-      SampleStepArgs sa = a;
-      sa.step = plan.steps[static_cast<std::size_t>(step)].step;
-      sa.p_unmask = plan.steps[static_cast<std::size_t>(step)].p_unmask;
-      sample_step(ctx, cv, dz.data(), dfixed.data(), sa, dchanged.data());
-      const auto changed = to_host(ctx, dchanged.view());
-      dirty.assign(changed.begin(), changed.end());
-      host_z = to_host(ctx, dz.view());
-    }
-    if (cfg.noise_removal && std::find(host_z.begin(), host_z.end(), static_cast<std::int32_t>(mask_id)) != host_z.end()) {
-      evaluate_into_cache();
-      argmax_masked(ctx, cv, dz.data(), static_cast<std::int32_t>(mask_id));
-    }
-  } else {
-    const bool use_graph = cfg.cuda_graph && n_steps >= 2;
-    GraphExec graph;
-    bool graph_failed = false;
-    for (std::int64_t step = 0; step < n_steps; ++step) {
-      ++res.nfe_calls;
-      res.nfe_sequences += plan.active[static_cast<std::size_t>(step)];
-      if (!use_graph || step == 0 || graph_failed) {
-        step_body();
-        continue;
-      }
-      if (graph.exec == nullptr) {
-        tape.reset();  // consolidates the arena grown in step 0: no allocation while capturing
-        MDLM_CUDA_CHECK(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeRelaxed));
-        cudaGraph_t g = nullptr;
-        try {
-          step_body();
-        } catch (const Error& e) {  // leave capture mode and go on eagerly, saying why
-          (void)cudaStreamEndCapture(ctx.stream(), &g);
-          if (g != nullptr) cudaGraphDestroy(g);
-          (void)cudaGetLastError();
-          res.note = std::string("CUDA graph capture failed, ran eagerly: ") + e.what();
-          graph_failed = true;
-          step_body();
-          continue;
-        }
-        MDLM_CUDA_CHECK(cudaStreamEndCapture(ctx.stream(), &g));
-        const cudaError_t st = cudaGraphInstantiate(&graph.exec, g, 0);
-        cudaGraphDestroy(g);
-        MDLM_CUDA_CHECK(st);
-        res.cuda_graph = true;
-      }
-      MDLM_CUDA_CHECK(cudaGraphLaunch(graph.exec, ctx.stream()));
-    }
-    host_z = to_host(ctx, dz.view());
-    if (cfg.noise_removal && cfg.kind != SamplerKind::FirstHit &&
-        std::find(host_z.begin(), host_z.end(), static_cast<std::int32_t>(mask_id)) != host_z.end()) {
-      upload_into(ctx, std::vector<float>(static_cast<std::size_t>(n), tc ? static_cast<float>(sched.sigma(cfg.t_min)) : 0.0f).data(), n,
-                  dsigma.data());
-      Var<T, Cuda> logits = forward_all();
-      argmax_masked(ctx, MatrixView<const T, Cuda>(logits.value), dz.data(), static_cast<std::int32_t>(mask_id));
-      ++res.nfe_calls;
-      for (std::int64_t b = 0; b < n; ++b) res.nfe_sequences += has_mask(host_z, b);
-    }
-  }
-  res.ids = to_host(ctx, dz.view());
-  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return res;
+  return sample_batched(ctx, model, store, mask_id, sched, cfg, std::move(init), n, len);
 }
 
 }  // namespace mdlm

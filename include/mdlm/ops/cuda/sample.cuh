@@ -39,14 +39,6 @@ struct RowShared {
   std::int64_t pick;
 };
 
-__device__ inline void apply_plan(SampleStepArgs& a, const StepPlan* plan, const int* counter) {
-  if (plan == nullptr) return;
-  const StepPlan p = plan[*counter];
-  a.step = p.step;
-  a.p_unmask = p.p_unmask;
-  a.p_remask = p.p_remask;
-}
-
 template <class T>
 __device__ inline float logit_at(const T* row, std::int64_t v) {
   return static_cast<float>(to_compute(row[v]));
@@ -312,6 +304,15 @@ void first_hit_step(Cuda& ctx, MatrixView<const T, Cuda> logits, std::int32_t* z
   if (a.rows == 0) return;
   cuda_kernels::first_hit_step<<<static_cast<unsigned>(a.rows / a.len), cuda_kernels::kSampleThreads, 0, ctx.stream()>>>(
       logits, z, a, plan, counter);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+
+inline void loop_begin_step(Cuda& ctx, const float* sigma_table, std::int64_t n, const int* counter, float* sigma_now) {
+  cuda_kernels::loop_begin_step<<<1, 256, 0, ctx.stream()>>>(sigma_table, n, counter, sigma_now);
+  MDLM_CUDA_CHECK_LAUNCH();
+}
+inline void loop_advance(Cuda& ctx, int* counter) {
+  cuda_kernels::loop_advance<<<1, 1, 0, ctx.stream()>>>(counter);
   MDLM_CUDA_CHECK_LAUNCH();
 }
 
