@@ -125,7 +125,9 @@ __global__ void sample_step(MatrixView<const T, Cuda> logits, std::int32_t* z, c
   const std::int64_t r = blockIdx.x;
   if (fixed[r]) return;
   const double u = a.rng.uniform_double(Purpose::Remask, a.step, static_cast<std::uint64_t>(r));
-  if (z[r] != a.mask_id) {
+  const std::int32_t zr = z[r];
+  __syncthreads();  // every warp has read z[r] before thread 0 may write it
+  if (zr != a.mask_id) {
     if (threadIdx.x == 0 && u < a.p_remask) {
       z[r] = a.mask_id;
       if (changed != nullptr) changed[r / a.len] = 1;
