@@ -422,6 +422,25 @@ struct SamplerModels {
 
 }  // namespace
 
+TEST_CASE("CUDA inference forward (scores in shared memory, nothing saved) == training forward, bit for bit") {
+  Cuda cuda;
+  for (bool tc : {false, true}) {
+    SamplerModels m(cuda, tc);
+    std::vector<std::int32_t> ids(3 * 16);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7) % 29);
+    auto dids = upload(cuda, ids);
+    const std::vector<double> sigma{0.5, 1.5, 3.0};
+    auto run = [&](bool recording) {
+      Tape<Cuda, float, float> tape(cuda);
+      tape.set_recording(recording);
+      auto out = m.model.forward(tape, m.dev_store.params(), DiTInputs{dids.data(), ids.data(), 3, 16, sigma.data()});
+      return download(cuda, MatrixView<const float, Cuda>(out.value));
+    };
+    CAPTURE(tc);
+    CHECK(run(false) == run(true));
+  }
+}
+
 TEST_CASE("CUDA on-device samplers follow the Host samplers' trajectories (fp32 model), with and without CUDA graphs") {
   // The Host sampler evaluates one sequence at a time, the device a batch: fp32 logits differ in
   // the last bits, which could flip a draw only at a near-tie of two race scores (~1e-7).

@@ -154,3 +154,33 @@ TEST_CASE("loss, log-probs and every gradient match the golden fixtures (fp64 1e
     }
   }
 }
+
+TEST_CASE("inference forward (tape not recording, no saved attention probabilities) == training forward, bit for bit") {
+  Host host;
+  for (bool ar : {false, true}) {
+    for (bool tc : {false, true}) {
+      if (ar && tc) continue;
+      DiTConfig cfg = mdlm::testing::sampler_test_dit(tc);
+      cfg.ar = ar;
+      DiT model(cfg);
+      ParamStore<Host, float> store(model.layout());
+      mdlm::testing::init_sampler_test_model(model, store);
+      std::vector<std::int32_t> ids(3 * 16);
+      for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7) % 29);
+      const std::vector<double> sigma{0.5, 1.5, 3.0};
+      auto run = [&](bool recording) {
+        Tape<Host, float> tape(host);
+        tape.set_recording(recording);
+        auto out = model.forward(tape, store.params(), DiTInputs{ids.data(), ids.data(), 3, 16, sigma.data()});
+        const std::size_t used = tape.values_used();
+        return std::pair{download(host, MatrixView<const float, Host>(out.value)), used};
+      };
+      const auto [train, train_bytes] = run(true);
+      const auto [infer, infer_bytes] = run(false);
+      CAPTURE(ar);
+      CAPTURE(tc);
+      CHECK(infer == train);
+      CHECK(infer_bytes < train_bytes);  // the (B, H, T, T) probabilities were not allocated
+    }
+  }
+}

@@ -154,6 +154,8 @@ class Tape {
 
   // ---- recording and backward --------------------------------------------------------------
   bool recording() const { return recording_; }
+  // Activation-arena bytes handed out since the last reset() (values and op scratch).
+  std::size_t values_used() const { return values_.used(); }
   void set_recording(bool on) { recording_ = on; }
 
   template <class Op, class Ctx>

@@ -16,6 +16,12 @@
 
 namespace mdlm {
 
+// Inference (tape not recording) keeps no probabilities: each query row's scores live in
+// per-row scratch (on CUDA, shared memory: up to this sequence length), so the (B, H, T, T)
+// tensor is neither written nor allocated.
+inline constexpr std::int64_t kAttentionRowScratchMax = 8192;  // 32 KiB of shared memory
+
+// probs: (B, H, T, T) saved for backward, or nullptr (inference).
 template <class T>
 void attention_forward(const Host& ctx, MatrixView<const T, Host> qkv, std::int64_t seq_len, std::int64_t heads,
                        bool causal, compute_t<T>* probs, MatrixView<T, Host> out) {
@@ -25,7 +31,8 @@ void attention_forward(const Host& ctx, MatrixView<const T, Host> qkv, std::int6
   ctx.parallel_for(batches * heads * tl, [&](std::int64_t idx) {
     const std::int64_t b = idx / (heads * tl), h = (idx / tl) % heads, i = idx % tl;
     const T* q = qkv.data + (b * tl + i) * qkv.ld + h * d;
-    C* p = probs + idx * tl;
+    std::vector<C> row_scratch(probs == nullptr ? static_cast<std::size_t>(tl) : 0);
+    C* p = probs != nullptr ? probs + idx * tl : row_scratch.data();
     const std::int64_t nk = causal ? i + 1 : tl;
     C mx = -std::numeric_limits<C>::infinity();
     for (std::int64_t j = 0; j < nk; ++j) {
@@ -115,9 +122,12 @@ struct AttentionOp {
                seq_len);
     const std::int64_t batches = qkv.rows() / seq_len;
     V out = tape.new_var(qkv.rows(), qkv.cols() / 3);
-    auto probs = tape.template scratch<compute_t<T>>(Shape{batches, heads, seq_len, seq_len});
-    attention_forward(tape.backend(), MatrixView<const T, B>(qkv.value), seq_len, heads, causal, probs.data, out.value);
-    tape.template record<AttentionOp>(Ctx{qkv, out, seq_len, heads, causal, probs.data});
+    compute_t<T>* probs = nullptr;
+    if (tape.recording() || seq_len > kAttentionRowScratchMax) {
+      probs = tape.template scratch<compute_t<T>>(Shape{batches, heads, seq_len, seq_len}).data;
+    }
+    attention_forward(tape.backend(), MatrixView<const T, B>(qkv.value), seq_len, heads, causal, probs, out.value);
+    tape.template record<AttentionOp>(Ctx{qkv, out, seq_len, heads, causal, probs});
     return out;
   }
 

@@ -27,7 +27,8 @@ __global__ void attention_forward(MatrixView<const T, Cuda> qkv, AttentionShape 
   const std::int64_t row = blockIdx.x;  // (b, h, i)
   const std::int64_t b = row / (s.heads * s.seq), h = (row / s.seq) % s.heads, i = row % s.seq;
   const T* q = qkv.data + (b * s.seq + i) * qkv.ld + h * s.d;
-  float* p = probs + row * s.seq;
+  extern __shared__ float row_scratch[];  // the scores when nothing is saved (inference)
+  float* p = probs != nullptr ? probs + row * s.seq : row_scratch;
   const std::int64_t nk = s.causal ? i + 1 : s.seq;
   float mx = -INFINITY;
   for (std::int64_t j = threadIdx.x; j < s.seq; j += blockDim.x) {
@@ -137,7 +138,10 @@ void attention_forward(Cuda& ctx, MatrixView<const T, Cuda> qkv, std::int64_t se
   const auto s = cuda_detail::attention_shape(qkv.rows, qkv.cols, seq_len, heads, causal);
   const std::int64_t rows = s.batches * s.heads * s.seq;
   MDLM_CHECK(rows < (std::int64_t{1} << 31), "attention: ", rows, " query rows exceed one launch");
-  cuda_kernels::attention_forward<<<static_cast<unsigned>(rows), 128, 0, ctx.stream()>>>(qkv, s, probs, out);
+  const std::size_t smem = probs != nullptr ? 0 : static_cast<std::size_t>(seq_len) * sizeof(float);
+  MDLM_CHECK(seq_len <= kAttentionRowScratchMax || probs != nullptr, "attention: sequence length ", seq_len,
+             " needs saved probabilities");
+  cuda_kernels::attention_forward<<<static_cast<unsigned>(rows), 128, smem, ctx.stream()>>>(qkv, s, probs, out);
   MDLM_CUDA_CHECK_LAUNCH();
 }
 
