@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# The GPU checks, in one run on the lent machine (after scripts/device-build.sh here):
-# CUDA tests, golden fixtures through the CUDA path (fp32, bf16), GEMM, training-step and
-# sampler benchmarks. Everything is written to $OUT (default out/device).
+# The GPU checks on the lent machine (after scripts/device-build.sh here), written to $OUT
+# (default out/device). Two phases that fit one call each (a call may run 10 minutes):
+#   scripts/device-check.sh correctness   CUDA tests, golden fixtures through the CUDA path
+#                                         (fp32, bf16), train on the GPU + every sampler on
+#                                         both backends                     (~3-5 minutes)
+#   scripts/device-check.sh perf          GEMM, sampler and training-step benchmarks (<= 8 min)
+#   scripts/device-check.sh               both
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$PWD/build-device/lib:${LD_LIBRARY_PATH:-}"
 B=build-device
+PHASE=${1:-all}
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-$B/tests/mdlm_tests_cuda > "$OUT/tests_cuda.txt" 2>&1; echo "tests_cuda rc=$?" | tee -a "$OUT/summary.txt"
+if [ "$PHASE" != perf ]; then
+timeout 240 $B/tests/mdlm_tests_cuda > "$OUT/tests_cuda.txt" 2>&1; echo "tests_cuda rc=$?" | tee -a "$OUT/summary.txt"
 for f in tests/fixtures/*.safetensors; do
   for dt in f32 bf16; do
     $B/examples/mdlm check-fixture "$f" --backend cuda --dtype $dt > "$OUT/fixture_$(basename "$f" .safetensors)_$dt.json" 2>&1
@@ -21,7 +27,7 @@ done
 # confidence ranking may differ at near-ties).
 M=$B/examples/mdlm
 $M prepare --tokenizer bytes --input data/kjv/kjv.train.txt data/kjv/kjv.valid.txt --out out/dev-bytes > "$OUT/prepare.txt" 2>&1
-timeout 240 $M train --backend cuda --data out/dev-bytes --out out/dev-mdlm --hidden 128 --blocks 4 --heads 4 \
+timeout 120 $M train --backend cuda --data out/dev-bytes --out out/dev-mdlm --hidden 128 --blocks 4 --heads 4 \
   --seq-len 128 --batch 16 --steps 200 --lr 2e-3 --warmup 20 --eval-every 100 --log-every 20 --save-every 100 \
   > "$OUT/train_cuda.txt" 2>&1; echo "train cuda rc=$?" | tee -a "$OUT/summary.txt"
 cp out/dev-mdlm/metrics.jsonl out/dev-mdlm/loss.svg "$OUT/" 2>/dev/null
@@ -40,9 +46,12 @@ print(f"{sys.argv[1].split('sample_')[1]}: host==cuda tokens {same}/{total}; cud
       f"seconds host {h[0]['seconds']:.3f} cuda {c[0]['seconds']:.3f}" if h and c else "no output")
 PY
 done
-timeout 120 $B/bench/mdlm_bench_gemm_cuda --benchmark_min_time=0.2 > "$OUT/bench_gemm.txt" 2>&1
-timeout 100 $B/bench/mdlm_bench_sampler_cuda --benchmark_filter=step --benchmark_min_time=0.5 > "$OUT/bench_sampler.txt" 2>&1
-timeout 300 $B/bench/mdlm_bench_sampler_cuda --benchmark_filter=sample_small > "$OUT/bench_sampler_e2e.txt" 2>&1
-timeout 240 $B/bench/mdlm_bench_train_step_cuda --benchmark_filter=B8_T256 > "$OUT/bench_train_small.txt" 2>&1
-timeout 240 $B/bench/mdlm_bench_train_step_cuda --benchmark_filter=B32_T1024_trimmed --benchmark_min_time=1 > "$OUT/bench_train.txt" 2>&1
+fi
+if [ "$PHASE" != correctness ]; then
+timeout 60 $B/bench/mdlm_bench_gemm_cuda --benchmark_min_time=0.2 > "$OUT/bench_gemm.txt" 2>&1
+timeout 60 $B/bench/mdlm_bench_sampler_cuda --benchmark_filter=step --benchmark_min_time=0.5 > "$OUT/bench_sampler.txt" 2>&1
+timeout 200 $B/bench/mdlm_bench_sampler_cuda --benchmark_filter=sample_small > "$OUT/bench_sampler_e2e.txt" 2>&1
+timeout 60 $B/bench/mdlm_bench_train_step_cuda --benchmark_filter=B8_T256 > "$OUT/bench_train_small.txt" 2>&1
+timeout 150 $B/bench/mdlm_bench_train_step_cuda --benchmark_filter=B32_T1024_trimmed --benchmark_min_time=1 > "$OUT/bench_train.txt" 2>&1
+fi
 tail -n 5 "$OUT"/*.txt
