@@ -488,13 +488,21 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
   if (backend == "cuda" && cfg.draw == DrawMode::Exact) {
 #if MDLM_WITH_CUDA
     MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+    const std::string dtype = args.str("--dtype");
+    MDLM_CHECK(dtype == "f32" || dtype == "bf16", "--dtype '", dtype, "' (expected f32 or bf16 with --backend cuda)");
     Cuda ctx;
-    ParamStore<Cuda, float, float> dev(m.model.layout());
-    upload_into(ctx, m.store.values().data(), m.model.layout().buffer_elements(), dev.values().data());
-    auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
-      return sample_on_device(ctx, m.model, dev, m.mask_id, LogLinearSchedule{}, c, z0, n, span);
+    auto on_device = [&](auto tag) {  // the weights as T on the GPU (bf16: values rounded, compute in fp32)
+      using T = decltype(tag);
+      ParamStore<Cuda, T, float> dev(m.model.layout());
+      const std::vector<float> host(m.store.values().data(), m.store.values().data() + m.model.layout().buffer_elements());
+      const auto values = cast_vector<T>(host);
+      upload_into(ctx, values.data(), m.model.layout().buffer_elements(), dev.values().data());
+      auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
+        return sample_on_device(ctx, m.model, dev, m.mask_id, LogLinearSchedule{}, c, z0, n, span);
+      };
+      return semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
     };
-    r = semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
+    r = dtype == "bf16" ? on_device(bf16{}) : on_device(float{});
     return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "cuda", r.cuda_graph, r.note};
 #else
     MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
@@ -507,7 +515,7 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
 const std::map<std::string, std::string> kSampleDefaults = {
     {"--checkpoint", "out/kjv-mdlm"}, {"--steps", "128"}, {"--sampler", "cached"}, {"--length", "128"},
     {"--stride", "0"}, {"--window", "0"}, {"--prompt", ""}, {"--temperature", "1"}, {"--top-p", "1"}, {"--top-k", "0"},
-    {"--threshold", "0"}, {"--seed", "0"}, {"--num-samples", "2"}, {"--backend", "host"}};
+    {"--threshold", "0"}, {"--seed", "0"}, {"--num-samples", "2"}, {"--backend", "host"}, {"--dtype", "f32"}};
 
 int sample_cmd(const Args& args) {
   LoadedModel m(args.str("--checkpoint"));
@@ -585,7 +593,7 @@ void usage() {
       "  sample --checkpoint DIR [--steps N] [--sampler ancestral|cached|confidence|remdm|first-hit]\n"
       "         [--length L] [--stride S] [--window W] [--prompt TEXT] [--temperature T] [--top-p P]\n"
       "         [--top-k K] [--threshold C] [--seed S] [--num-samples N] [--json] [--paper-fp32-draws]\n"
-      "         [--backend host|cuda] [--no-cuda-graph]  (cuda: every sampler on the device, fused step kernels,\n"
+      "         [--backend host|cuda] [--dtype f32|bf16] [--no-cuda-graph]  (cuda: every sampler on the device, fused step kernels,\n"
       "         the loop replayed as a CUDA graph except for cached)\n"
       "  eval --gen-ppl --scorer AR_CHECKPOINT --checkpoint MDLM_CHECKPOINT [sample flags]\n"
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
