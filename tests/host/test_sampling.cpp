@@ -373,3 +373,19 @@ TEST_CASE("the batched sampler (the device loop, on the Host kernels) gives samp
     }
   }
 }
+
+TEST_CASE("NaN logits stop the samplers with mdlm::Error instead of emitting invalid ids") {
+  Host host;
+  DiT model(mdlm::testing::sampler_test_dit(false));
+  ParamStore<Host, float> store(model.layout());
+  mdlm::testing::init_sampler_test_model(model, store);
+  std::fill(store.values().data(), store.values().data() + model.layout().buffer_elements(), NAN);
+  const auto init = mdlm::testing::sampler_test_init();
+  for (auto [name, sc] : mdlm::testing::sampler_cases()) {
+    INFO("sampler ", std::string(name));
+    CHECK_THROWS_WITH_AS(sample_batched(host, model, store, 29, LogLinearSchedule{}, sc, init, 4, 24),
+                         doctest::Contains("finite logit"), Error);
+    CHECK_THROWS_WITH_AS(sample(model_denoiser(host, model, store, 29), LogLinearSchedule{}, sc, init, 4, 24),
+                         doctest::Contains("finite weight"), Error);
+  }
+}

@@ -143,6 +143,8 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
   auto dsigma_table = upload(ctx, plan.sigma.empty() ? std::vector<float>(1) : plan.sigma);
   auto dsigma = upload(ctx, std::vector<float>(static_cast<std::size_t>(n), 0.0f));
   auto dcounter = upload(ctx, std::vector<int>{0});
+  auto dfailed = upload(ctx, std::vector<int>{0});
+  a.failed = dfailed.data();
   Buffer<std::int32_t, B> dcand(cfg.kind == SamplerKind::Confidence ? rows : 0);
   Buffer<double, B> dconf(cfg.kind == SamplerKind::Confidence ? rows : 0);
   Tape<B, T, G> tape(ctx);
@@ -204,7 +206,7 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
     }
     if (cfg.noise_removal && std::find(host_z.begin(), host_z.end(), static_cast<std::int32_t>(mask_id)) != host_z.end()) {
       evaluate_into_cache();
-      argmax_masked(ctx, cv, dz.data(), static_cast<std::int32_t>(mask_id));
+      argmax_masked(ctx, cv, dz.data(), static_cast<std::int32_t>(mask_id), dfailed.data());
     }
   } else {
     StepReplay<B> replay(ctx, cfg.cuda_graph && n_steps >= 2);
@@ -219,11 +221,13 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
       upload_into(ctx, std::vector<float>(static_cast<std::size_t>(n), tc ? static_cast<float>(sched.sigma(cfg.t_min)) : 0.0f).data(), n,
                   dsigma.data());
       Var<T, B> logits = forward_all();
-      argmax_masked(ctx, MatrixView<const T, B>(logits.value), dz.data(), static_cast<std::int32_t>(mask_id));
+      argmax_masked(ctx, MatrixView<const T, B>(logits.value), dz.data(), static_cast<std::int32_t>(mask_id), dfailed.data());
       ++res.nfe_calls;
       for (std::int64_t b = 0; b < n; ++b) res.nfe_sequences += has_mask(host_z, b);
     }
   }
+  MDLM_CHECK(download(ctx, MatrixView<const int, B>(dfailed.data(), 1, 1))[0] == 0,
+             "sampler: a position had no finite logit to draw from (the model produced NaN or Inf logits)");
   res.ids = download(ctx, MatrixView<const std::int32_t, B>(dz.data(), 1, rows));
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;

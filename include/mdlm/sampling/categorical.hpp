@@ -105,7 +105,7 @@ inline std::int32_t draw_categorical(const std::vector<double>& logw, Philox rng
       if (score > best_score) best_score = score, best = static_cast<std::int32_t>(v);
     }
   }
-  MDLM_CHECK(best >= 0, "draw: every token was filtered out");
+  MDLM_CHECK(best >= 0, "draw: no token has a finite weight to draw from (NaN or Inf logits)");
   return best;
 }
 

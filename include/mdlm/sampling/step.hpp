@@ -28,6 +28,7 @@ struct SampleStepArgs {
   double p_unmask = 0, p_remask = 0, temperature = 1;
   std::int64_t top_k = 0;  // 0: off
   double top_p = 1.0;      // 1: off
+  int* failed = nullptr;   // backend memory; set to 1 when a row had nothing to draw (NaN logits)
   MDLM_HD bool filtered() const { return top_k > 0 || top_p < 1.0; }
 };
 
@@ -93,7 +94,12 @@ void sample_step(const Host& ctx, MatrixView<const T, Host> logits, std::int32_t
     const double u = a.rng.uniform_double(Purpose::Remask, a.step, static_cast<std::uint64_t>(r));
     if (z[r] == a.mask_id) {
       if (u >= a.p_unmask) return;
-      z[r] = draw_row(logits.data + r * logits.ld, a, r);
+      const std::int32_t v = draw_row(logits.data + r * logits.ld, a, r);
+      if (v < 0) {
+        if (a.failed != nullptr) *a.failed = 1;
+        return;
+      }
+      z[r] = v;
     } else if (u < a.p_remask) {
       z[r] = a.mask_id;
     } else {
@@ -124,6 +130,10 @@ void confidence_step(const Host& ctx, MatrixView<const T, Host> logits, std::int
     const TopCut cut = a.filtered() ? find_top_cut(x, a.vocab, a.mask_id, a.top_k, a.top_p, a.temperature) : TopCut{};
     double s;
     const std::int32_t best = race_row(row, a, static_cast<std::uint64_t>(r), cut, 0, 1, &s);
+    if (best < 0) {
+      if (a.failed != nullptr) *a.failed = 1;
+      return;
+    }
     std::uint64_t total = 0;
     for (std::int64_t v = 0; v < a.vocab; ++v) {
       if (v == a.mask_id || !cut.keeps(order_key(x(v)), static_cast<std::uint32_t>(v))) continue;
@@ -167,7 +177,9 @@ void first_hit_step(const Host& ctx, MatrixView<const T, Host> logits, std::int3
     const auto target = static_cast<std::int64_t>(u * static_cast<double>(masked));
     for (std::int64_t i = 0, seen = 0; i < a.len; ++i) {
       if (z[base + i] != a.mask_id || seen++ != target) continue;
-      z[base + i] = draw_row(logits.data + (base + i) * logits.ld, a, base + i);
+      const std::int32_t v = draw_row(logits.data + (base + i) * logits.ld, a, base + i);
+      if (v < 0 && a.failed != nullptr) *a.failed = 1;
+      if (v >= 0) z[base + i] = v;
       return;
     }
   });
@@ -175,7 +187,8 @@ void first_hit_step(const Host& ctx, MatrixView<const T, Host> logits, std::int3
 
 // Noise removal: every still-masked position takes its most likely token (mask excluded).
 template <class T>
-void argmax_masked(const Host& ctx, MatrixView<const T, Host> logits, std::int32_t* z, std::int32_t mask_id) {
+void argmax_masked(const Host& ctx, MatrixView<const T, Host> logits, std::int32_t* z, std::int32_t mask_id,
+                   int* failed = nullptr) {
   ctx.parallel_for(logits.rows, [&](std::int64_t r) {
     if (z[r] != mask_id) return;
     double best = -INFINITY;
@@ -184,7 +197,8 @@ void argmax_masked(const Host& ctx, MatrixView<const T, Host> logits, std::int32
       const double x = static_cast<float>(to_compute(logits.data[r * logits.ld + v]));
       if (v != mask_id && x > best) best = x, id = static_cast<std::int32_t>(v);
     }
-    z[r] = id;
+    if (id >= 0) z[r] = id;
+    else if (failed != nullptr) *failed = 1;
   });
 }
 

@@ -138,7 +138,8 @@ __global__ void sample_step(MatrixView<const T, Cuda> logits, std::int32_t* z, c
   const T* row = logits.data + r * logits.ld;
   const float mx = a.top_p < 1.0 ? block_row_max(row, a) : 0.0f;
   const std::int32_t best = block_draw(row, a, r, mx, sh);
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && best < 0 && a.failed != nullptr) *a.failed = 1;
+  if (threadIdx.x == 0 && best >= 0) {
     z[r] = best;
     if (changed != nullptr) changed[r / a.len] = 1;
   }
@@ -171,7 +172,10 @@ __global__ void confidence_candidates(MatrixView<const T, Cuda> logits, const st
     q += fixed_mass(exp((static_cast<double>(x) - static_cast<double>(mx)) / a.temperature));
   }
   const unsigned long long total = cuda_detail::block_reduce<unsigned long long, false>(q);
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0 && best < 0) {
+    conf[r] = -1.0;
+    if (a.failed != nullptr) *a.failed = 1;
+  } else if (threadIdx.x == 0) {
     cand[r] = best;
     conf[r] = exp((static_cast<double>(logit_at(row, best)) - static_cast<double>(mx)) / a.temperature) * kFixedMassOne /
               static_cast<double>(total);
@@ -244,12 +248,14 @@ __global__ void first_hit_step(MatrixView<const T, Cuda> logits, std::int32_t* z
   const T* row = logits.data + r * logits.ld;
   const float mx = a.top_p < 1.0 ? block_row_max(row, a) : 0.0f;
   const std::int32_t best = block_draw(row, a, r, mx, sh);
-  if (threadIdx.x == 0) z[r] = best;
+  if (threadIdx.x == 0 && best >= 0) z[r] = best;
+  if (threadIdx.x == 0 && best < 0 && a.failed != nullptr) *a.failed = 1;
 }
 
 // Noise removal: every still-masked position takes its most likely token (mask excluded).
 template <class T>
-__global__ void argmax_masked(MatrixView<const T, Cuda> logits, std::int32_t* z, std::int32_t mask_id, std::int64_t vocab) {
+__global__ void argmax_masked(MatrixView<const T, Cuda> logits, std::int32_t* z, std::int32_t mask_id, std::int64_t vocab,
+                              int* failed) {
   __shared__ RowShared sh;
   const std::int64_t r = blockIdx.x;
   if (z[r] != mask_id) return;
@@ -261,7 +267,8 @@ __global__ void argmax_masked(MatrixView<const T, Cuda> logits, std::int32_t* z,
     if (v != mask_id && x > best) best = x, id = static_cast<std::int32_t>(v);
   }
   const std::int32_t w = block_argmax(best, id, sh);
-  if (threadIdx.x == 0) z[r] = w;
+  if (threadIdx.x == 0 && w >= 0) z[r] = w;
+  if (threadIdx.x == 0 && w < 0 && failed != nullptr) *failed = 1;
 }
 
 // The loop's bookkeeping: this step's sigma row from the table, and the step counter (static: non-template
@@ -319,10 +326,10 @@ inline void loop_advance(Cuda& ctx, int* counter) {
 }
 
 template <class T>
-void argmax_masked(Cuda& ctx, MatrixView<const T, Cuda> logits, std::int32_t* z, std::int32_t mask_id) {
+void argmax_masked(Cuda& ctx, MatrixView<const T, Cuda> logits, std::int32_t* z, std::int32_t mask_id, int* failed = nullptr) {
   if (logits.rows == 0) return;
   cuda_kernels::argmax_masked<<<static_cast<unsigned>(logits.rows), cuda_kernels::kSampleThreads, 0, ctx.stream()>>>(
-      logits, z, mask_id, logits.cols);
+      logits, z, mask_id, logits.cols, failed);
   MDLM_CUDA_CHECK_LAUNCH();
 }
 
