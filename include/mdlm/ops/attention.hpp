@@ -21,6 +21,20 @@ namespace mdlm {
 // tensor is neither written nor allocated.
 inline constexpr std::int64_t kAttentionRowScratchMax = 8192;  // 32 KiB of shared memory
 
+// Dot product over d values in 8 interleaved partial sums, combined in a fixed order: the same
+// bits on every run and thread count, and independent chains the compiler can vectorize (a
+// single running sum is bound by the add latency).
+template <class C, class A, class B>
+inline C dot_lanes(const A* a, const B* b, std::int64_t d) {
+  C part[8] = {};
+  std::int64_t e = 0;
+  for (; e + 8 <= d; e += 8)
+    for (int k = 0; k < 8; ++k) part[k] += C(a[e + k]) * C(b[e + k]);
+  C s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; e < d; ++e) s += C(a[e]) * C(b[e]);
+  return s;
+}
+
 // probs: (B, H, T, T) saved for backward, or nullptr (inference).
 template <class T>
 void attention_forward(const Host& ctx, MatrixView<const T, Host> qkv, std::int64_t seq_len, std::int64_t heads,
@@ -28,32 +42,38 @@ void attention_forward(const Host& ctx, MatrixView<const T, Host> qkv, std::int6
   using C = compute_t<T>;
   const std::int64_t cdim = qkv.cols / 3, d = cdim / heads, batches = qkv.rows / seq_len, tl = seq_len;
   const C scale = C(1) / std::sqrt(static_cast<C>(d));
-  ctx.parallel_for(batches * heads * tl, [&](std::int64_t idx) {
-    const std::int64_t b = idx / (heads * tl), h = (idx / tl) % heads, i = idx % tl;
-    const T* q = qkv.data + (b * tl + i) * qkv.ld + h * d;
-    std::vector<C> row_scratch(probs == nullptr ? static_cast<std::size_t>(tl) : 0);
-    C* p = probs != nullptr ? probs + idx * tl : row_scratch.data();
-    const std::int64_t nk = causal ? i + 1 : tl;
-    C mx = -std::numeric_limits<C>::infinity();
-    for (std::int64_t j = 0; j < nk; ++j) {
-      const T* k = qkv.data + (b * tl + j) * qkv.ld + cdim + h * d;
-      C s = 0;
-      for (std::int64_t e = 0; e < d; ++e) s += C(q[e]) * C(k[e]);
-      p[j] = s * scale;
-      mx = p[j] > mx ? p[j] : mx;
-    }
-    C sum = 0;
-    for (std::int64_t j = 0; j < nk; ++j) {
-      p[j] = std::exp(p[j] - mx);
-      sum += p[j];
-    }
-    for (std::int64_t j = 0; j < nk; ++j) p[j] /= sum;
-    for (std::int64_t j = nk; j < tl; ++j) p[j] = 0;
-    T* o = out.data + (b * tl + i) * out.ld + h * d;
-    for (std::int64_t e = 0; e < d; ++e) {
-      C acc = 0;
-      for (std::int64_t j = 0; j < nk; ++j) acc += p[j] * C(qkv.data[(b * tl + j) * qkv.ld + 2 * cdim + h * d + e]);
-      o[e] = static_cast<T>(acc);
+  // One task per (sequence, head); per query row: scores, softmax, then out = P V accumulated
+  // row by row of V (contiguous reads; the sum over j runs in the same order for every e).
+  ctx.parallel_for(batches * heads, [&](std::int64_t bh) {
+    const std::int64_t b = bh / heads, h = bh % heads;
+    std::vector<C> scratch(static_cast<std::size_t>((probs == nullptr ? tl : 0) + d));
+    C* acc = scratch.data();
+    for (std::int64_t i = 0; i < tl; ++i) {
+      const std::int64_t idx = bh * tl + i;
+      const T* q = qkv.data + (b * tl + i) * qkv.ld + h * d;
+      C* p = probs != nullptr ? probs + idx * tl : scratch.data() + d;
+      const std::int64_t nk = causal ? i + 1 : tl;
+      C mx = -std::numeric_limits<C>::infinity();
+      for (std::int64_t j = 0; j < nk; ++j) {
+        const T* k = qkv.data + (b * tl + j) * qkv.ld + cdim + h * d;
+        p[j] = dot_lanes<C>(q, k, d) * scale;
+        mx = p[j] > mx ? p[j] : mx;
+      }
+      C sum = 0;
+      for (std::int64_t j = 0; j < nk; ++j) {
+        p[j] = std::exp(p[j] - mx);
+        sum += p[j];
+      }
+      for (std::int64_t j = 0; j < nk; ++j) p[j] /= sum;
+      if (probs != nullptr)
+        for (std::int64_t j = nk; j < tl; ++j) p[j] = 0;
+      for (std::int64_t e = 0; e < d; ++e) acc[e] = 0;
+      for (std::int64_t j = 0; j < nk; ++j) {
+        const T* v = qkv.data + (b * tl + j) * qkv.ld + 2 * cdim + h * d;
+        for (std::int64_t e = 0; e < d; ++e) acc[e] += p[j] * C(v[e]);
+      }
+      T* o = out.data + (b * tl + i) * out.ld + h * d;
+      for (std::int64_t e = 0; e < d; ++e) o[e] = static_cast<T>(acc[e]);
     }
   });
 }
@@ -78,8 +98,7 @@ void attention_backward(const Host& ctx, MatrixView<const T, Host> dout, MatrixV
       const T* go = dout.data + (b * tl + i) * dout.ld + h * d;
       C dot = 0;
       for (std::int64_t j = 0; j < nk; ++j) {
-        C dp = 0;
-        for (std::int64_t e = 0; e < d; ++e) dp += C(go[e]) * C(at(b * tl + j, 2 * cdim + h * d + e));
+        const C dp = dot_lanes<C>(go, &at(b * tl + j, 2 * cdim + h * d), d);
         ds[static_cast<std::size_t>(j)] = dp;
         dot += p[j] * dp;
       }
