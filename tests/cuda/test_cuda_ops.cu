@@ -116,6 +116,13 @@ CaseInput input(std::int64_t rows, std::int64_t cols, std::uint64_t seed, double
   return c;
 }
 
+// One input per model parameter (scale 0.3), seeded from `seed` upwards.
+std::vector<CaseInput> param_inputs(const DiT& model, std::uint64_t seed) {
+  std::vector<CaseInput> inputs;
+  for (const ParamSpec& s : model.layout().specs()) inputs.push_back(input(s.rows(), s.cols(), seed + inputs.size(), 0.3));
+  return inputs;
+}
+
 }  // namespace
 
 TEST_CASE("CUDA Linear (bias, no bias, fused GELU) matches Host") {
@@ -186,8 +193,7 @@ TEST_CASE("CUDA whole DiT and AR training step (dropout on) matches Host") {
     cfg.ar = ar;
     cfg.dropout = 0.1f;
     DiT model(cfg);
-    std::vector<CaseInput> inputs;
-    for (const ParamSpec& s : model.layout().specs()) inputs.push_back(input(s.rows(), s.cols(), 100 + inputs.size(), 0.3));
+    std::vector<CaseInput> inputs = param_inputs(model, 100);
     const std::int64_t batch = 2, seq = 16;
     std::vector<std::int32_t> ids(static_cast<std::size_t>(batch * seq));
     for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7) % 50);
@@ -282,8 +288,7 @@ TEST_CASE("CUDA MaskedDiffusion step (trimmed head) matches Host: same z_t, loss
   cfg.time_conditioning = true;
   cfg.dropout = 0.1f;
   DiT model(cfg);
-  std::vector<CaseInput> inputs;
-  for (const ParamSpec& s : model.layout().specs()) inputs.push_back(input(s.rows(), s.cols(), 300 + inputs.size(), 0.3));
+  std::vector<CaseInput> inputs = param_inputs(model, 300);
   const std::int64_t batch = 4, seq = 12;
   std::vector<std::int32_t> x0(static_cast<std::size_t>(batch * seq));
   for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = static_cast<std::int32_t>((i * 11) % 40);

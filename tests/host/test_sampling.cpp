@@ -17,6 +17,17 @@ using mdlm::testing::random_vector;
 
 namespace {
 
+// A single ancestral step from t_max to t_min, no noise removal.
+SamplerConfig one_step(double t_max, double t_min, std::uint64_t seed) {
+  SamplerConfig c;
+  c.steps = 1;
+  c.t_max = t_max;
+  c.t_min = t_min;
+  c.noise_removal = false;
+  c.seed = seed;
+  return c;
+}
+
 // Every position gets the same fixed distribution over the first vocab-1 tokens (mask last).
 Denoiser fixed_denoiser(const std::vector<double>& probs) {
   Denoiser d;
@@ -81,12 +92,7 @@ TEST_CASE("one ancestral step: stay masked w.p. (1-a_s)/(1-a_t), else p_theta (a
   const std::vector<double> p{0.1, 0.2, 0.3, 0.4};
   Denoiser d = fixed_denoiser(p);
   LogLinearSchedule sched;
-  SamplerConfig cfg;
-  cfg.steps = 1;
-  cfg.t_max = 0.8;
-  cfg.t_min = 0.5;
-  cfg.noise_removal = false;
-  cfg.seed = 3;
+  SamplerConfig cfg = one_step(0.8, 0.5, 3);
   const std::int64_t n = 400, len = 100;
   SampleResult r = sample(d, sched, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 4), n, len);
   const double stay = sched.move_chance(0.5) / sched.move_chance(0.8);
@@ -307,12 +313,7 @@ TEST_CASE("the fused sampler step (the CUDA kernel's Host twin) takes the same d
   const std::int64_t n = 8, len = 20;
   std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 10);
   init[3] = 4;  // one fixed position
-  SamplerConfig cfg;
-  cfg.steps = 1;
-  cfg.t_max = 0.9;
-  cfg.t_min = 0.4;
-  cfg.noise_removal = false;
-  cfg.seed = 21;
+  SamplerConfig cfg = one_step(0.9, 0.4, 21);
   cfg.filters.temperature = 0.7;
   SampleResult want = sample(d, LogLinearSchedule{}, cfg, init, n, len);
   std::vector<float> logits;

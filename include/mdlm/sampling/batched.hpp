@@ -66,11 +66,8 @@ struct StepTable {
             continue;
           }
           ++act;
-          // the Host sampler's time update (samplers.hpp), for the m masked tokens left
-          const double u = rng.uniform_double(Purpose::Remask, static_cast<std::uint32_t>(step), static_cast<std::uint64_t>(b) * 2);
           double& tb = t[static_cast<std::size_t>(b)];
-          const double move = sched.move_chance(tb) * std::pow(u, 1.0 / static_cast<double>(m));
-          tb = std::clamp(sched.t_of_alpha(1.0 - move), 0.0, 1.0);
+          tb = first_hit_next_time(sched, rng, static_cast<std::uint32_t>(step), b, tb, m);
           sigma.push_back(sig(tb));
         }
         steps.push_back(StepPlan{0.0, 0.0, static_cast<std::uint32_t>(step), 1});
@@ -78,22 +75,11 @@ struct StepTable {
       }
       return;
     }
-    const double span = cfg.t_max - cfg.t_min;
     for (std::int64_t step = 0; step < cfg.steps; ++step) {
-      const double t = cfg.t_max - span * static_cast<double>(step) / static_cast<double>(cfg.steps);
-      const double s = cfg.t_max - span * static_cast<double>(step + 1) / static_cast<double>(cfg.steps);
-      const double move_t = sched.move_chance(t), move_s = sched.move_chance(s);
-      StepPlan p;
-      p.step = static_cast<std::uint32_t>(step);
-      p.left = static_cast<std::int32_t>(cfg.steps - step);
-      p.p_unmask = move_t > 0 ? (move_t - move_s) / move_t : 1.0;
-      if (cfg.kind == SamplerKind::ReMdm && step < cfg.steps - 1) {
-        const double a_t = 1.0 - move_t, a_s = 1.0 - move_s;
-        p.p_remask = a_t > 0 ? std::min(cfg.remdm_eta, move_s / a_t) : 0.0;
-        p.p_unmask = move_t > 0 ? std::clamp((a_s - (1.0 - p.p_remask) * a_t) / move_t, 0.0, 1.0) : 1.0;
-      }
-      steps.push_back(p);
-      sigma.insert(sigma.end(), static_cast<std::size_t>(n), sig(t));
+      const StepProbabilities pr = step_probabilities(sched, cfg, step);
+      steps.push_back(StepPlan{pr.p_unmask, pr.p_remask, static_cast<std::uint32_t>(step),
+                               static_cast<std::int32_t>(cfg.steps - step)});
+      sigma.insert(sigma.end(), static_cast<std::size_t>(n), sig(grid_time(cfg, step)));
       active.push_back(n);
     }
   }

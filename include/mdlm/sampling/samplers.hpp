@@ -92,6 +92,40 @@ inline double unigram_entropy(const std::int32_t* ids, std::int64_t n) {
   return h;
 }
 
+// The grid time of a step: t_max at step 0 down to t_min at step `steps`.
+inline double grid_time(const SamplerConfig& cfg, std::int64_t step) {
+  return cfg.t_max - (cfg.t_max - cfg.t_min) * static_cast<double>(step) / static_cast<double>(cfg.steps);
+}
+
+// The ancestral / ReMDM decisions of one step t -> s: a masked token unmasks w.p. p_unmask, a
+// decoded one is remasked w.p. p_remask (ReMDM only; never at the last step).
+struct StepProbabilities {
+  double p_unmask = 1.0, p_remask = 0.0;
+};
+template <class Schedule>
+StepProbabilities step_probabilities(const Schedule& sched, const SamplerConfig& cfg, std::int64_t step) {
+  const double move_t = sched.move_chance(grid_time(cfg, step)), move_s = sched.move_chance(grid_time(cfg, step + 1));
+  StepProbabilities p;
+  p.p_unmask = move_t > 0 ? (move_t - move_s) / move_t : 1.0;  // ancestral: (alpha_s - alpha_t) / (1 - alpha_t)
+  if (cfg.kind == SamplerKind::ReMdm) {
+    const double a_t = 1.0 - move_t, a_s = 1.0 - move_s;
+    p.p_remask = a_t > 0 ? std::min(cfg.remdm_eta, move_s / a_t) : 0.0;
+    p.p_unmask = move_t > 0 ? std::clamp((a_s - (1.0 - p.p_remask) * a_t) / move_t, 0.0, 1.0) : 1.0;
+  }
+  if (step == cfg.steps - 1) p.p_remask = 0.0;  // the last step only unmasks
+  return p;
+}
+
+// First-hitting sampler: from time t with `masked` tokens left, the next one unmasks at t'
+// with 1 - alpha_t' = (1 - alpha_t) u^(1/masked), u = Philox(Remask, step, 2b).
+template <class Schedule>
+double first_hit_next_time(const Schedule& sched, const Philox& rng, std::uint32_t step, std::int64_t b, double t,
+                           std::int64_t masked) {
+  const double u = rng.uniform_double(Purpose::Remask, step, static_cast<std::uint64_t>(b) * 2);
+  const double move = sched.move_chance(t) * std::pow(u, 1.0 / static_cast<double>(masked));
+  return std::clamp(sched.t_of_alpha(1.0 - move), 0.0, 1.0);
+}
+
 namespace sampling_detail {
 
 // Evaluates the sequences marked in `need` and stores their logits in `cache`.
@@ -166,9 +200,7 @@ SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfi
         if (!need[static_cast<std::size_t>(b)]) continue;
         std::int64_t masked = 0;
         for (std::int64_t i = 0; i < len; ++i) masked += z[static_cast<std::size_t>(b * len + i)] == d.mask_id;
-        const double u = rng.uniform_double(Purpose::Remask, step, static_cast<std::uint64_t>(b) * 2);
-        const double move = sched.move_chance(t[static_cast<std::size_t>(b)]) * std::pow(u, 1.0 / static_cast<double>(masked));
-        t[static_cast<std::size_t>(b)] = std::clamp(sched.t_of_alpha(1.0 - move), 0.0, 1.0);
+        t[static_cast<std::size_t>(b)] = first_hit_next_time(sched, rng, step, b, t[static_cast<std::size_t>(b)], masked);
         std::vector<bool> one(static_cast<std::size_t>(n), false);
         one[static_cast<std::size_t>(b)] = true;
         evaluate(d, z, n, len, one, sched.sigma(t[static_cast<std::size_t>(b)]), logits, res);
@@ -186,10 +218,8 @@ SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfi
       }
     }
   } else {
-    const double span = cfg.t_max - cfg.t_min;
     for (std::int64_t step = 0; step < cfg.steps; ++step) {
-      const double t = cfg.t_max - span * static_cast<double>(step) / static_cast<double>(cfg.steps);
-      const double s = cfg.t_max - span * static_cast<double>(step + 1) / static_cast<double>(cfg.steps);
+      const double t = grid_time(cfg, step);
       const auto st = static_cast<std::uint32_t>(step);
       for (std::int64_t b = 0; b < n; ++b) {
         const bool masks = has_mask(b) || cfg.kind == SamplerKind::ReMdm;
@@ -197,7 +227,6 @@ SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfi
       }
       evaluate(d, z, n, len, need, sched.sigma(t), logits, res);
       std::fill(dirty.begin(), dirty.end(), false);
-      const double move_t = sched.move_chance(t), move_s = sched.move_chance(s);
       if (cfg.kind == SamplerKind::Confidence) {
         for (std::int64_t b = 0; b < n; ++b) {
           std::vector<std::pair<double, std::int64_t>> cand;  // (confidence, position)
@@ -228,14 +257,7 @@ SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfi
         }
         continue;
       }
-      double p_unmask = move_t > 0 ? (move_t - move_s) / move_t : 1.0;  // ancestral: (alpha_s - alpha_t) / (1 - alpha_t)
-      double p_remask = 0.0;
-      if (cfg.kind == SamplerKind::ReMdm) {
-        const double a_t = 1.0 - move_t, a_s = 1.0 - move_s;
-        p_remask = a_t > 0 ? std::min(cfg.remdm_eta, move_s / a_t) : 0.0;
-        p_unmask = move_t > 0 ? std::clamp((a_s - (1.0 - p_remask) * a_t) / move_t, 0.0, 1.0) : 1.0;
-      }
-      if (step == cfg.steps - 1) p_remask = 0.0;  // the last step only unmasks
+      const auto [p_unmask, p_remask] = step_probabilities(sched, cfg, step);
       for (std::int64_t r = 0; r < n * len; ++r) {
         if (fixed[static_cast<std::size_t>(r)]) continue;
         const double u = rng.uniform_double(Purpose::Remask, st, static_cast<std::uint64_t>(r));
