@@ -33,15 +33,17 @@ __global__ void fill_logits(bf16* p, std::int64_t n) {
 }
 
 // Unfused baseline, kernel 1: softmax of each row into fp32 probabilities (mask suppressed).
-__global__ void softmax_rows(const bf16* logits, float* probs) {
+__global__ void softmax_rows(const bf16* logits, float* probs) {  // launched with 256 threads
+  using Reduce = mdlm::cuda_detail::BlockReducer<float, 256>;
+  __shared__ Reduce::Shared red;
   const std::int64_t r = blockIdx.x;
   const bf16* l = logits + r * kVocab;
   float mx = -INFINITY;
   for (std::int64_t v = threadIdx.x; v < kVocab; v += blockDim.x) mx = fmaxf(mx, v == kMask ? -INFINITY : l[v].to_float());
-  mx = mdlm::cuda_detail::block_reduce<float, true>(mx);
+  mx = Reduce::max(mx, red);
   float s = 0;
   for (std::int64_t v = threadIdx.x; v < kVocab; v += blockDim.x) s += v == kMask ? 0.0f : expf(l[v].to_float() - mx);
-  s = mdlm::cuda_detail::block_reduce<float, false>(s);
+  s = Reduce::sum(s, red);
   for (std::int64_t v = threadIdx.x; v < kVocab; v += blockDim.x) probs[r * kVocab + v] = v == kMask ? 0.0f : expf(l[v].to_float() - mx) / s;
 }
 // kernel 2: fp64 uniforms -> Gumbel-normalized noise in memory (torch.rand_like(float64) then log).

@@ -9,6 +9,26 @@ find_dependency(OpenMP)
 # libopenblas-openmp-dev): our OpenMP loops and the BLAS then share one thread pool, where
 # the pthread build's threads and spinning OpenMP workers fight over the cores (measured on
 # 2 cores: a 256^3 GEMM + GELU took 12 ms with both pools, 1.3 ms with one).
+# MDLM_STATIC_BLAS links the OpenMP build of OpenBLAS statically (with libgfortran and
+# libquadmath), for binaries that run where OpenBLAS is not installed (scripts/device-build.sh).
+option(MDLM_STATIC_BLAS "Link OpenBLAS (and its Fortran runtime) statically" OFF)
+if(NOT TARGET BLAS::BLAS AND MDLM_STATIC_BLAS)
+  find_library(MDLM_OPENBLAS_STATIC NAMES libopenblas.a
+               PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH REQUIRED)
+  find_path(MDLM_OPENBLAS_OPENMP_INCLUDE NAMES cblas.h
+            PATHS /usr/include/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH REQUIRED)
+  execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libgfortran.a OUTPUT_VARIABLE _mdlm_gfortran
+                  OUTPUT_STRIP_TRAILING_WHITESPACE)
+  execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libquadmath.a OUTPUT_VARIABLE _mdlm_quadmath
+                  OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT EXISTS "${_mdlm_gfortran}" OR NOT EXISTS "${_mdlm_quadmath}")
+    message(FATAL_ERROR "MDLM_STATIC_BLAS: libgfortran.a / libquadmath.a not found (install gfortran)")
+  endif()
+  add_library(BLAS::BLAS UNKNOWN IMPORTED)
+  set_target_properties(BLAS::BLAS PROPERTIES IMPORTED_LOCATION "${MDLM_OPENBLAS_STATIC}"
+                        INTERFACE_INCLUDE_DIRECTORIES "${MDLM_OPENBLAS_OPENMP_INCLUDE}"
+                        INTERFACE_LINK_LIBRARIES "${_mdlm_gfortran};${_mdlm_quadmath};m;pthread")
+endif()
 if(NOT TARGET BLAS::BLAS)
   find_library(MDLM_OPENBLAS_OPENMP NAMES openblas
                PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)

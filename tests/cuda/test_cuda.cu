@@ -171,9 +171,17 @@ const Shape3 kShapes[] = {{1, 1, 1}, {7, 13, 5}, {33, 17, 65}, {64, 48, 32}, {12
 const Epilogue kEpilogues[] = {Epilogue::None, Epilogue::Bias, Epilogue::GeluAuxBias, Epilogue::DGelu,
                                Epilogue::BiasGrad};
 
+// cuBLASLt documents its GELU epilogues only as "GELU" and does not state their precision. If
+// they evaluate tanh with the hardware approximation (tanh.approx.f32, relative error about
+// 2^-11), GELU's error is up to 0.5 |x| 2^-11, 2.5e-4 of the tensor's largest magnitude; the
+// fused GELU epilogues are held to 1e-3 until a GPU run measures them (the sweep prints the
+// worst error it saw), every other epilogue to the fp32 tolerance.
+constexpr double kFusedGeluTol = 1e-3;
+
 template <class TIn, class TOut>
 void sweep(double tol) {
   Cuda ctx;
+  double worst_gelu = 0;
   std::uint64_t seed = 100;
   for (Op op_a : {Op::N, Op::T}) {
     for (Op op_b : {Op::N, Op::T}) {
@@ -187,13 +195,18 @@ void sweep(double tol) {
             CAPTURE(static_cast<int>(op_a));
             CAPTURE(static_cast<int>(op_b));
             CAPTURE(pad);
-            CHECK(cuda_vs_host<TIn, TOut>(ctx, op_a, op_b, s, e, pad, seed++) < tol);
+            const double err = cuda_vs_host<TIn, TOut>(ctx, op_a, op_b, s, e, pad, seed++);
+            const bool gelu = e == Epilogue::GeluAuxBias || e == Epilogue::DGelu;
+            if (gelu) worst_gelu = std::max(worst_gelu, err);
+            CHECK(err < (gelu ? std::max(tol, kFusedGeluTol) : tol));
           }
         }
         CHECK(cuda_vs_host<TIn, TOut>(ctx, op_a, op_b, s, Epilogue::Bias, 1, seed++, 0.5) < tol);  // beta
       }
     }
   }
+  MESSAGE("GEMM ", sizeof(TIn) * 8, "-bit in, ", sizeof(TOut) * 8, "-bit out: worst GELU/DGELU epilogue error ",
+          worst_gelu, " (relative to the largest magnitude)");
 }
 
 }  // namespace
@@ -218,6 +231,15 @@ TEST_CASE("cuBLASLt plans are cached per problem, not rebuilt per call") {
   gemm(ctx, Op::T, MatrixView<const float, Cuda>(a.data(), 32, 64), Op::N,
        MatrixView<const float, Cuda>(b.matrix()), MatrixView<float, Cuda>(c.data(), 64, 48));
   CHECK(ctx.lt().plan_count() == before + 2);  // another transpose is another plan
+  // The bias pointer's alignment is part of the key: a plan chosen for a 256-byte aligned bias
+  // must not run with a 4-byte aligned one.
+  DeviceBuffer<float> bias(Shape{64});
+  MDLM_CUDA_CHECK(cudaMemsetAsync(bias.data(), 0, bias.bytes(), ctx.stream()));
+  for (const float* bp : {bias.data(), bias.data(), bias.data() + 1}) {
+    gemm(ctx, Op::N, MatrixView<const float, Cuda>(a.matrix()), Op::N, MatrixView<const float, Cuda>(b.matrix()),
+         c.matrix(), GemmEpilogue<float, Cuda>::with_bias(bp));
+  }
+  CHECK(ctx.lt().plan_count() == before + 4);
   ctx.synchronize();
 }
 
@@ -229,10 +251,80 @@ TEST_CASE("CUDA errors and bad shapes surface as mdlm::Error") {
                   Error);
   CHECK_THROWS_AS(MDLM_CUDA_CHECK(cudaSetDevice(1 << 20)), Error);
   CHECK_THROWS_AS(DeviceBuffer<float>(Shape{std::int64_t{1} << 50}), Error);  // 4 PiB
-  Arena<Cuda> arena(1 << 20);
-  auto v = arena.alloc<bf16>(Shape{1000});
+  // The failed allocation must not leave the runtime's error set: the next launch check would
+  // report a bogus out-of-memory.
+  CHECK(cudaGetLastError() == cudaSuccess);
+  DeviceBuffer<float> ok(Shape{16});
+  CHECK_NOTHROW(fill_zero(ctx, ok.matrix()));
+  CHECK_NOTHROW(MDLM_CUDA_CHECK_LAUNCH());
+  // A fixed arena throws when it runs out; a growable one (the default) takes another block.
+  Arena<Cuda> fixed(1 << 20, Arena<Cuda>::Growth::Fixed);
+  auto v = fixed.alloc<bf16>(Shape{1000});
   CHECK(reinterpret_cast<std::uintptr_t>(v.data) % 256 == 0);
-  CHECK_THROWS_AS(arena.alloc<float>(Shape{1 << 20}), Error);
+  CHECK_THROWS_AS(fixed.alloc<float>(Shape{1 << 20}), Error);
+  Arena<Cuda> growable(1 << 20);
+  CHECK_NOTHROW(growable.alloc<float>(Shape{1 << 20}));
+  CHECK(growable.block_count() == 2);
+}
+
+// Exact integer sums through the block reduction (the confidence sampler's fixed-point mass):
+// values past 2^24 and 2^53, which float and double would round.
+__global__ void block_sum_u64(const unsigned long long* in, unsigned long long* out) {
+  __shared__ cuda_detail::BlockShared<unsigned long long, 256> red;
+  out[blockIdx.x] = cuda_detail::BlockReducer<unsigned long long, 256>::sum(in[blockIdx.x * 256 + threadIdx.x], red);
+}
+
+TEST_CASE("CUDA block reductions sum 64-bit integers exactly") {
+  Cuda ctx;
+  const int blocks = 4;
+  std::vector<unsigned long long> in(blocks * 256);
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = (1ull << 40) + (1ull << 20) * i + 1 + (i % 3 == 0 ? (1ull << 54) : 0);
+  auto din = upload(ctx, in);
+  DeviceBuffer<unsigned long long> dout(blocks);
+  launch(ctx, launch_detail::block_each("block_sum_u64", blocks, 256, 0), block_sum_u64, din.data(), dout.data());
+  const auto got = to_host(ctx, dout.view());
+  for (int b = 0; b < blocks; ++b) {
+    unsigned long long want = 0;
+    for (int t = 0; t < 256; ++t) want += in[static_cast<std::size_t>(b * 256 + t)];
+    CHECK(got[static_cast<std::size_t>(b)] == want);
+  }
+}
+
+TEST_CASE("zero_grad is ordered on the context's stream: it captures into a CUDA graph") {
+  // The old zero (cudaMemset on the legacy stream + cudaDeviceSynchronize) breaks a capture.
+  Cuda ctx;
+  DiTConfig cfg;
+  cfg.vocab = 16, cfg.hidden = 32, cfg.heads = 2, cfg.blocks = 1;
+  DiT model(cfg);
+  ParamStore<Cuda, float> store(model.layout());
+  cudaGraph_t graph = nullptr;
+  REQUIRE(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  store.zero_grad(ctx);
+  const cudaError_t end = cudaStreamEndCapture(ctx.stream(), &graph);
+  CHECK(end == cudaSuccess);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+}
+
+TEST_CASE("kernel static shared memory is what the launch configurations count") {
+  // cudaFuncGetAttributes reports the compiled kernel's static shared memory; the configs
+  // count it from the kernels' shared-storage types.
+  auto static_bytes = [](auto kernel) {
+    cudaFuncAttributes attr{};
+    MDLM_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+    return attr.sharedSizeBytes;
+  };
+  const auto s = cuda_detail::attention_shape(1024, 3 * 768, 1024, 12, false);
+  CHECK(static_bytes(cuda_kernels::attention_forward<float>) <= launches::attention_forward(s, false).static_smem);
+  CHECK(static_bytes(cuda_kernels::attention_backward_ds<bf16>) <= launches::attention_backward_ds(s).static_smem);
+  CHECK(static_bytes(cuda_kernels::sample_step<bf16>) <= launches::sample_step(16).static_smem);
+  CHECK(static_bytes(cuda_kernels::confidence_candidates<float>) <= launches::confidence_candidates(16).static_smem);
+  CHECK(static_bytes(cuda_kernels::confidence_select) <= launches::confidence_select(16).static_smem);
+  CHECK(static_bytes(cuda_kernels::first_hit_step<bf16>) <= launches::first_hit_step(16).static_smem);
+  CHECK(static_bytes(cuda_kernels::argmax_masked<float>) <= launches::argmax_masked(16).static_smem);
+  CHECK(static_bytes(cuda_kernels::cross_entropy_rows<bf16>) <= launches::cross_entropy_rows(16).static_smem);
+  CHECK(static_bytes(cuda_kernels::sum_rows_ordered<float>) <= launches::sum_rows_ordered().static_smem);
+  CHECK(static_bytes(cuda_kernels::sum_of_squares_partial<float>) <= launches::sum_of_squares_partial().static_smem);
 }
 
 int main(int argc, char** argv) {
@@ -243,7 +335,12 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   MDLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("CUDA device 0: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+  int runtime = 0, driver = 0;
+  MDLM_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+  MDLM_CUDA_CHECK(cudaDriverGetVersion(&driver));
+  std::printf("CUDA device 0: %s (sm_%d%d, %.1f GiB), CUDA runtime %d.%d, driver supports CUDA %d.%d\n", prop.name,
+              prop.major, prop.minor, static_cast<double>(prop.totalGlobalMem) / (1 << 30), runtime / 1000,
+              runtime % 1000 / 10, driver / 1000, driver % 1000 / 10);
   doctest::Context context;
   context.applyCommandLine(argc, argv);
   return context.run();

@@ -72,7 +72,7 @@ class Tape {
   using BackwardFn = void (*)(Tape&, const void*);
 
   explicit Tape(B& backend, std::size_t arena_bytes = 1 << 20)
-      : backend_(backend), values_(arena_bytes), grads_(arena_bytes) {}
+      : backend_(backend), values_(backend, arena_bytes), grads_(backend, arena_bytes) {}
 
   B& backend() { return backend_; }
   TapeOptions options;

@@ -13,24 +13,91 @@
 
 #include <omp.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define MDLM_HOST_HAS_MXCSR 1
+#else
+#define MDLM_HOST_HAS_MXCSR 0
+#endif
+
 #include "mdlm/core/error.hpp"
 #include "mdlm/core/tensor.hpp"
 
 namespace mdlm {
 
+// Denormal handling of the Host's compute threads. With flush_denormals (the default) every
+// thread that runs Host work computes with FTZ (flush-to-zero: denormal results become 0) and
+// DAZ (denormals-are-zero: denormal inputs read as 0), MXCSR bits 15 and 6 on x86; otherwise
+// with IEEE gradual underflow. Denormals appear in training (tiny gradients, exp of very negative
+// scores, Adam moments decaying to nothing) and cost ~100 cycles per operation on x86. The mode
+// is a property of the thread and stays set after the call returns: Host::parallel_for sets it
+// on the calling thread and on every OpenMP worker of its team (workers created later included:
+// each sets it at the start of its chunk), and Host::enter() does the same for a team of the
+// size an OpenMP-built BLAS uses (ops/gemm.hpp calls it before every cblas call). Elsewhere than
+// x86 this is a no-op.
+namespace host_fp {
+
+inline constexpr unsigned kFtz = 1u << 15, kDaz = 1u << 6;
+
+// Sets (flush = true) or clears FTZ and DAZ on the calling thread; one ldmxcsr when it changes.
+inline void set_flush_denormals(bool flush) {
+#if MDLM_HOST_HAS_MXCSR
+  const unsigned csr = _mm_getcsr();
+  const unsigned want = flush ? (csr | kFtz | kDaz) : (csr & ~(kFtz | kDaz));
+  if (want != csr) _mm_setcsr(want);
+#else
+  (void)flush;
+#endif
+}
+
+// The calling thread's FTZ|DAZ bits (0 where there is no MXCSR).
+inline unsigned flush_bits() {
+#if MDLM_HOST_HAS_MXCSR
+  return _mm_getcsr() & (kFtz | kDaz);
+#else
+  return 0;
+#endif
+}
+
+}  // namespace host_fp
+
 struct Host {
   // Threads for OpenMP loops in this context; 0 means OpenMP's default.
   int threads = 0;
+  // FTZ + DAZ on the threads that run this context's work (see above); false: IEEE denormals.
+  bool flush_denormals = true;
 
   int thread_count() const { return threads > 0 ? threads : omp_get_max_threads(); }
 
+  // Puts the calling thread in this context's floating-point mode.
+  void apply_fp_mode() const { host_fp::set_flush_denormals(flush_denormals); }
+
+  // Puts the calling thread and the OpenMP threads a following BLAS call (or any OpenMP region
+  // of up to max(thread_count(), omp_get_max_threads()) threads) runs on in this context's
+  // mode: an empty parallel region (about a microsecond) when called outside one.
+  void enter() const {
+    apply_fp_mode();
+    const int n = std::max(thread_count(), omp_get_max_threads());
+    if (n > 1 && !omp_in_parallel()) {
+      const bool flush = flush_denormals;
+#pragma omp parallel num_threads(n)
+      host_fp::set_flush_denormals(flush);
+    }
+  }
+
   // Runs body(i) for i in [0, n) on the context's threads, in static chunks (deterministic
   // assignment: results never depend on scheduling as long as body(i) writes only its own
-  // outputs).
+  // outputs). Every thread of the team (the calling one included) first takes the context's
+  // floating-point mode.
   template <class F>
   void parallel_for(std::int64_t n, F&& body) const {
-#pragma omp parallel for schedule(static) num_threads(thread_count())
-    for (std::int64_t i = 0; i < n; ++i) body(i);
+    const bool flush = flush_denormals;
+#pragma omp parallel num_threads(thread_count())
+    {
+      host_fp::set_flush_denormals(flush);
+#pragma omp for schedule(static)
+      for (std::int64_t i = 0; i < n; ++i) body(i);
+    }
   }
 };
 
@@ -43,6 +110,7 @@ struct MemoryOps<Host> {
     if (p == nullptr) MDLM_FAIL("host allocation of ", bytes, " bytes failed");
     return p;
   }
+  static void* allocate(const Host&, std::size_t bytes) { return allocate(bytes); }
   static void deallocate(void* p) noexcept { std::free(p); }
   static void zero(void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
 };
@@ -61,6 +129,9 @@ void fill_zero(const Host& ctx, MatrixView<T, Host> m) {
     for (std::int64_t c = 0; c < m.cols; ++c) m.data[r * m.ld + c] = T(0);
   });
 }
+
+// Sets `bytes` bytes at p to zero (the Host twin of zero_bytes(Cuda&, ...)).
+inline void zero_bytes(const Host&, void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
 
 // Copies a host matrix into another of the same shape.
 template <class T>

@@ -23,7 +23,13 @@ class Arena {
   enum class Growth { Growable, Fixed };
 
   explicit Arena(std::size_t capacity_bytes = 1 << 20, Growth growth = Growth::Growable) : growth_(growth) {
-    blocks_.emplace_back(static_cast<std::int64_t>(align_up(capacity_bytes)));
+    add_block(align_up(capacity_bytes));
+  }
+  // Blocks allocated on the context's device (MemoryOps<B>::allocate(ctx, bytes)); the context
+  // must outlive the arena.
+  explicit Arena(const B& ctx, std::size_t capacity_bytes = 1 << 20, Growth growth = Growth::Growable)
+      : ctx_(&ctx), growth_(growth) {
+    add_block(align_up(capacity_bytes));
   }
 
   template <class T>
@@ -36,7 +42,7 @@ class Arena {
                   " exceeds capacity ", capacity(), " bytes");
       }
       retired_ += start;
-      blocks_.emplace_back(static_cast<std::int64_t>(align_up(std::max(bytes, blocks_.back().bytes()))));
+      add_block(align_up(std::max(bytes, blocks_.back().bytes())));
       start = 0;
     }
     offset_ = start + bytes;
@@ -47,7 +53,7 @@ class Arena {
   void reset() {
     if (blocks_.size() > 1) {  // consolidate: one block large enough for the whole last step
       blocks_.clear();
-      blocks_.emplace_back(static_cast<std::int64_t>(align_up(high_water_)));
+      add_block(align_up(high_water_));
     }
     offset_ = 0;
     retired_ = 0;
@@ -63,7 +69,13 @@ class Arena {
 
  private:
   static std::size_t align_up(std::size_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }
+  void add_block(std::size_t bytes) {
+    const Shape shape{static_cast<std::int64_t>(bytes)};
+    if (ctx_ != nullptr) blocks_.emplace_back(*ctx_, shape);
+    else blocks_.emplace_back(shape);
+  }
 
+  const B* ctx_ = nullptr;
   Growth growth_;
   std::vector<Buffer<std::byte, B>> blocks_;
   std::size_t offset_ = 0;   // in the last block

@@ -129,6 +129,13 @@ class Buffer {
     }
   }
   explicit Buffer(std::int64_t n) : Buffer(Shape{n}) {}
+  // Allocates on the context's device (MemoryOps<B>::allocate(ctx, bytes)).
+  template <class Ctx>
+  Buffer(const Ctx& ctx, Shape shape) : shape_(shape) {
+    if (shape_.numel() > 0) {
+      data_ = static_cast<T*>(MemoryOps<B>::allocate(ctx, static_cast<std::size_t>(shape_.numel()) * sizeof(T)));
+    }
+  }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   Buffer(Buffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), shape_(o.shape_) {}

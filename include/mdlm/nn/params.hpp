@@ -66,8 +66,9 @@ class ParamStore {
     MemoryOps<B>::zero(values_.data(), values_.bytes());  // padding stays zero: buffers compare and
     MemoryOps<B>::zero(grads_.data(), grads_.bytes());    // checksum as wholes
   }
-  // Sets every gradient to zero (one memset over the gradient buffer).
-  void zero_grad() { MemoryOps<B>::zero(grads_.data(), grads_.bytes()); }
+  // Sets every gradient to zero (one memset over the gradient buffer, ordered on the
+  // context's stream on CUDA: no device synchronization).
+  void zero_grad(B& ctx) { zero_bytes(ctx, grads_.data(), grads_.bytes()); }
 
   const ParamLayout& layout() const { return layout_; }
   MatrixView<T, B> value(int i) { return view(values_, i); }

@@ -5,6 +5,7 @@
 // change) and the graph is launched for steps 1..N-1. If capture fails, the loop goes on eagerly
 // and SampleResult::note says why.
 
+#include <exception>
 #include <string>
 
 #include "mdlm/backend/cuda/context.cuh"
@@ -35,23 +36,39 @@ struct StepReplay<Cuda> {
     }
     if (exec == nullptr) {
       prepare();  // e.g. consolidate the arena grown in step 0: no allocation while capturing
-      MDLM_CUDA_CHECK(cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeRelaxed));
-      cudaGraph_t g = nullptr;
-      try {
-        body();
-      } catch (const Error& e) {  // leave capture mode and go on eagerly, saying why
-        (void)cudaStreamEndCapture(ctx.stream(), &g);
-        if (g != nullptr) cudaGraphDestroy(g);
+      // Any failure to capture or instantiate (a CUDA error, an exception from the body, a stream
+      // that cannot be captured) ends the capture, and the loop goes on eagerly, saying why.
+      auto fall_back = [&](const std::string& why) {
+        cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(ctx.stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+          cudaGraph_t g = nullptr;
+          (void)cudaStreamEndCapture(ctx.stream(), &g);
+          if (g != nullptr) cudaGraphDestroy(g);
+        }
         (void)cudaGetLastError();
-        res.note = std::string("CUDA graph capture failed, ran eagerly: ") + e.what();
+        res.note = "CUDA graph capture failed, ran eagerly: " + why;
         failed = true;
         body();
-        return;
+      };
+      cudaError_t st = cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeRelaxed);
+      if (st != cudaSuccess) return fall_back(std::string("cudaStreamBeginCapture: ") + cudaGetErrorString(st));
+      try {
+        body();
+      } catch (const std::exception& e) {
+        return fall_back(e.what());
       }
-      MDLM_CUDA_CHECK(cudaStreamEndCapture(ctx.stream(), &g));
-      const cudaError_t st = cudaGraphInstantiate(&exec, g, 0);
+      cudaGraph_t g = nullptr;
+      st = cudaStreamEndCapture(ctx.stream(), &g);
+      if (st != cudaSuccess) {
+        if (g != nullptr) cudaGraphDestroy(g);
+        return fall_back(std::string("cudaStreamEndCapture: ") + cudaGetErrorString(st));
+      }
+      st = cudaGraphInstantiate(&exec, g, 0);
       cudaGraphDestroy(g);
-      MDLM_CUDA_CHECK(st);
+      if (st != cudaSuccess) {
+        exec = nullptr;
+        return fall_back(std::string("cudaGraphInstantiate: ") + cudaGetErrorString(st));
+      }
       res.cuda_graph = true;
     }
     MDLM_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream()));

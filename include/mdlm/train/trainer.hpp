@@ -226,7 +226,7 @@ class Trainer {
     std::int64_t step = start;
     while (step < cfg.steps) {
       ++step;
-      store.zero_grad();
+      store.zero_grad(ctx);
       double loss = 0;
       for (std::int64_t micro = 0; micro < cfg.accum; ++micro) {
         const auto draw = static_cast<std::uint32_t>(step * cfg.accum + micro);

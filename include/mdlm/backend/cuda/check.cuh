@@ -11,6 +11,7 @@
   do {                                                                                               \
     cudaError_t mdlm_status_ = (expr);                                                               \
     if (mdlm_status_ != cudaSuccess) {                                                               \
+      (void)cudaGetLastError(); /* clear it: the next launch check must not report it again */      \
       ::mdlm::detail::throw_error(__FILE__, __LINE__, "CUDA error ", cudaGetErrorName(mdlm_status_), \
                                   " (", cudaGetErrorString(mdlm_status_), ") in " #expr);            \
     }                                                                                                \

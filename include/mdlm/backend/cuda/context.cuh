@@ -11,23 +11,48 @@
 #include <cuda_runtime.h>
 
 #include "mdlm/backend/cuda/check.cuh"
+#include "mdlm/backend/cuda/launch_config.hpp"
 #include "mdlm/backend/cuda/lt_gemm.cuh"
 #include "mdlm/core/tensor.hpp"
 
 namespace mdlm {
 
+// Makes `device` current for a scope and restores the previous device after it.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    MDLM_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (device != previous_) MDLM_CUDA_CHECK(cudaSetDevice(device));
+    changed_ = device != previous_;
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+  ~DeviceGuard() {
+    if (changed_) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = 0;
+  bool changed_ = false;
+};
+
 template <>
 struct MemoryOps<Cuda> {
+  // On the current device (a Cuda context makes its device current when it is created);
+  // allocate(ctx, bytes) allocates on the context's device whatever is current.
   static void* allocate(std::size_t bytes) {
     void* p = nullptr;
     cudaError_t st = cudaMalloc(&p, bytes);
     if (st != cudaSuccess) {
+      (void)cudaGetLastError();  // a failed cudaMalloc leaves the error set: the next launch check would report it
       MDLM_FAIL("device allocation of ", bytes, " bytes failed: ", cudaGetErrorString(st));
     }
     return p;
   }
+  static void* allocate(const Cuda& ctx, std::size_t bytes);
   static void deallocate(void* p) noexcept { cudaFree(p); }
-  // Synchronous: callers then use the memory on any stream without further ordering.
+  // Synchronous (for construction: callers then use the memory on any stream without further
+  // ordering). Per-step zeroing is zero_bytes(ctx, ...), ordered on the context's stream.
   static void zero(void* p, std::size_t bytes) {
     MDLM_CUDA_CHECK(cudaMemset(p, 0, bytes));
     MDLM_CUDA_CHECK(cudaDeviceSynchronize());
@@ -37,18 +62,32 @@ struct MemoryOps<Cuda> {
 template <class T>
 using DeviceBuffer = Buffer<T, Cuda>;
 
+// The launch limits of a device, from its properties.
+inline DeviceLimits device_limits(const cudaDeviceProp& p) {
+  DeviceLimits l;
+  l.max_grid_x = p.maxGridSize[0];
+  l.max_grid_y = p.maxGridSize[1];
+  l.max_grid_z = p.maxGridSize[2];
+  l.max_block_x = p.maxThreadsDim[0];
+  l.max_block_y = p.maxThreadsDim[1];
+  l.max_block_z = p.maxThreadsDim[2];
+  l.max_threads_per_block = p.maxThreadsPerBlock;
+  l.max_smem_per_block = p.sharedMemPerBlock;  // without opt-in
+  return l;
+}
+
 struct Cuda {
   // Creates its own non-blocking stream on `device`.
   explicit Cuda(int device = 0) : device_(device) {
     MDLM_CUDA_CHECK(cudaSetDevice(device_));
     MDLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     owns_stream_ = true;
-    lt_ = std::make_unique<LtGemm>(stream_);
+    init();
   }
   // Uses a stream owned by the caller (not destroyed here).
   Cuda(int device, cudaStream_t stream) : device_(device), stream_(stream) {
     MDLM_CUDA_CHECK(cudaSetDevice(device_));
-    lt_ = std::make_unique<LtGemm>(stream_);
+    init();
   }
   Cuda(const Cuda&) = delete;
   Cuda& operator=(const Cuda&) = delete;
@@ -60,6 +99,8 @@ struct Cuda {
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }
   LtGemm& lt() { return *lt_; }
+  // The device's launch limits (launch() checks every kernel launch against them).
+  const DeviceLimits& limits() const { return limits_; }
   void synchronize() const { MDLM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
   // Number of usable devices; 0 when there is no GPU or no driver (never throws).
@@ -73,17 +114,35 @@ struct Cuda {
   }
 
  private:
+  void init() {
+    cudaDeviceProp prop{};
+    MDLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    limits_ = device_limits(prop);
+    lt_ = std::make_unique<LtGemm>(stream_);
+  }
+
   int device_ = 0;
+  DeviceLimits limits_;
   cudaStream_t stream_ = nullptr;
   bool owns_stream_ = false;
   std::unique_ptr<LtGemm> lt_;
 };
 
+inline void* MemoryOps<Cuda>::allocate(const Cuda& ctx, std::size_t bytes) {
+  DeviceGuard on(ctx.device());
+  return allocate(bytes);
+}
+
+// Sets `bytes` bytes at p to zero, ordered on the context's stream (no device synchronization).
+inline void zero_bytes(Cuda& ctx, void* p, std::size_t bytes) {
+  if (bytes > 0) MDLM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ctx.stream()));
+}
+
 // Host -> device copy into a new buffer (stream-ordered; the host data must stay alive
 // until the stream reaches the copy, or call ctx.synchronize()).
 template <class T>
 Buffer<T, Cuda> to_device(Cuda& ctx, const T* host, Shape shape) {
-  Buffer<T, Cuda> buf(shape);
+  Buffer<T, Cuda> buf(ctx, shape);
   if (buf.bytes() > 0) {
     MDLM_CUDA_CHECK(cudaMemcpyAsync(buf.data(), host, buf.bytes(), cudaMemcpyHostToDevice, ctx.stream()));
   }
@@ -149,7 +208,10 @@ void upload_into(Cuda& ctx, const T* src, std::int64_t n, T* dst) {
 template <class T>
 std::vector<std::remove_const_t<T>> download(Cuda& ctx, MatrixView<T, Cuda> m) {
   std::vector<std::remove_const_t<T>> out(static_cast<std::size_t>(m.rows * m.cols));
-  if (!out.empty()) {
+  if (out.empty()) return out;
+  if (m.rows == 1 || m.ld == m.cols) {  // contiguous: one plain copy (a 2-D copy's pitch is limited to 2 GiB)
+    MDLM_CUDA_CHECK(cudaMemcpyAsync(out.data(), m.data, out.size() * sizeof(T), cudaMemcpyDeviceToHost, ctx.stream()));
+  } else {
     MDLM_CUDA_CHECK(cudaMemcpy2DAsync(out.data(), static_cast<std::size_t>(m.cols) * sizeof(T), m.data,
                                       static_cast<std::size_t>(m.ld) * sizeof(T),
                                       static_cast<std::size_t>(m.cols) * sizeof(T), static_cast<std::size_t>(m.rows),

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <utility>
 #include <unordered_map>
 
 #include <cublasLt.h>
@@ -41,6 +42,148 @@ struct LtProblem {
   const void* beta = nullptr;
 };
 
+// The value type of every cuBLASLt attribute the library sets, as cuBLASLt declares it. A value
+// of another size is answered with CUBLAS_STATUS_INVALID_VALUE (the alignment preferences are
+// uint32_t, not uint64_t); setting through these traits makes the size right by construction,
+// and tests/cuda_host/ checks each trait against the size cuBLASLt reports (no GPU needed).
+template <cublasLtMatmulPreferenceAttributes_t A>
+struct LtPrefAttr;
+template <>
+struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES> {
+  using type = std::uint64_t;
+};
+template <>
+struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES> {
+  using type = std::uint32_t;
+};
+template <>
+struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES> {
+  using type = std::uint32_t;
+};
+template <>
+struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES> {
+  using type = std::uint32_t;
+};
+template <>
+struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES> {
+  using type = std::uint32_t;
+};
+template <cublasLtMatmulDescAttributes_t A>
+struct LtDescAttr;
+template <>
+struct LtDescAttr<CUBLASLT_MATMUL_DESC_TRANSA> {
+  using type = std::int32_t;
+};
+template <>
+struct LtDescAttr<CUBLASLT_MATMUL_DESC_TRANSB> {
+  using type = std::int32_t;
+};
+template <>
+struct LtDescAttr<CUBLASLT_MATMUL_DESC_EPILOGUE> {
+  using type = std::uint32_t;
+};
+template <>
+struct LtDescAttr<CUBLASLT_MATMUL_DESC_BIAS_POINTER> {
+  using type = const void*;
+};
+template <>
+struct LtDescAttr<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER> {
+  using type = void*;
+};
+template <>
+struct LtDescAttr<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD> {
+  using type = std::int64_t;
+};
+
+template <cublasLtMatmulPreferenceAttributes_t A>
+void lt_set(cublasLtMatmulPreference_t pref, typename LtPrefAttr<A>::type v) {
+  MDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, A, &v, sizeof v));
+}
+template <cublasLtMatmulDescAttributes_t A>
+void lt_set(cublasLtMatmulDesc_t desc, typename LtDescAttr<A>::type v) {
+  MDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, A, &v, sizeof v));
+}
+
+// Alignment class of a pointer: the largest power of two up to 256 that divides it.
+inline std::uint32_t lt_alignment(const void* p) {
+  auto v = reinterpret_cast<std::uintptr_t>(p);
+  std::uint32_t a = 256;
+  while (a > 1 && (v % a) != 0) a /= 2;
+  return a;
+}
+
+// Whether cuBLASLt can fuse the problem's epilogue at all: the GELU_AUX / DGELU epilogues need
+// an aux leading dimension divisible by 8 (and an aux pointer aligned to 16 bytes); otherwise
+// the product runs plain and a kernel applies the epilogue.
+inline bool lt_epilogue_fusable(const LtProblem& p) {
+  const bool uses_aux = p.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || p.epilogue == CUBLASLT_EPILOGUE_GELU_AUX ||
+                        p.epilogue == CUBLASLT_EPILOGUE_DGELU || p.epilogue == CUBLASLT_EPILOGUE_DGELU_BGRAD;
+  if (!uses_aux) return true;
+  return p.aux != nullptr && p.ldaux % 8 == 0 && lt_alignment(p.aux) >= 16;
+}
+
+// The descriptors, layouts and preference of one problem: everything of a plan but the
+// heuristic's choice. Built without a handle or a device (these calls need no driver), so
+// tests/cuda_host/ builds them on the CPU for every problem the library issues.
+struct LtDescriptors {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a_layout = nullptr, b_layout = nullptr, c_layout = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+
+  LtDescriptors() = default;
+  LtDescriptors(const LtDescriptors&) = delete;
+  LtDescriptors& operator=(const LtDescriptors&) = delete;
+  LtDescriptors(LtDescriptors&& o) noexcept { *this = std::move(o); }
+  LtDescriptors& operator=(LtDescriptors&& o) noexcept {
+    if (this != &o) {
+      release();
+      desc = std::exchange(o.desc, nullptr);
+      a_layout = std::exchange(o.a_layout, nullptr);
+      b_layout = std::exchange(o.b_layout, nullptr);
+      c_layout = std::exchange(o.c_layout, nullptr);
+      pref = std::exchange(o.pref, nullptr);
+    }
+    return *this;
+  }
+  ~LtDescriptors() { release(); }
+
+ private:
+  void release() noexcept {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (a_layout) cublasLtMatrixLayoutDestroy(a_layout);
+    if (b_layout) cublasLtMatrixLayoutDestroy(b_layout);
+    if (c_layout) cublasLtMatrixLayoutDestroy(c_layout);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    pref = nullptr, a_layout = b_layout = c_layout = nullptr, desc = nullptr;
+  }
+};
+
+inline LtDescriptors lt_describe(const LtProblem& p, std::uint64_t workspace_bytes) {
+  LtDescriptors d;
+  MDLM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d.desc, p.compute, p.scale_type));
+  lt_set<CUBLASLT_MATMUL_DESC_TRANSA>(d.desc, p.transa);
+  lt_set<CUBLASLT_MATMUL_DESC_TRANSB>(d.desc, p.transb);
+  lt_set<CUBLASLT_MATMUL_DESC_EPILOGUE>(d.desc, p.epilogue);
+  if (p.aux != nullptr) lt_set<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD>(d.desc, p.ldaux);
+  // Pointer attributes must be set before the heuristic when the epilogue uses them.
+  if (p.bias != nullptr) lt_set<CUBLASLT_MATMUL_DESC_BIAS_POINTER>(d.desc, p.bias);
+  if (p.aux != nullptr) lt_set<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER>(d.desc, p.aux);
+  MDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a_layout, p.in_type, static_cast<std::uint64_t>(p.a_rows),
+                                               static_cast<std::uint64_t>(p.a_cols), p.lda));
+  MDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b_layout, p.in_type, static_cast<std::uint64_t>(p.b_rows),
+                                               static_cast<std::uint64_t>(p.b_cols), p.ldb));
+  MDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c_layout, p.out_type, static_cast<std::uint64_t>(p.m),
+                                               static_cast<std::uint64_t>(p.n), p.ldc));
+  MDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&d.pref));
+  lt_set<CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES>(d.pref, workspace_bytes);
+  const std::uint32_t align_c = lt_alignment(p.c);
+  lt_set<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES>(d.pref, lt_alignment(p.a));
+  lt_set<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES>(d.pref, lt_alignment(p.b));
+  lt_set<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES>(d.pref, align_c);
+  lt_set<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES>(d.pref, align_c);
+  return d;
+}
+
 class LtGemm {
  public:
   static constexpr std::size_t kWorkspaceBytes = 32u << 20;  // what cuBLAS recommends for Hopper
@@ -60,18 +203,13 @@ class LtGemm {
   // Runs the problem. Returns false (and does nothing) when cuBLASLt has no algorithm for it,
   // e.g. an epilogue with an unsupported aux leading dimension; the caller then falls back.
   bool run(const LtProblem& p) {
+    if (!lt_epilogue_fusable(p)) return false;
     Plan& plan = plan_for(p);
     if (!plan.has_algo) return false;
-    if (p.bias != nullptr) {
-      MDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias,
-                                                       sizeof(p.bias)));
-    }
-    if (p.aux != nullptr) {
-      MDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                                                       &p.aux, sizeof(p.aux)));
-    }
-    MDLM_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, p.alpha, p.a, plan.a_layout, p.b, plan.b_layout, p.beta,
-                                     p.c, plan.c_layout, p.c, plan.c_layout, &plan.algo, workspace_,
+    if (p.bias != nullptr) lt_set<CUBLASLT_MATMUL_DESC_BIAS_POINTER>(plan.d.desc, p.bias);
+    if (p.aux != nullptr) lt_set<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER>(plan.d.desc, p.aux);
+    MDLM_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.d.desc, p.alpha, p.a, plan.d.a_layout, p.b, plan.d.b_layout, p.beta,
+                                     p.c, plan.d.c_layout, p.c, plan.d.c_layout, &plan.algo, workspace_,
                                      kWorkspaceBytes, stream_));
     return true;
   }
@@ -83,7 +221,7 @@ class LtGemm {
     int transa, transb;
     std::int64_t m, n, k, lda, ldb, ldc, ldaux;
     int in_type, out_type, scale_type, compute, epilogue;
-    int align_a, align_b, align_c, align_aux;  // pointer alignment classes (bytes, capped at 256)
+    std::uint32_t align_a, align_b, align_c, align_aux, align_bias;  // pointer alignment classes (bytes, <= 256)
     bool operator==(const Key& o) const { return std::memcmp(this, &o, sizeof(Key)) == 0; }
   };
   struct KeyHash {
@@ -95,27 +233,10 @@ class LtGemm {
     }
   };
   struct Plan {
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t a_layout = nullptr, b_layout = nullptr, c_layout = nullptr;
+    LtDescriptors d;
     cublasLtMatmulAlgo_t algo{};
     bool has_algo = false;
-    Plan() = default;
-    Plan(const Plan&) = delete;
-    Plan& operator=(const Plan&) = delete;
-    ~Plan() {
-      if (a_layout) cublasLtMatrixLayoutDestroy(a_layout);
-      if (b_layout) cublasLtMatrixLayoutDestroy(b_layout);
-      if (c_layout) cublasLtMatrixLayoutDestroy(c_layout);
-      if (desc) cublasLtMatmulDescDestroy(desc);
-    }
   };
-
-  static int alignment(const void* p) {
-    auto v = reinterpret_cast<std::uintptr_t>(p);
-    int a = 256;
-    while (a > 1 && (v % static_cast<std::uintptr_t>(a)) != 0) a /= 2;
-    return a;
-  }
 
   Plan& plan_for(const LtProblem& p) {
     Key key;
@@ -134,15 +255,16 @@ class LtGemm {
     key.scale_type = p.scale_type;
     key.compute = p.compute;
     key.epilogue = p.epilogue;
-    key.align_a = alignment(p.a);
-    key.align_b = alignment(p.b);
-    key.align_c = alignment(p.c);
-    key.align_aux = p.aux ? alignment(p.aux) : 0;
+    key.align_a = lt_alignment(p.a);
+    key.align_b = lt_alignment(p.b);
+    key.align_c = lt_alignment(p.c);
+    key.align_aux = p.aux ? lt_alignment(p.aux) : 0;
+    key.align_bias = p.bias ? lt_alignment(p.bias) : 0;
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
     Plan& plan = plans_[key];
     try {
-      build(plan, p, key);
+      build(plan, p);
     } catch (...) {
       plans_.erase(key);  // never keep a half-built plan
       throw;
@@ -150,49 +272,19 @@ class LtGemm {
     return plan;
   }
 
-  void build(Plan& plan, const LtProblem& p, const Key& key) {
-    MDLM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.desc, p.compute, p.scale_type));
-    set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, p.transa);
-    set(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, p.transb);
-    set(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, p.epilogue);
-    if (p.aux != nullptr) {
-      set(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, p.ldaux);
-    }
-    // Pointer attributes must be set before the heuristic when the epilogue uses them.
-    if (p.bias != nullptr) set(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias);
-    if (p.aux != nullptr) set(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, p.aux);
-    MDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a_layout, p.in_type, static_cast<std::uint64_t>(p.a_rows),
-                                                 static_cast<std::uint64_t>(p.a_cols), p.lda));
-    MDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b_layout, p.in_type, static_cast<std::uint64_t>(p.b_rows),
-                                                 static_cast<std::uint64_t>(p.b_cols), p.ldb));
-    MDLM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c_layout, p.out_type, static_cast<std::uint64_t>(p.m),
-                                                 static_cast<std::uint64_t>(p.n), p.ldc));
-
-    cublasLtMatmulPreference_t pref = nullptr;
-    MDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    auto set_pref = [&](cublasLtMatmulPreferenceAttributes_t attr, std::uint64_t v) {
-      MDLM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof v));
-    };
-    set_pref(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, kWorkspaceBytes);
-    set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, static_cast<std::uint64_t>(key.align_a));
-    set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<std::uint64_t>(key.align_b));
-    set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<std::uint64_t>(key.align_c));
-    set_pref(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<std::uint64_t>(key.align_c));
+  void build(Plan& plan, const LtProblem& p) {
+    plan.d = lt_describe(p, kWorkspaceBytes);
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, plan.desc, plan.a_layout, plan.b_layout,
-                                                       plan.c_layout, plan.c_layout, pref, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle_, plan.d.desc, plan.d.a_layout, plan.d.b_layout,
+                                                             plan.d.c_layout, plan.d.c_layout, plan.d.pref, 1, &result,
+                                                             &found);
     // NOT_SUPPORTED means "no algorithm for this configuration": remembered, so the caller's
-    // fallback is taken without asking again. Anything else is a real error.
+    // fallback is taken without asking again. Anything else is a real error. A returned
+    // algorithm counts only when its own state is SUCCESS.
     if (st != CUBLAS_STATUS_NOT_SUPPORTED) MDLM_CUBLAS_CHECK(st);
-    plan.has_algo = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    plan.has_algo = st == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
     if (plan.has_algo) plan.algo = result.algo;
-  }
-
-  template <class V>
-  static void set(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const V& v) {
-    MDLM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &v, sizeof v));
   }
 
   cudaStream_t stream_;

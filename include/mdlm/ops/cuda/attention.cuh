@@ -16,6 +16,9 @@
 namespace mdlm {
 namespace cuda_kernels {
 
+inline constexpr int kAttentionThreads = 128;  // the row kernels' block (block reductions)
+using AttentionShared = cuda_detail::BlockShared<float, kAttentionThreads>;
+
 struct AttentionShape {
   std::int64_t batches, heads, seq, d, cdim;
   bool causal;
@@ -24,6 +27,7 @@ struct AttentionShape {
 
 template <class T>
 __global__ void attention_forward(MatrixView<const T, Cuda> qkv, AttentionShape s, float* probs, MatrixView<T, Cuda> out) {
+  __shared__ AttentionShared red;
   const std::int64_t row = blockIdx.x;  // (b, h, i)
   const std::int64_t b = row / (s.heads * s.seq), h = (row / s.seq) % s.heads, i = row % s.seq;
   const T* q = qkv.data + (b * s.seq + i) * qkv.ld + h * s.d;
@@ -40,7 +44,7 @@ __global__ void attention_forward(MatrixView<const T, Cuda> qkv, AttentionShape 
       mx = fmaxf(mx, p[j]);
     }
   }
-  mx = cuda_detail::block_reduce<float, true>(mx);
+  mx = cuda_detail::BlockReducer<float, kAttentionThreads>::max(mx, red);
   float sum = 0;
   for (std::int64_t j = threadIdx.x; j < s.seq; j += blockDim.x) {
     if (j < nk) {
@@ -48,7 +52,7 @@ __global__ void attention_forward(MatrixView<const T, Cuda> qkv, AttentionShape 
       sum += p[j];
     }
   }
-  sum = cuda_detail::block_reduce<float, false>(sum);
+  sum = cuda_detail::BlockReducer<float, kAttentionThreads>::sum(sum, red);
   for (std::int64_t j = threadIdx.x; j < s.seq; j += blockDim.x) p[j] = j < nk ? p[j] / sum : 0.0f;
   __syncthreads();
   for (std::int64_t e = threadIdx.x; e < s.d; e += blockDim.x) {
@@ -78,6 +82,7 @@ __global__ void attention_backward_dv(MatrixView<const T, Cuda> dout, AttentionS
 template <class T>
 __global__ void attention_backward_ds(MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> qkv, AttentionShape s,
                                       float* probs) {
+  __shared__ AttentionShared red;
   const std::int64_t row = blockIdx.x;
   const std::int64_t b = row / (s.heads * s.seq), h = (row / s.seq) % s.heads, i = row % s.seq;
   const std::int64_t nk = s.causal ? i + 1 : s.seq;
@@ -92,7 +97,7 @@ __global__ void attention_backward_ds(MatrixView<const T, Cuda> dout, MatrixView
     dp[j] = acc;
     dot += p[j] * acc;
   }
-  dot = cuda_detail::block_reduce<float, false>(dot);
+  dot = cuda_detail::BlockReducer<float, kAttentionThreads>::sum(dot, red);
   for (std::int64_t j = threadIdx.x; j < nk; j += blockDim.x) p[j] = p[j] * (dp[j] - dot) * s.scale;
 }
 
@@ -132,35 +137,45 @@ inline cuda_kernels::AttentionShape attention_shape(std::int64_t rows, std::int6
 }
 }  // namespace cuda_detail
 
+namespace launches {
+// Forward: one block per query row; without saved probabilities the row's scores live in
+// dynamic shared memory (seq floats).
+inline LaunchConfig attention_forward(const cuda_kernels::AttentionShape& s, bool saved) {
+  return launch_detail::block_each("attention_forward", s.batches * s.heads * s.seq, cuda_kernels::kAttentionThreads,
+                                   sizeof(cuda_kernels::AttentionShared),
+                                   saved ? 0 : static_cast<std::size_t>(s.seq) * sizeof(float));
+}
+inline LaunchConfig attention_backward_dv(const cuda_kernels::AttentionShape& s) {
+  return launch_detail::one_thread_each("attention_backward_dv", s.batches * s.heads * s.seq * s.d);
+}
+// dS: one block per query row, dP of the row in dynamic shared memory (seq floats).
+inline LaunchConfig attention_backward_ds(const cuda_kernels::AttentionShape& s) {
+  return launch_detail::block_each("attention_backward_ds", s.batches * s.heads * s.seq, cuda_kernels::kAttentionThreads,
+                                   sizeof(cuda_kernels::AttentionShared), static_cast<std::size_t>(s.seq) * sizeof(float));
+}
+inline LaunchConfig attention_backward_dqk(const cuda_kernels::AttentionShape& s) {
+  return launch_detail::one_thread_each("attention_backward_dqk", 2 * s.batches * s.heads * s.seq * s.d);
+}
+}  // namespace launches
+
 template <class T>
 void attention_forward(Cuda& ctx, MatrixView<const T, Cuda> qkv, std::int64_t seq_len, std::int64_t heads, bool causal,
                        float* probs, MatrixView<T, Cuda> out) {
   const auto s = cuda_detail::attention_shape(qkv.rows, qkv.cols, seq_len, heads, causal);
-  const std::int64_t rows = s.batches * s.heads * s.seq;
-  MDLM_CHECK(rows < (std::int64_t{1} << 31), "attention: ", rows, " query rows exceed one launch");
-  const std::size_t smem = probs != nullptr ? 0 : static_cast<std::size_t>(seq_len) * sizeof(float);
   MDLM_CHECK(seq_len <= kAttentionRowScratchMax || probs != nullptr, "attention: sequence length ", seq_len,
-             " needs saved probabilities");
-  cuda_kernels::attention_forward<<<static_cast<unsigned>(rows), 128, smem, ctx.stream()>>>(qkv, s, probs, out);
-  MDLM_CUDA_CHECK_LAUNCH();
+             " needs saved probabilities (inference keeps at most ", kAttentionRowScratchMax, " scores per row)");
+  launch(ctx, launches::attention_forward(s, probs != nullptr), cuda_kernels::attention_forward<T>, qkv, s, probs, out);
 }
 
 // Note: overwrites `probs` with dS (the probabilities are not needed after backward).
 template <class T>
 void attention_backward(Cuda& ctx, MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> qkv, const float* probs,
                         std::int64_t seq_len, std::int64_t heads, bool causal, MatrixView<T, Cuda> dqkv, bool accumulate) {
-  using namespace cuda_detail;
-  const auto s = attention_shape(qkv.rows, qkv.cols, seq_len, heads, causal);
-  const std::int64_t rows = s.batches * s.heads * s.seq, elems = rows * s.d;
+  const auto s = cuda_detail::attention_shape(qkv.rows, qkv.cols, seq_len, heads, causal);
   float* p = const_cast<float*>(probs);
-  cuda_kernels::attention_backward_dv<<<blocks_for(elems), kThreads, 0, ctx.stream()>>>(dout, s, p, dqkv, accumulate);
-  MDLM_CUDA_CHECK_LAUNCH();
-  const std::size_t smem = static_cast<std::size_t>(seq_len) * sizeof(float);
-  MDLM_CHECK(smem <= 48 * 1024, "attention: sequence length ", seq_len, " exceeds the reference kernel's 12288");
-  cuda_kernels::attention_backward_ds<<<static_cast<unsigned>(rows), 128, smem, ctx.stream()>>>(dout, qkv, s, p);
-  MDLM_CUDA_CHECK_LAUNCH();
-  cuda_kernels::attention_backward_dqk<<<blocks_for(2 * elems), kThreads, 0, ctx.stream()>>>(qkv, s, p, dqkv, accumulate);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::attention_backward_dv(s), cuda_kernels::attention_backward_dv<T>, dout, s, p, dqkv, accumulate);
+  launch(ctx, launches::attention_backward_ds(s), cuda_kernels::attention_backward_ds<T>, dout, qkv, s, p);
+  launch(ctx, launches::attention_backward_dqk(s), cuda_kernels::attention_backward_dqk<T>, qkv, s, p, dqkv, accumulate);
 }
 
 }  // namespace mdlm

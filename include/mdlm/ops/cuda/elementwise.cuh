@@ -175,69 +175,72 @@ __global__ void timestep_embedding(const float* sigma, std::int64_t batches, Mat
 
 }  // namespace cuda_kernels
 
+// Launch configurations (checked on the CPU for every model shape: tests/cuda_host/).
+namespace launches {
+using launch_detail::grid_stride;
+using launch_detail::one_thread_each;
+inline LaunchConfig embedding_forward(std::int64_t n) { return grid_stride("embedding_forward", n); }
+inline LaunchConfig embedding_backward(std::int64_t cols) { return one_thread_each("embedding_backward", cols); }
+inline LaunchConfig bias_grad_accumulate(std::int64_t cols) { return one_thread_each("bias_grad_accumulate", cols); }
+inline LaunchConfig gelu_backward(std::int64_t n) { return grid_stride("gelu_backward", n); }
+inline LaunchConfig silu_forward(std::int64_t n) { return grid_stride("silu_forward", n); }
+inline LaunchConfig silu_backward(std::int64_t n) { return grid_stride("silu_backward", n); }
+inline LaunchConfig gated_residual_forward(std::int64_t n) { return grid_stride("gated_residual_forward", n); }
+inline LaunchConfig gated_residual_backward(std::int64_t n) { return grid_stride("gated_residual_backward", n); }
+inline LaunchConfig gated_residual_dgate(std::int64_t n) { return one_thread_each("gated_residual_dgate", n); }
+inline LaunchConfig rope_apply(std::int64_t n) { return grid_stride("rope_apply", n); }
+inline LaunchConfig timestep_embedding(std::int64_t n) { return grid_stride("timestep_embedding", n); }
+inline LaunchConfig gather_rows(std::int64_t n) { return grid_stride("gather_rows", n); }
+inline LaunchConfig scatter_add_rows(std::int64_t n) { return grid_stride("scatter_add_rows", n); }
+}  // namespace launches
+
 // ---- backend entry points (found by the ops through argument-dependent lookup) ----------
-using cuda_detail::blocks_for;
-using cuda_detail::kThreads;
 
 template <class T>
 void embedding_forward(Cuda& ctx, const std::int32_t* ids, MatrixView<const T, Cuda> table, MatrixView<T, Cuda> out) {
-  cuda_kernels::embedding_forward<<<blocks_for(out.rows * out.cols), kThreads, 0, ctx.stream()>>>(ids, table, out);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::embedding_forward(out.rows * out.cols), cuda_kernels::embedding_forward<T>, ids, table, out);
 }
 template <class T, class G>
 void embedding_backward(Cuda& ctx, const std::int32_t* ids, MatrixView<const T, Cuda> dout, MatrixView<G, Cuda> dtable) {
-  cuda_kernels::embedding_backward<<<blocks_for(dout.cols), kThreads, 0, ctx.stream()>>>(ids, dout, dtable);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::embedding_backward(dout.cols), cuda_kernels::embedding_backward<T, G>, ids, dout, dtable);
 }
 template <class T, class G>
 void bias_grad_accumulate(Cuda& ctx, MatrixView<const T, Cuda> dy, G* db) {
-  cuda_kernels::bias_grad_accumulate<<<blocks_for(dy.cols), kThreads, 0, ctx.stream()>>>(dy, db);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::bias_grad_accumulate(dy.cols), cuda_kernels::bias_grad_accumulate<T, G>, dy, db);
 }
 template <class T>
 void gelu_backward(Cuda& ctx, MatrixView<const T, Cuda> dy, MatrixView<const T, Cuda> pre, MatrixView<T, Cuda> d) {
-  cuda_kernels::gelu_backward<<<blocks_for(dy.rows * dy.cols), kThreads, 0, ctx.stream()>>>(dy, pre, d);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::gelu_backward(dy.rows * dy.cols), cuda_kernels::gelu_backward<T>, dy, pre, d);
 }
 template <class T>
 void silu_forward(Cuda& ctx, MatrixView<const T, Cuda> x, MatrixView<T, Cuda> y) {
-  cuda_kernels::silu_forward<<<blocks_for(x.rows * x.cols), kThreads, 0, ctx.stream()>>>(x, y);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::silu_forward(x.rows * x.cols), cuda_kernels::silu_forward<T>, x, y);
 }
 template <class T>
 void silu_backward(Cuda& ctx, MatrixView<const T, Cuda> dy, MatrixView<const T, Cuda> x, MatrixView<T, Cuda> dx,
                    bool accumulate) {
-  cuda_kernels::silu_backward<<<blocks_for(x.rows * x.cols), kThreads, 0, ctx.stream()>>>(dy, x, dx, accumulate);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::silu_backward(x.rows * x.cols), cuda_kernels::silu_backward<T>, dy, x, dx, accumulate);
 }
 template <class T>
 void gated_residual_forward(Cuda& ctx, MatrixView<const T, Cuda> x, MatrixView<const T, Cuda> y,
                             MatrixView<const T, Cuda> gate, std::int64_t seq_len, DropoutSite drop,
                             MatrixView<T, Cuda> out) {
-  cuda_kernels::gated_residual_forward<<<blocks_for(x.rows * x.cols), kThreads, 0, ctx.stream()>>>(x, y, gate, seq_len,
-                                                                                                  drop, out);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::gated_residual_forward(x.rows * x.cols), cuda_kernels::gated_residual_forward<T>, x, y, gate, seq_len, drop, out);
 }
 template <class T>
 void gated_residual_backward(Cuda& ctx, MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> y,
                              MatrixView<const T, Cuda> gate, std::int64_t seq_len, DropoutSite drop,
                              MatrixView<T, Cuda> dx, bool accumulate_dx, MatrixView<T, Cuda> dy, bool accumulate_dy,
                              MatrixView<T, Cuda> dgate, bool accumulate_dgate) {
-  cuda_kernels::gated_residual_backward<<<blocks_for(dout.rows * dout.cols), kThreads, 0, ctx.stream()>>>(
-      dout, gate, seq_len, drop, dx, accumulate_dx, dy, accumulate_dy);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::gated_residual_backward(dout.rows * dout.cols), cuda_kernels::gated_residual_backward<T>, dout, gate, seq_len, drop, dx, accumulate_dx, dy, accumulate_dy);
   if (dgate.data != nullptr) {
-    cuda_kernels::gated_residual_dgate<<<blocks_for(dout.rows / seq_len * dout.cols), kThreads, 0, ctx.stream()>>>(
-        dout, y, seq_len, drop, dgate, accumulate_dgate);
-    MDLM_CUDA_CHECK_LAUNCH();
+    launch(ctx, launches::gated_residual_dgate(dout.rows / seq_len * dout.cols), cuda_kernels::gated_residual_dgate<T>, dout, y, seq_len, drop, dgate, accumulate_dgate);
   }
 }
 template <class T>
 void rope_apply(Cuda& ctx, MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads, double base, int sign,
                 MatrixView<T, Cuda> out, bool accumulate) {
-  cuda_kernels::rope_apply<<<blocks_for(in.rows * in.cols), kThreads, 0, ctx.stream()>>>(in, seq_len, heads, base, sign,
-                                                                                         out, accumulate);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::rope_apply(in.rows * in.cols), cuda_kernels::rope_apply<T>, in, seq_len, heads, base, sign, out, accumulate);
 }
 
 // sigma (float, B values) in device memory, or nullptr for sigma = 0: no host round trip, so
@@ -245,9 +248,7 @@ void rope_apply(Cuda& ctx, MatrixView<const T, Cuda> in, std::int64_t seq_len, s
 template <class T>
 void timestep_embedding_resident(Cuda& ctx, const float* sigma, std::int64_t batches, MatrixView<T, Cuda> out,
                                  double max_period = 10000.0) {
-  cuda_kernels::timestep_embedding<<<blocks_for(batches * out.cols), kThreads, 0, ctx.stream()>>>(sigma, batches, out,
-                                                                                                   max_period);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::timestep_embedding(batches * out.cols), cuda_kernels::timestep_embedding<T>, sigma, batches, out, max_period);
 }
 
 // sigma is host memory (B values): the embedding is tiny, so it is computed on the host with
@@ -291,13 +292,11 @@ __global__ void scatter_add_rows(MatrixView<const T, Cuda> dout, const std::int3
 
 template <class T>
 void gather_rows(Cuda& ctx, MatrixView<const T, Cuda> x, const std::int32_t* idx, MatrixView<T, Cuda> out) {
-  cuda_kernels::gather_rows<<<blocks_for(out.rows * out.cols), kThreads, 0, ctx.stream()>>>(x, idx, out);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::gather_rows(out.rows * out.cols), cuda_kernels::gather_rows<T>, x, idx, out);
 }
 template <class T>
 void scatter_add_rows(Cuda& ctx, MatrixView<const T, Cuda> dout, const std::int32_t* idx, MatrixView<T, Cuda> dx) {
-  cuda_kernels::scatter_add_rows<<<blocks_for(dout.rows * dout.cols), kThreads, 0, ctx.stream()>>>(dout, idx, dx);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::scatter_add_rows(dout.rows * dout.cols), cuda_kernels::scatter_add_rows<T>, dout, idx, dx);
 }
 
 }  // namespace mdlm

@@ -21,6 +21,7 @@
 
 #include "mdlm/backend/cuda/check.cuh"
 #include "mdlm/backend/cuda/context.cuh"
+#include "mdlm/backend/cuda/launch.cuh"
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/ops/gemm.hpp"
 
@@ -39,11 +40,6 @@ constexpr cudaDataType_t cuda_dtype() {
 }
 
 inline cublasOperation_t to_cublas(Op op) { return op == Op::N ? CUBLAS_OP_N : CUBLAS_OP_T; }
-
-inline unsigned grid_for(std::int64_t n, unsigned block) {
-  std::int64_t g = (n + block - 1) / block;
-  return static_cast<unsigned>(g < 65535 * 16 ? (g > 0 ? g : 1) : 65535 * 16);
-}
 
 // Elementwise epilogues over a row-major (rows, cols, ld) matrix, grid-stride.
 template <class T>
@@ -103,22 +99,14 @@ inline cublasLtEpilogue_t to_lt(Epilogue e) {
 
 }  // namespace cuda_detail
 
-// CUDA GEMM: see ops/gemm.hpp for the contract. Stream-ordered on ctx.stream().
+// The column-major cuBLASLt problem of a row-major GEMM (no epilogue), and the same problem
+// with the epilogue fused. Host functions: tests/cuda_host/ builds every problem the model
+// issues and its descriptors on the CPU.
 template <class TA, class TB, class TOut>
-void gemm(Cuda& ctx, Op op_a, MatrixView<TA, Cuda> a, Op op_b, MatrixView<TB, Cuda> b, MatrixView<TOut, Cuda> c,
-          const GemmEpilogue<TOut, Cuda>& epi = {}, compute_t<TOut> alpha = 1, compute_t<TOut> beta = 0) {
+LtProblem lt_problem(Op op_a, MatrixView<TA, Cuda> a, Op op_b, MatrixView<TB, Cuda> b, MatrixView<TOut, Cuda> c,
+                     const GemmDims& d, const compute_t<TOut>* alpha, const compute_t<TOut>* beta) {
   using namespace cuda_detail;
   using TIn = std::remove_const_t<TA>;
-  static_assert(std::is_same_v<TIn, double> == std::is_same_v<TOut, double>,
-                "fp64 GEMM takes and produces fp64");
-  const GemmDims d = detail::check_gemm(op_a, a, op_b, b, c, epi, static_cast<double>(beta));
-  if (d.m == 0 || d.n == 0) return;
-  constexpr unsigned kBlock = 256;
-  if (d.k == 0) {
-    scale_kernel<<<grid_for(d.m * d.n, kBlock), kBlock, 0, ctx.stream()>>>(c.data, d.m, d.n, c.ld, beta);
-    MDLM_CUDA_CHECK_LAUNCH();
-  }
-
   LtProblem p;
   p.transa = to_cublas(op_b);  // A' = our B
   p.transb = to_cublas(op_a);  // B' = our A
@@ -139,33 +127,56 @@ void gemm(Cuda& ctx, Op op_a, MatrixView<TA, Cuda> a, Op op_b, MatrixView<TB, Cu
   p.out_type = cuda_dtype<TOut>();
   p.scale_type = std::is_same_v<TOut, double> ? CUDA_R_64F : CUDA_R_32F;
   p.compute = std::is_same_v<TOut, double> ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
-  p.alpha = &alpha;
-  p.beta = &beta;
-
-  bool fused = false;
-  if (d.k > 0 && epi.kind != Epilogue::None) {
-    LtProblem fp = p;
-    fp.epilogue = to_lt(epi.kind);
-    fp.bias = epi.kind == Epilogue::BiasGrad ? static_cast<const void*>(epi.bias_grad) : epi.bias;
-    if (epi.kind == Epilogue::GeluAuxBias || epi.kind == Epilogue::DGelu) {
-      fp.aux = epi.aux.data;
-      fp.ldaux = epi.aux.ld;
-    }
-    fused = ctx.lt().run(fp);
+  p.alpha = alpha;
+  p.beta = beta;
+  return p;
+}
+template <class TOut>
+LtProblem lt_with_epilogue(LtProblem p, const GemmEpilogue<TOut, Cuda>& epi) {
+  p.epilogue = cuda_detail::to_lt(epi.kind);
+  p.bias = epi.kind == Epilogue::BiasGrad ? static_cast<const void*>(epi.bias_grad) : epi.bias;
+  if (epi.kind == Epilogue::GeluAuxBias || epi.kind == Epilogue::DGelu) {
+    p.aux = epi.aux.data;
+    p.ldaux = epi.aux.ld;
   }
+  return p;
+}
+
+// Launch configurations of the GEMM's own kernels (the fallback epilogues, K = 0).
+namespace launches {
+inline LaunchConfig gemm_scale(std::int64_t m, std::int64_t n) { return launch_detail::grid_stride("gemm scale_kernel", m * n); }
+inline LaunchConfig gemm_epilogue(std::int64_t m, std::int64_t n) {
+  return launch_detail::grid_stride("gemm epilogue_kernel", m * n);
+}
+inline LaunchConfig gemm_bias_grad(std::int64_t m) { return launch_detail::one_thread_each("gemm bias_grad_kernel", m); }
+}  // namespace launches
+
+// CUDA GEMM: see ops/gemm.hpp for the contract. Stream-ordered on ctx.stream().
+template <class TA, class TB, class TOut>
+void gemm(Cuda& ctx, Op op_a, MatrixView<TA, Cuda> a, Op op_b, MatrixView<TB, Cuda> b, MatrixView<TOut, Cuda> c,
+          const GemmEpilogue<TOut, Cuda>& epi = {}, compute_t<TOut> alpha = 1, compute_t<TOut> beta = 0) {
+  using namespace cuda_detail;
+  using TIn = std::remove_const_t<TA>;
+  static_assert(std::is_same_v<TIn, double> == std::is_same_v<TOut, double>,
+                "fp64 GEMM takes and produces fp64");
+  const GemmDims d = detail::check_gemm(op_a, a, op_b, b, c, epi, static_cast<double>(beta));
+  if (d.m == 0 || d.n == 0) return;
+  if (d.k == 0) launch(ctx, launches::gemm_scale(d.m, d.n), scale_kernel<TOut>, c.data, d.m, d.n, c.ld, beta);
+
+  const LtProblem p = lt_problem(op_a, a, op_b, b, c, d, &alpha, &beta);
+  bool fused = false;
+  if (d.k > 0 && epi.kind != Epilogue::None) fused = ctx.lt().run(lt_with_epilogue(p, epi));
   if (!fused) {
     if (d.k > 0 && !ctx.lt().run(p)) {
       MDLM_FAIL("cuBLASLt has no algorithm for a ", d.m, "x", d.n, "x", d.k, " GEMM (lda ", a.ld, ", ldb ", b.ld,
                 ", ldc ", c.ld, ")");
     }
     if (epi.kind == Epilogue::BiasGrad) {
-      bias_grad_kernel<<<grid_for(d.m, kBlock), kBlock, 0, ctx.stream()>>>(a.data, a.ld, op_a == Op::T, d.m, d.k,
-                                                                            epi.bias_grad);
-      MDLM_CUDA_CHECK_LAUNCH();
+      launch(ctx, launches::gemm_bias_grad(d.m), bias_grad_kernel<TIn, TOut>, a.data, a.ld, op_a == Op::T, d.m, d.k,
+             epi.bias_grad);
     } else if (epi.kind != Epilogue::None) {
-      epilogue_kernel<<<grid_for(d.m * d.n, kBlock), kBlock, 0, ctx.stream()>>>(
-          epi.kind, c.data, d.m, d.n, c.ld, epi.bias, epi.aux.data, epi.aux.ld);
-      MDLM_CUDA_CHECK_LAUNCH();
+      launch(ctx, launches::gemm_epilogue(d.m, d.n), epilogue_kernel<TOut>, epi.kind, c.data, d.m, d.n, c.ld, epi.bias,
+             epi.aux.data, epi.aux.ld);
     }
   }
 }

@@ -113,17 +113,32 @@ __global__ void layernorm_modulate_backward_mod(MatrixView<const T, Cuda> dh, Ma
 
 }  // namespace cuda_kernels
 
+// Launch configurations (checked on the CPU for every model shape: tests/cuda_host/).
+namespace launches {
+// Forward and dx: one warp per row.
+inline LaunchConfig layernorm_rows(const char* kernel, std::int64_t rows) {
+  LaunchConfig c = launch_detail::one_thread_each(kernel, rows * 32);
+  c.warp_multiple = true;
+  return c;
+}
+inline LaunchConfig layernorm_forward(std::int64_t rows) { return layernorm_rows("layernorm_modulate_forward", rows); }
+inline LaunchConfig layernorm_backward_dx(std::int64_t rows) { return layernorm_rows("layernorm_modulate_backward_dx", rows); }
+inline LaunchConfig layernorm_backward_dw(std::int64_t cols) {
+  return launch_detail::one_thread_each("layernorm_modulate_backward_dw", cols);
+}
+inline LaunchConfig layernorm_backward_mod(std::int64_t batches, std::int64_t cols) {
+  return launch_detail::one_thread_each("layernorm_modulate_backward_mod", batches * cols);
+}
+}  // namespace launches
+
 // Statistics are fp32 on CUDA (compute_t<T> is float for float and bf16).
 template <class T>
 void layernorm_modulate_forward(Cuda& ctx, MatrixView<const T, Cuda> x, const T* w, MatrixView<const T, Cuda> shift,
                                 MatrixView<const T, Cuda> scale, std::int64_t seq_len, double eps, MatrixView<T, Cuda> h,
                                 float* mean, float* rstd) {
   static_assert(std::is_same_v<compute_t<T>, float>, "CUDA LayerNorm runs in fp32 statistics");
-  MDLM_CHECK(x.rows <= (std::int64_t{1} << 23), "layernorm: ", x.rows, " rows exceed one launch (8M)");
-  cuda_kernels::layernorm_modulate_forward<<<cuda_detail::blocks_for(x.rows * 32), cuda_detail::kThreads, 0,
-                                             ctx.stream()>>>(x, w, shift, scale, seq_len, static_cast<float>(eps), h,
-                                                             mean, rstd);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::layernorm_forward(x.rows), cuda_kernels::layernorm_modulate_forward<T>, x, w, shift, scale,
+         seq_len, static_cast<float>(eps), h, mean, rstd);
 }
 
 template <class T, class G>
@@ -131,19 +146,15 @@ void layernorm_modulate_backward(Cuda& ctx, MatrixView<const T, Cuda> dh, Matrix
                                  MatrixView<const T, Cuda> scale, std::int64_t seq_len, const float* mean,
                                  const float* rstd, MatrixView<T, Cuda> dx, bool accumulate_dx, G* dw,
                                  MatrixView<T, Cuda> dshift, MatrixView<T, Cuda> dscale, bool accumulate_mod) {
-  using namespace cuda_detail;
-  cuda_kernels::layernorm_modulate_backward_dx<<<blocks_for(x.rows * 32), kThreads, 0, ctx.stream()>>>(
-      dh, x, w, scale, seq_len, mean, rstd, dx, accumulate_dx);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::layernorm_backward_dx(x.rows), cuda_kernels::layernorm_modulate_backward_dx<T>, dh, x, w, scale,
+         seq_len, mean, rstd, dx, accumulate_dx);
   if (dw != nullptr) {
-    cuda_kernels::layernorm_modulate_backward_dw<<<blocks_for(x.cols), kThreads, 0, ctx.stream()>>>(
-        dh, x, scale, seq_len, mean, rstd, dw);
-    MDLM_CUDA_CHECK_LAUNCH();
+    launch(ctx, launches::layernorm_backward_dw(x.cols), cuda_kernels::layernorm_modulate_backward_dw<T, G>, dh, x,
+           scale, seq_len, mean, rstd, dw);
   }
   if (scale.data != nullptr) {
-    cuda_kernels::layernorm_modulate_backward_mod<<<blocks_for(x.rows / seq_len * x.cols), kThreads, 0, ctx.stream()>>>(
-        dh, x, w, seq_len, mean, rstd, dshift, dscale, accumulate_mod);
-    MDLM_CUDA_CHECK_LAUNCH();
+    launch(ctx, launches::layernorm_backward_mod(x.rows / seq_len, x.cols), cuda_kernels::layernorm_modulate_backward_mod<T>,
+           dh, x, w, seq_len, mean, rstd, dshift, dscale, accumulate_mod);
   }
 }
 

@@ -20,12 +20,15 @@ __global__ void absorbing_mask(const std::int32_t* x0, const double* move_chance
 }
 }  // namespace cuda_kernels
 
+namespace launches {
+inline LaunchConfig absorbing_mask(std::int64_t n) { return launch_detail::grid_stride("absorbing_mask", n); }
+}  // namespace launches
+
 // x0, move_chance (per sequence) and zt in device memory.
 inline void absorbing_mask(Cuda& ctx, const std::int32_t* x0, const double* move_chance, std::int64_t n,
                            std::int64_t seq_len, Philox rng, std::uint32_t step, std::int32_t mask_id, std::int32_t* zt) {
-  cuda_kernels::absorbing_mask<><<<cuda_detail::blocks_for(n), cuda_detail::kThreads, 0, ctx.stream()>>>(
-      x0, move_chance, n, seq_len, rng, step, mask_id, zt);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::absorbing_mask(n), cuda_kernels::absorbing_mask<>, x0, move_chance, n, seq_len, rng, step,
+         mask_id, zt);
 }
 
 }  // namespace mdlm

@@ -37,7 +37,10 @@ struct RowShared {
   std::int32_t id[kSampleThreads];
   alignas(8) unsigned char search[sizeof(TopCutSearch)];
   std::int64_t pick;
+  cuda_detail::BlockShared<float, kSampleThreads> red_max;              // the row's largest logit
+  cuda_detail::BlockShared<unsigned long long, kSampleThreads> red_mass;  // fixed-point mass (exact integers)
 };
+using SelectShared = cuda_detail::BlockShared<long long, kSampleThreads>;  // confidence_select's count
 
 template <class T>
 __device__ inline float logit_at(const T* row, std::int64_t v) {
@@ -46,11 +49,11 @@ __device__ inline float logit_at(const T* row, std::int64_t v) {
 
 // Largest logit of the row, mask excluded; every thread gets it.
 template <class T>
-__device__ float block_row_max(const T* row, const SampleStepArgs& a) {
-  float m = -INFINITY;
+__device__ float block_row_max(const T* row, const SampleStepArgs& a, RowShared& sh) {
+  float m = cuda_detail::MaxOp::identity<float>();
   for (std::int64_t v = threadIdx.x; v < a.vocab; v += blockDim.x)
     if (v != a.mask_id) m = fmaxf(m, logit_at(row, v));
-  return cuda_detail::block_reduce<float, true>(m);
+  return cuda_detail::BlockReducer<float, kSampleThreads>::max(m, sh.red_max);
 }
 
 // The top-k/top-p cut of one row: TopCutSearch over block-built histograms (integer atomics, so
@@ -136,7 +139,7 @@ __global__ void sample_step(MatrixView<const T, Cuda> logits, std::int32_t* z, c
   }
   if (u >= a.p_unmask) return;
   const T* row = logits.data + r * logits.ld;
-  const float mx = a.top_p < 1.0 ? block_row_max(row, a) : 0.0f;
+  const float mx = a.top_p < 1.0 ? block_row_max(row, a, sh) : 0.0f;
   const std::int32_t best = block_draw(row, a, r, mx, sh);
   if (threadIdx.x == 0 && best < 0 && a.failed != nullptr) *a.failed = 1;
   if (threadIdx.x == 0 && best >= 0) {
@@ -159,7 +162,7 @@ __global__ void confidence_candidates(MatrixView<const T, Cuda> logits, const st
     return;
   }
   const T* row = logits.data + r * logits.ld;
-  const float mx = block_row_max(row, a);
+  const float mx = block_row_max(row, a, sh);
   const TopCut cut = a.filtered() ? block_top_cut(row, a, mx, sh) : TopCut{};
   double score;
   const std::int32_t mine = race_row(row, a, static_cast<std::uint64_t>(r), cut, threadIdx.x, blockDim.x, &score);
@@ -171,7 +174,7 @@ __global__ void confidence_candidates(MatrixView<const T, Cuda> logits, const st
     if (!cut.keeps(order_key(x), static_cast<std::uint32_t>(v))) continue;
     q += fixed_mass(exp((static_cast<double>(x) - static_cast<double>(mx)) / a.temperature));
   }
-  const unsigned long long total = cuda_detail::block_reduce<unsigned long long, false>(q);
+  const unsigned long long total = cuda_detail::BlockReducer<unsigned long long, kSampleThreads>::sum(q, sh.red_mass);
   if (threadIdx.x == 0 && best < 0) {
     conf[r] = -1.0;
     if (a.failed != nullptr) *a.failed = 1;
@@ -187,11 +190,12 @@ __global__ void confidence_candidates(MatrixView<const T, Cuda> logits, const st
 // or with a threshold every candidate at or above it and at least the most confident one.
 static __global__ void confidence_select(std::int32_t* z, const std::int32_t* cand, const double* conf, std::int64_t len,
                                   double threshold, const StepPlan* plan, const int* counter, std::int32_t left) {
+  __shared__ SelectShared red;
   const std::int64_t base = blockIdx.x * len;
   if (plan != nullptr) left = plan[*counter].left;
-  std::int64_t mine = 0;
+  long long mine = 0;
   for (std::int64_t i = threadIdx.x; i < len; i += blockDim.x) mine += conf[base + i] >= 0.0;
-  const auto candidates = static_cast<std::int64_t>(cuda_detail::block_reduce<double, false>(static_cast<double>(mine)));
+  const std::int64_t candidates = cuda_detail::BlockReducer<long long, kSampleThreads>::sum(mine, red);
   if (candidates == 0) return;
   const std::int64_t k = (candidates + left - 1) / left;
   for (std::int64_t i = threadIdx.x; i < len; i += blockDim.x) {
@@ -246,7 +250,7 @@ __global__ void first_hit_step(MatrixView<const T, Cuda> logits, std::int32_t* z
   __syncthreads();
   const std::int64_t r = base + sh.pick;
   const T* row = logits.data + r * logits.ld;
-  const float mx = a.top_p < 1.0 ? block_row_max(row, a) : 0.0f;
+  const float mx = a.top_p < 1.0 ? block_row_max(row, a, sh) : 0.0f;
   const std::int32_t best = block_draw(row, a, r, mx, sh);
   if (threadIdx.x == 0 && best >= 0) z[r] = best;
   if (threadIdx.x == 0 && best < 0 && a.failed != nullptr) *a.failed = 1;
@@ -280,6 +284,31 @@ static __global__ void loop_advance(int* counter) { ++*counter; }
 
 }  // namespace cuda_kernels
 
+namespace launches {
+using cuda_kernels::kSampleThreads;
+inline LaunchConfig sample_row_kernel(const char* kernel, std::int64_t blocks) {
+  return launch_detail::block_each(kernel, blocks, kSampleThreads, sizeof(cuda_kernels::RowShared));
+}
+inline LaunchConfig sample_step(std::int64_t rows) { return sample_row_kernel("sample_step", rows); }
+inline LaunchConfig confidence_candidates(std::int64_t rows) { return sample_row_kernel("confidence_candidates", rows); }
+inline LaunchConfig confidence_select(std::int64_t sequences) {
+  return launch_detail::block_each("confidence_select", sequences, kSampleThreads, sizeof(cuda_kernels::SelectShared));
+}
+inline LaunchConfig first_hit_step(std::int64_t sequences) { return sample_row_kernel("first_hit_step", sequences); }
+inline LaunchConfig argmax_masked(std::int64_t rows) { return sample_row_kernel("argmax_masked", rows); }
+inline LaunchConfig loop_begin_step() {
+  LaunchConfig c;
+  c.kernel = "loop_begin_step";
+  c.block.x = 256;
+  return c;
+}
+inline LaunchConfig loop_advance() {
+  LaunchConfig c;
+  c.kernel = "loop_advance";
+  return c;
+}
+}  // namespace launches
+
 // One ancestral/ReMDM step over logits (rows, vocab) with z, fixed, changed in device memory.
 // With `plan`, the step's numbers come from plan[*counter] (device memory) instead of `a`.
 template <class T>
@@ -287,9 +316,7 @@ void sample_step(Cuda& ctx, MatrixView<const T, Cuda> logits, std::int32_t* z, c
                  std::uint8_t* changed, const StepPlan* plan = nullptr, const int* counter = nullptr) {
   if (a.rows == 0) return;
   MDLM_CHECK(a.vocab <= kMaxFilteredVocab || !a.filtered(), "sample_step: vocabulary ", a.vocab, " too large for top-k/top-p");
-  cuda_kernels::sample_step<<<static_cast<unsigned>(a.rows), cuda_kernels::kSampleThreads, 0, ctx.stream()>>>(
-      logits, z, fixed, a, plan, counter, changed);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::sample_step(a.rows), cuda_kernels::sample_step<T>, logits, z, fixed, a, plan, counter, changed);
 }
 
 // One confidence-sampler step: candidates for every masked position, then the per-sequence pick.
@@ -299,38 +326,30 @@ void confidence_step(Cuda& ctx, MatrixView<const T, Cuda> logits, std::int32_t* 
                      SampleStepArgs a, double threshold, std::int32_t left, std::int32_t* cand, double* conf,
                      const StepPlan* plan = nullptr, const int* counter = nullptr) {
   if (a.rows == 0) return;
-  cuda_kernels::confidence_candidates<<<static_cast<unsigned>(a.rows), cuda_kernels::kSampleThreads, 0, ctx.stream()>>>(
-      logits, z, fixed, a, plan, counter, cand, conf);
-  MDLM_CUDA_CHECK_LAUNCH();
-  cuda_kernels::confidence_select<<<static_cast<unsigned>(a.rows / a.len), cuda_kernels::kSampleThreads, 0, ctx.stream()>>>(
-      z, cand, conf, a.len, threshold, plan, counter, left);
-  MDLM_CUDA_CHECK_LAUNCH();
+  MDLM_CHECK(a.vocab <= kMaxFilteredVocab || !a.filtered(), "confidence_step: vocabulary ", a.vocab,
+             " too large for top-k/top-p");
+  launch(ctx, launches::confidence_candidates(a.rows), cuda_kernels::confidence_candidates<T>, logits, z, fixed, a, plan,
+         counter, cand, conf);
+  launch(ctx, launches::confidence_select(a.rows / a.len), cuda_kernels::confidence_select, z, cand, conf, a.len,
+         threshold, plan, counter, left);
 }
 
 template <class T>
 void first_hit_step(Cuda& ctx, MatrixView<const T, Cuda> logits, std::int32_t* z, SampleStepArgs a,
                     const StepPlan* plan = nullptr, const int* counter = nullptr) {
   if (a.rows == 0) return;
-  cuda_kernels::first_hit_step<<<static_cast<unsigned>(a.rows / a.len), cuda_kernels::kSampleThreads, 0, ctx.stream()>>>(
-      logits, z, a, plan, counter);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::first_hit_step(a.rows / a.len), cuda_kernels::first_hit_step<T>, logits, z, a, plan, counter);
 }
 
 inline void loop_begin_step(Cuda& ctx, const float* sigma_table, std::int64_t n, const int* counter, float* sigma_now) {
-  cuda_kernels::loop_begin_step<<<1, 256, 0, ctx.stream()>>>(sigma_table, n, counter, sigma_now);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::loop_begin_step(), cuda_kernels::loop_begin_step, sigma_table, n, counter, sigma_now);
 }
-inline void loop_advance(Cuda& ctx, int* counter) {
-  cuda_kernels::loop_advance<<<1, 1, 0, ctx.stream()>>>(counter);
-  MDLM_CUDA_CHECK_LAUNCH();
-}
+inline void loop_advance(Cuda& ctx, int* counter) { launch(ctx, launches::loop_advance(), cuda_kernels::loop_advance, counter); }
 
 template <class T>
 void argmax_masked(Cuda& ctx, MatrixView<const T, Cuda> logits, std::int32_t* z, std::int32_t mask_id, int* failed = nullptr) {
   if (logits.rows == 0) return;
-  cuda_kernels::argmax_masked<<<static_cast<unsigned>(logits.rows), cuda_kernels::kSampleThreads, 0, ctx.stream()>>>(
-      logits, z, mask_id, logits.cols, failed);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::argmax_masked(logits.rows), cuda_kernels::argmax_masked<T>, logits, z, mask_id, logits.cols, failed);
 }
 
 }  // namespace mdlm

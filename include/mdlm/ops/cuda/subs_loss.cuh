@@ -15,6 +15,10 @@
 namespace mdlm {
 namespace cuda_kernels {
 
+inline constexpr int kCeThreads = 256, kCeSumThreads = 1024;
+// Shared memory of the row kernel: one float reduction (max, then sum).
+using CeShared = cuda_detail::BlockShared<float, kCeThreads>;
+
 template <class T>
 __device__ inline float ce_logit(const T* l, std::int64_t v, std::int64_t suppressed) {
   return to_compute(l[v]) + (v == suppressed ? static_cast<float>(kSubsMaskLogitShift) : 0.0f);
@@ -23,6 +27,7 @@ __device__ inline float ce_logit(const T* l, std::int64_t v, std::int64_t suppre
 template <class T>
 __global__ void cross_entropy_rows(MatrixView<const T, Cuda> logits, CrossEntropyRows rows, double* lse,
                                    double* row_loss) {
+  __shared__ CeShared red;
   const std::int64_t r = blockIdx.x;
   if (rows.coef[r] == 0.0) {
     if (threadIdx.x == 0) {
@@ -34,10 +39,10 @@ __global__ void cross_entropy_rows(MatrixView<const T, Cuda> logits, CrossEntrop
   const T* l = logits.data + r * logits.ld;
   float mx = -INFINITY;
   for (std::int64_t v = threadIdx.x; v < logits.cols; v += blockDim.x) mx = fmaxf(mx, ce_logit(l, v, rows.suppressed));
-  mx = cuda_detail::block_reduce<float, true>(mx);
+  mx = cuda_detail::BlockReducer<float, kCeThreads>::max(mx, red);
   float s = 0;
   for (std::int64_t v = threadIdx.x; v < logits.cols; v += blockDim.x) s += expf(ce_logit(l, v, rows.suppressed) - mx);
-  s = cuda_detail::block_reduce<float, false>(s);
+  s = cuda_detail::BlockReducer<float, kCeThreads>::sum(s, red);
   if (threadIdx.x == 0) {
     const double z = static_cast<double>(mx) + log(static_cast<double>(s));
     lse[r] = z;
@@ -47,9 +52,10 @@ __global__ void cross_entropy_rows(MatrixView<const T, Cuda> logits, CrossEntrop
 
 template <class T>
 __global__ void sum_rows_ordered(const double* row_loss, std::int64_t n, T* loss) {
+  __shared__ cuda_detail::BlockShared<double, kCeSumThreads> red;
   double s = 0;
   for (std::int64_t r = threadIdx.x; r < n; r += blockDim.x) s += row_loss[r];
-  s = cuda_detail::block_reduce<double, false>(s);
+  s = cuda_detail::BlockReducer<double, kCeSumThreads>::sum(s, red);
   if (threadIdx.x == 0) loss[0] = from_compute<T>(static_cast<compute_t<T>>(s));
 }
 
@@ -69,26 +75,33 @@ __global__ void cross_entropy_grad(MatrixView<const T, Cuda> logits, CrossEntrop
 
 }  // namespace cuda_kernels
 
+namespace launches {
+inline LaunchConfig cross_entropy_rows(std::int64_t rows) {
+  return launch_detail::block_each("cross_entropy_rows", rows, cuda_kernels::kCeThreads, sizeof(cuda_kernels::CeShared));
+}
+inline LaunchConfig sum_rows_ordered() {
+  return launch_detail::block_each("sum_rows_ordered", 1, cuda_kernels::kCeSumThreads,
+                                   sizeof(cuda_detail::BlockShared<double, cuda_kernels::kCeSumThreads>));
+}
+inline LaunchConfig cross_entropy_grad(std::int64_t rows) {
+  return launch_detail::block_each("cross_entropy_grad", rows, cuda_kernels::kCeThreads, 0);
+}
+}  // namespace launches
+
 template <class T>
 void cross_entropy_forward(Cuda& ctx, MatrixView<const T, Cuda> logits, CrossEntropyRows rows, double* lse, T* loss) {
-  DeviceBuffer<double> row_loss(std::max<std::int64_t>(logits.rows, 1));
-  if (logits.rows > 0) {
-    cuda_kernels::cross_entropy_rows<<<static_cast<unsigned>(logits.rows), 256, 0, ctx.stream()>>>(logits, rows, lse,
-                                                                                                    row_loss.data());
-    MDLM_CUDA_CHECK_LAUNCH();
-  }
-  cuda_kernels::sum_rows_ordered<<<1, 1024, 0, ctx.stream()>>>(row_loss.data(), logits.rows, loss);
-  MDLM_CUDA_CHECK_LAUNCH();
+  DeviceBuffer<double> row_loss(ctx, Shape{std::max<std::int64_t>(logits.rows, 1)});
+  launch(ctx, launches::cross_entropy_rows(logits.rows), cuda_kernels::cross_entropy_rows<T>, logits, rows, lse,
+         row_loss.data());
+  launch(ctx, launches::sum_rows_ordered(), cuda_kernels::sum_rows_ordered<T>, row_loss.data(), logits.rows, loss);
   ctx.synchronize();  // row_loss is freed at return
 }
 
 template <class T>
 void cross_entropy_backward(Cuda& ctx, MatrixView<const T, Cuda> logits, CrossEntropyRows rows, const double* lse,
                             const T* dloss, MatrixView<T, Cuda> dlogits, bool accumulate) {
-  if (logits.rows == 0) return;
-  cuda_kernels::cross_entropy_grad<<<static_cast<unsigned>(logits.rows), 256, 0, ctx.stream()>>>(logits, rows, lse, dloss,
-                                                                                                  dlogits, accumulate);
-  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::cross_entropy_grad(logits.rows), cuda_kernels::cross_entropy_grad<T>, logits, rows, lse, dloss,
+         dlogits, accumulate);
 }
 
 }  // namespace mdlm

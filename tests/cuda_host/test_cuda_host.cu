@@ -1,0 +1,335 @@
+// CUDA backend checks that need no GPU, run on the CPU in CI: the cuBLASLt descriptors,
+// layouts and preferences of every GEMM the model issues (those calls run without a driver),
+// the launch configuration of every kernel for every model shape against the device limits,
+// and the types of the block reductions. This binary never touches a device.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "mdlm/cuda.cuh"
+
+using namespace mdlm;
+
+namespace {
+
+// A model shape the library runs: the preset at batch B and length T.
+struct ModelShape {
+  const char* name;
+  DiTConfig cfg;
+  std::int64_t batch, seq;
+};
+
+std::vector<ModelShape> model_shapes() {
+  std::vector<ModelShape> out;
+  out.push_back({"small B=32 T=1024 V=50258", DiTConfig::preset("small", 50258), 32, 1024});
+  out.push_back({"LM1B small B=256 T=128 V=30522", DiTConfig::preset("small", 30522), 256, 128});
+  out.push_back({"medium B=32 T=1024 V=50258", DiTConfig::preset("medium", 50258), 32, 1024});
+  out.push_back({"tiny B=2 T=128 V=50258", DiTConfig::preset("tiny", 50258), 2, 128});
+  for (std::int64_t t : {2048, 4096, 8192}) out.push_back({"small long", DiTConfig::preset("small", 50258), 8, t});
+  out.push_back({"main job bytes B=16 T=128", [] {
+                   DiTConfig c;
+                   c.vocab = 260, c.hidden = 128, c.blocks = 4, c.heads = 4;
+                   return c;
+                 }(),
+                 16, 128});
+  return out;
+}
+
+// Every kernel launch of a training step, sampling and the optimizer at this shape, with the
+// sizes the ops pass (the output head on every row: the trimmed head uses fewer).
+std::vector<LaunchConfig> model_launches(const ModelShape& m) {
+  const std::int64_t b = m.batch, t = m.seq, rows = b * t, c = m.cfg.hidden, v = m.cfg.vocab;
+  const std::int64_t mlp = m.cfg.mlp_ratio * c, cond = m.cfg.cond_dim, freq = m.cfg.freq_dim;
+  const std::int64_t params = DiT(m.cfg).layout().buffer_elements();
+  std::vector<LaunchConfig> l;
+  l.push_back(launches::embedding_forward(rows * c));
+  l.push_back(launches::embedding_backward(c));
+  for (std::int64_t cols : {c, 3 * c, mlp, 6 * c, 2 * c, v, cond}) l.push_back(launches::bias_grad_accumulate(cols));
+  l.push_back(launches::gelu_backward(rows * mlp));
+  l.push_back(launches::silu_forward(b * cond));
+  l.push_back(launches::silu_backward(b * cond));
+  l.push_back(launches::gated_residual_forward(rows * c));
+  l.push_back(launches::gated_residual_backward(rows * c));
+  l.push_back(launches::gated_residual_dgate(b * c));
+  l.push_back(launches::rope_apply(rows * 3 * c));
+  l.push_back(launches::timestep_embedding(b * freq));
+  l.push_back(launches::gather_rows(rows * c));
+  l.push_back(launches::scatter_add_rows(rows * c));
+  l.push_back(launches::layernorm_forward(rows));
+  l.push_back(launches::layernorm_backward_dx(rows));
+  l.push_back(launches::layernorm_backward_dw(c));
+  l.push_back(launches::layernorm_backward_mod(b, c));
+  const auto s = cuda_detail::attention_shape(rows, 3 * c, t, m.cfg.heads, false);
+  l.push_back(launches::attention_forward(s, true));
+  l.push_back(launches::attention_forward(s, false));  // inference: scores in shared memory
+  l.push_back(launches::attention_backward_dv(s));
+  l.push_back(launches::attention_backward_ds(s));
+  l.push_back(launches::attention_backward_dqk(s));
+  l.push_back(launches::absorbing_mask(rows));
+  l.push_back(launches::cross_entropy_rows(rows));
+  l.push_back(launches::sum_rows_ordered());
+  l.push_back(launches::cross_entropy_grad(rows));
+  l.push_back(launches::sum_of_squares_partial());
+  l.push_back(launches::sum_partials());
+  l.push_back(launches::adamw_update(params));
+  l.push_back(launches::ema_update(params));
+  l.push_back(launches::sample_step(rows));
+  l.push_back(launches::confidence_candidates(rows));
+  l.push_back(launches::confidence_select(b));
+  l.push_back(launches::first_hit_step(b));
+  l.push_back(launches::argmax_masked(rows));
+  l.push_back(launches::loop_begin_step());
+  l.push_back(launches::loop_advance());
+  for (std::int64_t cols : {3 * c, mlp, c, v}) {
+    l.push_back(launches::gemm_scale(rows, cols));
+    l.push_back(launches::gemm_epilogue(rows, cols));
+  }
+  l.push_back(launches::gemm_bias_grad(v));
+  return l;
+}
+
+// A fake device address (never dereferenced: descriptors only record pointers).
+template <class T>
+T* fake_pointer(std::uintptr_t offset = 0) {
+  return reinterpret_cast<T*>((std::uintptr_t{1} << 32) + offset);
+}
+
+}  // namespace
+
+// ---- launch configurations -------------------------------------------------------------------
+
+TEST_CASE("every kernel launch fits the device limits at every model shape") {
+  for (const ModelShape& m : model_shapes()) {
+    const auto launches = model_launches(m);
+    CHECK(launches.size() > 40);
+    for (const LaunchConfig& c : launches) {
+      INFO(m.name, " T=", m.seq, ": ", c.kernel, " grid ", c.grid.x, "x", c.grid.y, "x", c.grid.z, " block ", c.block.x,
+           " smem ", c.static_smem, "+", c.dynamic_smem);
+      CHECK_NOTHROW(check_launch(c));
+      CHECK(c.grid.x >= 1);  // no shape here is empty
+      // Kernels without a grid-stride loop must be covered by the grid exactly.
+      CHECK(c.grid.x * c.block.x > 0);
+    }
+  }
+}
+
+TEST_CASE("one-thread-per-item grids cover every item; grid-stride grids stay within the limit") {
+  const std::int64_t n = (std::int64_t{1} << 33) + 7;  // more threads than a 32-bit count holds
+  const LaunchConfig each = launch_detail::one_thread_each("k", n);
+  CHECK(each.grid.x * each.block.x >= n);
+  CHECK((each.grid.x - 1) * each.block.x < n);
+  CHECK_NOTHROW(check_launch(each));
+  const LaunchConfig stride = launch_detail::grid_stride("k", std::int64_t{1} << 45);
+  CHECK(stride.grid.x == 2147483647);
+  CHECK_NOTHROW(check_launch(stride));
+  CHECK(launch_detail::one_thread_each("k", 0).empty());  // nothing to do: launch() issues nothing
+  CHECK_NOTHROW(check_launch(launch_detail::one_thread_each("k", 0)));
+}
+
+TEST_CASE("shapes the kernels cannot take are mdlm::Errors naming the kernel") {
+  auto message = [](const LaunchConfig& c) {
+    try {
+      check_launch(c);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  // Inference attention keeps a row's scores in shared memory: 16384 floats are 64 KiB.
+  const auto long_seq = cuda_detail::attention_shape(16384, 3 * 768, 16384, 12, false);
+  CHECK(message(launches::attention_forward(long_seq, false)).find("attention_forward") != std::string::npos);
+  CHECK(message(launches::attention_forward(long_seq, true)).empty());  // saved probabilities: no scratch
+  // dS keeps dP of a row in shared memory. 12288 floats are exactly 48 KiB of dynamic memory: the
+  // old check (dynamic <= 48 KiB) let it through, but the block reduction's static memory
+  // comes on top, so the launch would fail.
+  const auto at_limit = cuda_detail::attention_shape(12288, 3 * 768, 12288, 12, false);
+  const LaunchConfig ds = launches::attention_backward_ds(at_limit);
+  CHECK(ds.dynamic_smem == 48 * 1024);
+  CHECK(ds.static_smem > 0);
+  const std::string ds_message = message(ds);
+  CHECK(ds_message.find("attention_backward_ds") != std::string::npos);
+  CHECK(ds_message.find("static") != std::string::npos);
+  CHECK(message(launches::attention_backward_ds(cuda_detail::attention_shape(8192, 3 * 768, 8192, 12, false))).empty());
+
+  LaunchConfig c = launch_detail::grid_stride("wide", 100);
+  c.grid.y = 65536;
+  CHECK(message(c).find("grid.y = 65536") != std::string::npos);
+  c.grid.y = 1;
+  c.grid.z = 70000;
+  CHECK(message(c).find("grid.z = 70000") != std::string::npos);
+  c.grid.z = 1;
+  c.grid.x = std::int64_t{1} << 31;
+  CHECK(message(c).find("grid.x") != std::string::npos);
+  LaunchConfig big = launch_detail::block_each("big_block", 4, 2048, 0);
+  CHECK(message(big).find("big_block: block 2048x1x1") != std::string::npos);
+  big.block = Dim3{64, 32, 1};
+  CHECK(message(big).find("2048 threads per block") != std::string::npos);
+  LaunchConfig ragged = launch_detail::block_each("ragged", 4, 100, 0);
+  CHECK(message(ragged).find("whole number of warps") != std::string::npos);
+}
+
+TEST_CASE("static shared memory of the row kernels is counted from their shared-storage types") {
+  // The sampler's row kernels hold their histograms, race scratch and reductions in RowShared.
+  const LaunchConfig s = launches::sample_step(16 * 1024);
+  CHECK(s.static_smem == sizeof(cuda_kernels::RowShared));
+  CHECK(s.static_smem > 256 * (4 + 8) + 256 * (8 + 4));
+  CHECK(s.static_smem + s.dynamic_smem <= 48 * 1024);
+  const LaunchConfig a = launches::attention_forward(cuda_detail::attention_shape(1024, 3 * 768, 1024, 12, false), false);
+  CHECK(a.static_smem == sizeof(cuda_kernels::AttentionShared));
+  CHECK(a.dynamic_smem == 1024 * sizeof(float));
+}
+
+// ---- block reductions --------------------------------------------------------------------------
+
+TEST_CASE("block reductions are typed: a 64-bit integer sum never passes through float") {
+  using cuda_detail::MaxOp;
+  using cuda_detail::SumOp;
+  using U = unsigned long long;
+  // The old identity `lane < warps ? partial[lane] : (Max ? -INFINITY : C(0))` had type float
+  // for every C: the expression below is that expression for C = unsigned long long.
+  U partial = (U{1} << 40) + 1;
+  const bool lane_active = true, is_max = false;
+  auto old_identity = lane_active ? partial : (is_max ? -INFINITY : U(0));
+  static_assert(std::is_same_v<decltype(old_identity), float>, "the bug: the reduction ran in float");
+  CHECK(static_cast<U>(old_identity) != partial);  // 2^40 + 1 is not a float
+  // The reducer's types: identities and storage in the element type.
+  static_assert(std::is_same_v<decltype(SumOp::identity<U>()), U>);
+  static_assert(std::is_same_v<decltype(MaxOp::identity<U>()), U>);
+  static_assert(std::is_same_v<decltype(MaxOp::identity<float>()), float>);
+  static_assert(std::is_same_v<decltype(cuda_detail::BlockShared<U, 256>{}.result), U>);
+  CHECK(SumOp::identity<U>() == 0);
+  CHECK(MaxOp::identity<U>() == 0);
+  CHECK(MaxOp::identity<long long>() == std::numeric_limits<long long>::lowest());
+  CHECK(MaxOp::identity<float>() == -std::numeric_limits<float>::infinity());
+  CHECK(SumOp{}(partial, partial) == 2 * partial);
+  CHECK(MaxOp{}(partial, partial + 1) == partial + 1);
+  CHECK(MaxOp{}(1.0f, NAN) == 1.0f);  // fmaxf: a NaN operand loses
+}
+
+// ---- cuBLASLt descriptors and preferences ---------------------------------------------------
+
+template <cublasLtMatmulPreferenceAttributes_t A>
+void check_pref_size(cublasLtMatmulPreference_t pref) {
+  std::size_t written = 0;
+  REQUIRE(cublasLtMatmulPreferenceGetAttribute(pref, A, nullptr, 0, &written) == CUBLAS_STATUS_SUCCESS);
+  INFO("preference attribute ", static_cast<int>(A));
+  CHECK(written == sizeof(typename LtPrefAttr<A>::type));
+}
+template <cublasLtMatmulDescAttributes_t A>
+void check_desc_size(cublasLtMatmulDesc_t desc) {
+  std::size_t written = 0;
+  REQUIRE(cublasLtMatmulDescGetAttribute(desc, A, nullptr, 0, &written) == CUBLAS_STATUS_SUCCESS);
+  INFO("descriptor attribute ", static_cast<int>(A));
+  CHECK(written == sizeof(typename LtDescAttr<A>::type));
+}
+
+TEST_CASE("every cuBLASLt attribute the library sets has the size cuBLASLt declares") {
+  cublasLtMatmulPreference_t pref = nullptr;
+  REQUIRE(cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS);
+  check_pref_size<CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES>(pref);
+  check_pref_size<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES>(pref);
+  check_pref_size<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES>(pref);
+  check_pref_size<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES>(pref);
+  check_pref_size<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES>(pref);
+  // The bug this guards: an 8-byte alignment value is refused (so every plan threw).
+  const std::uint64_t wide = 16;
+  CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &wide, sizeof wide) ==
+        CUBLAS_STATUS_INVALID_VALUE);
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatmulDesc_t desc = nullptr;
+  REQUIRE(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+  check_desc_size<CUBLASLT_MATMUL_DESC_TRANSA>(desc);
+  check_desc_size<CUBLASLT_MATMUL_DESC_TRANSB>(desc);
+  check_desc_size<CUBLASLT_MATMUL_DESC_EPILOGUE>(desc);
+  check_desc_size<CUBLASLT_MATMUL_DESC_BIAS_POINTER>(desc);
+  check_desc_size<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER>(desc);
+  check_desc_size<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD>(desc);
+  cublasLtMatmulDescDestroy(desc);
+}
+
+// The three GEMMs of a Linear layer (forward, dX, dW) at `rows` rows, as the ops issue them.
+template <class TIn, class TOut>
+int describe_linear(std::int64_t rows, std::int64_t in, std::int64_t out, bool bias, bool gelu) {
+  int built = 0;
+  const compute_t<TOut> alpha = 1, beta = 0;
+  auto describe = [&](Op op_a, MatrixView<const TIn, Cuda> a, Op op_b, MatrixView<const TIn, Cuda> b,
+                      MatrixView<TOut, Cuda> c, GemmEpilogue<TOut, Cuda> epi) {
+    const GemmDims d = detail::check_gemm(op_a, a, op_b, b, c, epi, 0.0);
+    const LtProblem plain = lt_problem(op_a, a, op_b, b, c, d, &alpha, &beta);
+    const LtProblem fused = lt_with_epilogue(plain, epi);
+    INFO("rows ", rows, " in ", in, " out ", out, " epilogue ", to_string(epi.kind));
+    for (const LtProblem* p : {&plain, &fused}) {
+      LtDescriptors desc;
+      REQUIRE_NOTHROW(desc = lt_describe(*p, LtGemm::kWorkspaceBytes));
+      std::uint32_t align = 0;
+      std::size_t written = 0;
+      REQUIRE(cublasLtMatmulPreferenceGetAttribute(desc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align,
+                                                   sizeof align, &written) == CUBLAS_STATUS_SUCCESS);
+      CHECK(align == lt_alignment(p->a));
+      std::uint32_t epilogue = 0;
+      REQUIRE(cublasLtMatmulDescGetAttribute(desc.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue,
+                                             &written) == CUBLAS_STATUS_SUCCESS);
+      CHECK(epilogue == static_cast<std::uint32_t>(p->epilogue));
+      ++built;
+    }
+  };
+  const MatrixView<const TIn, Cuda> x(fake_pointer<const TIn>(), rows, in), w(fake_pointer<const TIn>(1 << 20), out, in);
+  const MatrixView<const TIn, Cuda> dy(fake_pointer<const TIn>(2 << 20), rows, out);
+  MatrixView<TOut, Cuda> y(fake_pointer<TOut>(3 << 20), rows, out), dx(fake_pointer<TOut>(4 << 20), rows, in);
+  MatrixView<TOut, Cuda> dw(fake_pointer<TOut>(5 << 20), out, in), pre(fake_pointer<TOut>(6 << 20), rows, out);
+  const TOut* b = fake_pointer<const TOut>(7 << 20);
+  TOut* db = fake_pointer<TOut>(8 << 20);
+  auto forward = gelu ? GemmEpilogue<TOut, Cuda>::gelu_aux_bias(b, pre)
+                      : bias ? GemmEpilogue<TOut, Cuda>::with_bias(b) : GemmEpilogue<TOut, Cuda>::none();
+  describe(Op::N, x, Op::T, w, y, forward);
+  describe(Op::N, dy, Op::N, w, dx, GemmEpilogue<TOut, Cuda>::none());
+  describe(Op::T, dy, Op::N, x, dw, bias ? GemmEpilogue<TOut, Cuda>::with_bias_grad(db) : GemmEpilogue<TOut, Cuda>::none());
+  if (gelu) describe(Op::N, x, Op::T, w, y, GemmEpilogue<TOut, Cuda>::dgelu(pre));  // the DGELU shape (rows x out)
+  return built;
+}
+
+TEST_CASE("the descriptors, layouts and preferences of every GEMM of the model build without a device") {
+  for (const ModelShape& m : model_shapes()) {
+    const DiT model(m.cfg);
+    int built = 0;
+    for (const ParamSpec& s : model.layout().specs()) {
+      if (s.shape.size() != 2) continue;
+      const std::int64_t out = s.shape[0], in = s.shape[1];
+      const bool bias = model.layout().find(s.name.substr(0, s.name.size() - 6) + "bias") >= 0;
+      const bool gelu = s.name.find("mlp.0") != std::string::npos;
+      for (std::int64_t rows : {m.batch, m.batch * m.seq, std::int64_t{121}}) {
+        built += describe_linear<float, float>(rows, in, out, bias, gelu);
+        built += describe_linear<bf16, bf16>(rows, in, out, bias, gelu);
+        built += describe_linear<bf16, float>(rows, in, out, bias, gelu);
+      }
+    }
+    INFO(m.name);
+    CHECK(built > 100);
+  }
+}
+
+TEST_CASE("GELU_AUX and DGELU epilogues are fused only with an aux leading dimension divisible by 8") {
+  LtProblem p;
+  p.epilogue = CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+  p.aux = fake_pointer<float>();
+  p.ldaux = 3072;
+  CHECK(lt_epilogue_fusable(p));
+  p.ldaux = 3071;
+  CHECK_FALSE(lt_epilogue_fusable(p));
+  p.epilogue = CUBLASLT_EPILOGUE_DGELU;
+  CHECK_FALSE(lt_epilogue_fusable(p));
+  p.ldaux = 3072;
+  p.aux = fake_pointer<float>(4);  // aux pointer not 16-byte aligned
+  CHECK_FALSE(lt_epilogue_fusable(p));
+  p.epilogue = CUBLASLT_EPILOGUE_BIAS;  // no aux: nothing to check
+  CHECK(lt_epilogue_fusable(p));
+  CHECK(lt_alignment(fake_pointer<float>(0)) == 256);
+  CHECK(lt_alignment(fake_pointer<float>(2)) == 2);
+  CHECK(lt_alignment(fake_pointer<float>(48)) == 16);
+}
