@@ -4,8 +4,9 @@
 #   - OpenBLAS (OpenMP build) is linked statically, with libgfortran and libquadmath;
 #   - the CUDA runtime is linked statically; cuBLASLt comes from the GPU machine's CUDA 13;
 #   - libutf8proc, Google Benchmark and libgomp are copied into build-device/lib.
-# Everything device-check.sh runs is staged in build-device/stage (well under 64 MiB): carry
-# that one path and run scripts/device-check.sh there (see /work/.library/device/README.md).
+# Everything device-check.sh runs is staged in build-device/stage and packed into
+# build-device/stage.tar.xz (~5 MB): carry that one path and run scripts/device-check.sh there,
+# which unpacks it (see /work/.library/device/README.md for the tool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -29,3 +30,6 @@ echo "shared libraries the staged binaries need:"
 for b in "$S"/bin/*; do ldd "$b" | awk '{print $1}'; done | sort -u | grep -v -E '^(linux-vdso|/lib64/ld-linux)' | tr '\n' ' '
 echo
 du -sh "$S"
+# The tree that travels is at most 64 MiB with the repository: carry the compressed stage.
+tar -C build-device -cJf build-device/stage.tar.xz stage
+ls -la build-device/stage.tar.xz

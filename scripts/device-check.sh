@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks on the lent machine, after scripts/device-build.sh here (carry build-device/stage).
+# The GPU checks on the lent machine, after scripts/device-build.sh here (carry build-device/stage.tar.xz).
 #   scripts/device-check.sh correctness   CPU-side CUDA checks, the CUDA tests, compute-sanitizer
 #                                         (memcheck; racecheck on the sampler and reduction
 #                                         kernels) where it works, the golden fixtures through
@@ -18,6 +18,7 @@ S=${MDLM_STAGE:-build-device/stage}
 B=$S/bin
 PHASE=${1:-all}
 mkdir -p "$OUT"
+if [ -f build-device/stage.tar.xz ] && [ ! -d "$S/bin" ]; then tar -C build-device -xJf build-device/stage.tar.xz; fi
 SUMMARY=$OUT/summary.txt
 LOG=$OUT/log.txt
 : >"$SUMMARY"
@@ -37,7 +38,7 @@ export LD_LIBRARY_PATH="$PWD/$S/lib$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PAT
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 say "GPU: ${gpu:-none found (nvidia-smi: $(nvidia-smi -L 2>&1 | head -1))}"
 say "driver: $(nvidia-smi 2>/dev/null | grep -o 'Driver Version: [0-9.]*  *CUDA Version: [0-9.]*' | head -1)"
-say "CUDA runtime: $(cat "$S/BUILD_INFO" 2>/dev/null || echo 'unknown (no BUILD_INFO)'); cuBLASLt here: $(ldd "$B/mdlm_tests_cuda" 2>/dev/null | awk '/cublasLt/ {print $3}')"
+say "CUDA runtime: $(cat "$S/BUILD_INFO" 2>/dev/null || echo 'unknown (no BUILD_INFO)'); cuBLASLt here: $(ldd "$B/mdlm_tests_cuda" 2>/dev/null | awk '/cublasLt/ {print ($3 == "not" ? "not found" : $3)}')"
 
 # ---- preflight: every shared library of every binary resolves ------------------------------
 missing=""
@@ -62,7 +63,7 @@ say "PASS preflight: every library of $(ls "$B" | wc -l) binaries resolves"
 # one summary line with its numbers (detail_of) and the whole output to log.txt.
 deadline=0
 detail_of() {  # the numbers worth a summary line, from a check's output
-  grep -h -E '\[doctest\] (test cases|assertions)|"max_rel_err|"pass"|^step |nats|host==cuda|ERROR SUMMARY|Benchmark|_mean|tokens/s|TFLOP|worst GELU|SKIPPED' "$1" |
+  grep -h -E '\[doctest\] (test cases|assertions)|"max_rel_err|"pass"|^step |nats|host==cuda|ERROR SUMMARY|Benchmark|_mean|tokens/s|TFLOP|worst GELU|SKIPPED|[Ee]rror' "$1" |
     sed -e 's/\[doctest\] //' | tail -n 6 | tr -s ' \n' ' ' | cut -c1-600
 }
 check() {
@@ -80,6 +81,7 @@ check() {
   status=PASS
   [ $rc -ne 0 ] && status=FAIL
   [ $rc -eq 124 ] && status="FAIL(timeout ${limit}s)"
+  [ $rc -eq 77 ] && status=SKIP  # the CUDA tests found no GPU
   say "$status $name rc=$rc $(printf '%.1f' "$secs")s $(detail_of "$tmp")"
   { echo "===== $name: $* (rc=$rc, ${secs}s)"; cat "$tmp"; } >>"$LOG"
   rm -f "$tmp"
