@@ -250,6 +250,7 @@ TEST_CASE("CUDA errors and bad shapes surface as mdlm::Error") {
                        MatrixView<const float, Cuda>(a.data(), 4, 4), MatrixView<float, Cuda>(a.data(), 4, 4)),
                   Error);
   CHECK_THROWS_AS(MDLM_CUDA_CHECK(cudaSetDevice(1 << 20)), Error);
+  CHECK(cudaGetLastError() == cudaSuccess);  // a failed check clears the error it reported
   CHECK_THROWS_AS(DeviceBuffer<float>(Shape{std::int64_t{1} << 50}), Error);  // 4 PiB
   // The failed allocation must not leave the runtime's error set: the next launch check would
   // report a bogus out-of-memory.
@@ -265,6 +266,22 @@ TEST_CASE("CUDA errors and bad shapes surface as mdlm::Error") {
   Arena<Cuda> growable(1 << 20);
   CHECK_NOTHROW(growable.alloc<float>(Shape{1 << 20}));
   CHECK(growable.block_count() == 2);
+}
+
+TEST_CASE("buffers and arenas made with a context live on the context's device") {
+  Cuda ctx(Cuda::device_count() - 1);  // the last device: not the default one where there are several
+  auto device_of = [](const void* p) {
+    cudaPointerAttributes attr{};
+    MDLM_CUDA_CHECK(cudaPointerGetAttributes(&attr, p));
+    return attr.device;
+  };
+  MDLM_CUDA_CHECK(cudaSetDevice(0));  // another device current (where there are several)
+  DeviceBuffer<float> b(ctx, Shape{256});
+  CHECK(device_of(b.data()) == ctx.device());
+  Arena<Cuda> arena(ctx, 1 << 12);
+  auto v = arena.alloc<float>(Shape{1 << 12});  // grows: the new block too
+  CHECK(device_of(v.data) == ctx.device());
+  CHECK(arena.block_count() == 2);
 }
 
 // Exact integer sums through the block reduction (the confidence sampler's fixed-point mass):
