@@ -114,3 +114,60 @@ TEST_CASE("Host::parallel_for covers every index exactly once") {
   host.parallel_for(1000, [&](std::int64_t i) { hits[static_cast<std::size_t>(i)] += 1; });
   for (int h : hits) REQUIRE(h == 1);
 }
+
+// (std::max_element and omp_get_thread_num come with mdlm.hpp: backend/host.hpp.)
+// One index's view of its thread's floating-point mode: FTZ|DAZ bits, and whether a denormal
+// product (1e-38 * 1e-3 = 1e-41, below FLT_MIN) and a denormal input survive.
+struct FpModeSample {
+  unsigned bits = 0;
+  bool product_survives = false, input_survives = false;
+};
+
+inline FpModeSample sample_fp_mode() {
+  volatile float x = 1e-38f, y = 1e-3f;
+  const float product = x * y;
+  volatile float denormal = 1e-41f;  // a denormal constant, read as an input
+  const float doubled = denormal * 2.0f;
+  return {host_fp::flush_bits(), product != 0.0f, doubled != 0.0f};
+}
+
+TEST_CASE("Host: compute threads flush denormals (FTZ + DAZ) by default; flush_denormals = false keeps them") {
+#if defined(__x86_64__) || defined(__i386__)
+  for (int threads : {1, 2, 3, 5}) {  // 3 and 5: more workers than before, created by this loop
+    CAPTURE(threads);
+    for (bool flush : {true, false, true}) {
+      CAPTURE(flush);
+      Host host;
+      host.threads = threads;
+      host.flush_denormals = flush;
+      const std::int64_t n = 64;
+      std::vector<FpModeSample> seen(static_cast<std::size_t>(n));
+      std::vector<int> tid(static_cast<std::size_t>(n));
+      host.parallel_for(n, [&](std::int64_t i) {
+        seen[static_cast<std::size_t>(i)] = sample_fp_mode();
+        tid[static_cast<std::size_t>(i)] = omp_get_thread_num();
+      });
+      CHECK(*std::max_element(tid.begin(), tid.end()) == threads - 1);  // every thread took part
+      for (const FpModeSample& s : seen) {
+        CHECK(s.bits == (flush ? (host_fp::kFtz | host_fp::kDaz) : 0u));
+        CHECK(s.product_survives == !flush);
+        CHECK(s.input_survives == !flush);
+      }
+      // The calling thread keeps the mode after the loop (the denormal-heavy code between
+      // parallel loops runs in it too).
+      const FpModeSample caller = sample_fp_mode();
+      CHECK(caller.product_survives == !flush);
+      // enter(): the calling thread and a team of omp_get_max_threads() (what an OpenMP BLAS uses).
+      host.flush_denormals = !flush;
+      host.enter();
+      std::vector<FpModeSample> pool(static_cast<std::size_t>(omp_get_max_threads()));
+#pragma omp parallel num_threads(omp_get_max_threads())
+      pool[static_cast<std::size_t>(omp_get_thread_num())] = sample_fp_mode();
+      for (const FpModeSample& s : pool) CHECK(s.product_survives == flush);
+    }
+  }
+  host_fp::set_flush_denormals(false);  // leave the test thread as it was
+#else
+  MESSAGE("no MXCSR on this architecture: flush_denormals is a no-op");
+#endif
+}

@@ -136,6 +136,7 @@ void gemm(const Host& ctx, Op op_a, MatrixView<TA, Host> a, Op op_b, MatrixView<
       for (std::int64_t j = 0; j < d.n; ++j) c.data[i * c.ld + j] = beta == 0 ? T(0) : beta * c.data[i * c.ld + j];
     });
   } else {
+    ctx.enter();  // the BLAS's threads (the OpenMP pool) in the context's denormal mode
     detail::cblas_gemm<T>(op_a, op_b, d, alpha, a.data, a.ld, b.data, b.ld, beta, c.data, c.ld);
   }
   switch (epi.kind) {
