@@ -2,6 +2,8 @@
 // gradient bookkeeping.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -191,4 +193,130 @@ TEST_CASE("tape: fan-out gradients add up, slices write into their parent's grad
         return GatedResidualOp<Host, double>::forward(t, g.var(2), y, V{}, 1);
       },
       {&c, &w, &base});
+}
+
+namespace {
+
+// max |a - b| / max |ref| over one tensor (0 when both are all zero).
+template <class T>
+double rel_max_error(const std::vector<T>& got, const std::vector<T>& ref) {
+  double err = 0, mag = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    err = std::max(err, std::abs(static_cast<double>(got[i]) - static_cast<double>(ref[i])));
+    mag = std::max(mag, std::abs(static_cast<double>(ref[i])));
+  }
+  return mag > 0 ? err / mag : err;
+}
+
+// One attention problem: qkv (B*T, 3C) with a padded leading dimension, dout (B*T, C).
+template <class T>
+struct AttentionCase {
+  std::int64_t batches, seq, heads, d, cdim, ld;
+  std::vector<T> qkv, dout, dqkv_init;
+  AttentionCase(std::int64_t b, std::int64_t t, std::int64_t h, std::int64_t dd, std::uint64_t seed)
+      : batches(b), seq(t), heads(h), d(dd), cdim(h * dd), ld(3 * h * dd + 5) {
+    qkv = random_vector<T>(static_cast<std::size_t>(b * t * ld), seed);
+    for (auto& x : qkv) x *= T(2);  // peaked enough that the softmax is not uniform
+    dout = random_vector<T>(static_cast<std::size_t>(b * t * cdim), seed + 1);
+    dqkv_init = random_vector<T>(static_cast<std::size_t>(b * t * 3 * cdim), seed + 2);
+  }
+  MatrixView<const T, Host> qkv_view() const { return {qkv.data(), batches * seq, 3 * cdim, ld}; }
+  MatrixView<const T, Host> dout_view() const { return {dout.data(), batches * seq, cdim}; }
+
+  struct Result {
+    std::vector<T> out, probs, out_inference, dqkv, dqkv_acc;
+  };
+  template <bool Reference>
+  Result run(const Host& host, bool causal) const {
+    Result r;
+    r.out.assign(static_cast<std::size_t>(batches * seq * cdim), T(0));
+    r.out_inference = r.out;
+    r.probs.assign(static_cast<std::size_t>(batches * heads * seq * seq), T(-7));
+    MatrixView<T, Host> out(r.out.data(), batches * seq, cdim), out_inf(r.out_inference.data(), batches * seq, cdim);
+    r.dqkv.assign(dqkv_init.size(), T(99));
+    r.dqkv_acc = dqkv_init;
+    MatrixView<T, Host> dqkv(r.dqkv.data(), batches * seq, 3 * cdim), dqkv_acc(r.dqkv_acc.data(), batches * seq, 3 * cdim);
+    if constexpr (Reference) {
+      attention_forward_reference<T>(host, qkv_view(), seq, heads, causal, r.probs.data(), out);
+      attention_forward_reference<T>(host, qkv_view(), seq, heads, causal, nullptr, out_inf);
+      attention_backward_reference<T>(host, dout_view(), qkv_view(), r.probs.data(), seq, heads, causal, dqkv, false);
+      attention_backward_reference<T>(host, dout_view(), qkv_view(), r.probs.data(), seq, heads, causal, dqkv_acc, true);
+    } else {
+      attention_forward<T>(host, qkv_view(), seq, heads, causal, r.probs.data(), out);
+      attention_forward<T>(host, qkv_view(), seq, heads, causal, nullptr, out_inf);
+      attention_backward<T>(host, dout_view(), qkv_view(), r.probs.data(), seq, heads, causal, dqkv, false);
+      attention_backward<T>(host, dout_view(), qkv_view(), r.probs.data(), seq, heads, causal, dqkv_acc, true);
+    }
+    return r;
+  }
+};
+
+// dQ, dK, dV column blocks of a (B*T, 3C) gradient.
+template <class T>
+std::vector<T> grad_part(const std::vector<T>& g, std::int64_t cdim, int part) {
+  std::vector<T> out;
+  for (std::size_t row = 0; row < g.size() / static_cast<std::size_t>(3 * cdim); ++row)
+    for (std::int64_t c = 0; c < cdim; ++c) out.push_back(g[row * static_cast<std::size_t>(3 * cdim) + static_cast<std::size_t>(part * cdim + c)]);
+  return out;
+}
+
+template <class T>
+void check_gemm_attention_matches_reference(double tol) {
+  Host host;
+  std::uint64_t seed = 100;
+  for (std::int64_t seq : {1, 7, 64, 130}) {
+    for (std::int64_t d : {8, 16, 32, 64}) {
+      for (bool causal : {false, true}) {
+        CAPTURE(seq);
+        CAPTURE(d);
+        CAPTURE(causal);
+        const AttentionCase<T> c(2, seq, 3, d, seed++);
+        const auto ref = c.template run<true>(host, causal);
+        const auto got = c.template run<false>(host, causal);
+        CHECK(rel_max_error(got.out, ref.out) < tol);
+        CHECK(rel_max_error(got.probs, ref.probs) < tol);
+        CHECK(got.out_inference == got.out);  // inference (no saved probabilities): the same bits
+        if (causal) {  // the saved-probabilities contract: exact zeros above the diagonal
+          bool zeros = true;
+          for (std::int64_t bh = 0; bh < 2 * 3; ++bh)
+            for (std::int64_t i = 0; i < seq; ++i)
+              for (std::int64_t j = i + 1; j < seq; ++j) zeros = zeros && got.probs[static_cast<std::size_t>((bh * seq + i) * seq + j)] == T(0);
+          CHECK(zeros);
+        }
+        for (int part = 0; part < 3; ++part) {
+          CAPTURE(part);  // 0 dQ, 1 dK, 2 dV
+          CHECK(rel_max_error(grad_part(got.dqkv, c.cdim, part), grad_part(ref.dqkv, c.cdim, part)) < tol);
+          CHECK(rel_max_error(grad_part(got.dqkv_acc, c.cdim, part), grad_part(ref.dqkv_acc, c.cdim, part)) < tol);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("Host GEMM attention equals the reference: output, probabilities, dQ, dK, dV (fp32, fp64)") {
+  check_gemm_attention_matches_reference<float>(1e-5);
+  check_gemm_attention_matches_reference<double>(1e-12);
+}
+
+TEST_CASE("Host GEMM attention: the same bits on every run and thread count") {
+  for (bool causal : {false, true}) {
+    CAPTURE(causal);
+    const AttentionCase<float> c(3, 130, 4, 32, 7);
+    Host one;
+    one.threads = 1;
+    const auto base = c.run<false>(one, causal);
+    for (int threads : {1, 2, 3, 5}) {
+      CAPTURE(threads);
+      Host host;
+      host.threads = threads;
+      const auto r = c.run<false>(host, causal);
+      CHECK(r.out == base.out);
+      CHECK(r.probs == base.probs);
+      CHECK(r.out_inference == base.out_inference);
+      CHECK(r.dqkv == base.dqkv);
+      CHECK(r.dqkv_acc == base.dqkv_acc);
+    }
+  }
 }
