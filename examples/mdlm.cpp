@@ -7,6 +7,8 @@
 //   mdlm info [--preset tiny|small|medium] [--vocab V] [--ar 0|1] [--verbose 0|1]
 //   mdlm check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]
 //   mdlm tokenize --tokenizer gpt2:DIR|wordpiece:FILE|bytes [--jsonl] [--special]
+// Every command takes --threads N (or the environment variable MDLM_NUM_THREADS; the flag wins):
+// the Host backend's thread count, the OpenMP default and OpenBLAS's thread count, all N.
 // Errors are reported as "mdlm: error: ..." with exit code 2.
 #include <algorithm>
 #include <chrono>
@@ -16,9 +18,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
+
+#include <omp.h>
 
 #ifndef MDLM_WITH_CUDA
 #define MDLM_WITH_CUDA 0
@@ -32,6 +37,56 @@
 namespace {
 
 using namespace mdlm;
+
+// Threads for the Host backend (--threads / MDLM_NUM_THREADS); 0 = OpenMP's default.
+int g_threads = 0;
+
+// A Host context with the program's thread count.
+Host host_context() {
+  Host h;
+  h.threads = g_threads;
+  return h;
+}
+
+int parse_threads(const std::string& v, const char* what) {
+  std::size_t used = 0;
+  long long n = 0;
+  try {
+    n = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  MDLM_CHECK(used == v.size() && !v.empty() && n >= 1 && n <= 4096, what, " expects a thread count in [1, 4096], got '", v, "'");
+  return static_cast<int>(n);
+}
+
+// Takes --threads N out of argv (anywhere on the command line) or reads MDLM_NUM_THREADS, and
+// applies it: the Host contexts' thread count, OpenMP's default (the tokenizers' and the
+// trainer's loops) and OpenBLAS's thread count agree.
+void apply_threads(std::vector<char*>& args) {
+  std::string value;
+  const char* source = "MDLM_NUM_THREADS";
+  for (std::size_t i = 1; i < args.size();) {
+    if (std::string(args[i]) == "--threads") {
+      MDLM_CHECK(i + 1 < args.size(), "flag '--threads' needs a value");
+      value = args[i + 1];
+      source = "--threads";
+      args.erase(args.begin() + static_cast<std::ptrdiff_t>(i), args.begin() + static_cast<std::ptrdiff_t>(i + 2));
+    } else {
+      ++i;
+    }
+  }
+  if (value.empty()) {
+    const char* env = std::getenv("MDLM_NUM_THREADS");
+    if (env == nullptr || *env == 0) return;
+    value = env;
+  }
+  g_threads = parse_threads(value, source);
+  omp_set_num_threads(g_threads);
+#ifdef OPENBLAS_VERSION
+  openblas_set_num_threads(g_threads);
+#endif
+}
 
 // --flag value pairs after the subcommand; unknown flags are errors.
 struct Args {
@@ -107,7 +162,7 @@ int demo(const Args& args) {
   auto bias = uniform_pm1<float>(rng, 3, static_cast<std::size_t>(n));
   std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end()), bd(bias.begin(), bias.end());
   std::vector<double> ref(static_cast<std::size_t>(n * n)), ref_aux(ref.size());
-  Host host;
+  Host host = host_context();
   gemm(host, Op::N, MatrixView<const double, Host>(xd.data(), n, n), Op::T,
        MatrixView<const double, Host>(wd.data(), n, n), MatrixView<double, Host>(ref.data(), n, n),
        GemmEpilogue<double, Host>::gelu_aux_bias(bd.data(), MatrixView<double, Host>(ref_aux.data(), n, n)));
@@ -215,7 +270,7 @@ int check_fixture(int argc, char** argv) {
   GoldenReport rep;
   if (backend == "host") {
     MDLM_CHECK(dtype != "bf16", "--dtype bf16 runs on the CUDA backend only");
-    Host host;
+    Host host = host_context();
     rep = dtype == "f64" ? check_golden<Host, double>(host, g) : check_golden<Host, float>(host, g);
   } else {
 #if MDLM_WITH_CUDA
@@ -379,7 +434,7 @@ int train(const Args& args) {
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
   TrainResult r;
   if (backend == "host") {
-    Host host;
+    Host host = host_context();
     r = Trainer<Host, float, float>{}.run(host, cfg);
   } else {
 #if MDLM_WITH_CUDA
@@ -414,7 +469,7 @@ int eval(const Args& args) {
   ParamStore<Host, float> store(model.layout());
   const auto& weights = args.integer("--ema") != 0 ? c.tensors.ema : c.tensors.master;
   std::copy(weights.begin(), weights.end(), store.values().data());
-  Host host;
+  Host host = host_context();
   EvalResult r = evaluate(host, model, store.params(), set, meta.specials.mask, args.integer("--batch"), args.integer("--batches"),
                           c.training_state.value("seed", std::uint64_t{0}) + 1);
   std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", \"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
@@ -519,7 +574,7 @@ const std::map<std::string, std::string> kSampleDefaults = {
 
 int sample_cmd(const Args& args) {
   LoadedModel m(args.str("--checkpoint"));
-  Host host;
+  Host host = host_context();
   Generated g = generate(m, args, host);
   const bool json = args.integer("--json") != 0;
   with_tokenizer(m.tokenizer, [&](const auto& tok) {
@@ -558,7 +613,7 @@ int gen_ppl(const Args& args) {
   MDLM_CHECK(scorer.model.config().ar, "--scorer must be an AR checkpoint");
   MDLM_CHECK(scorer.tokenizer == m.tokenizer && scorer.model.config().vocab == m.model.config().vocab,
              "the scorer's tokenizer (", scorer.tokenizer, ") differs from the sampler's (", m.tokenizer, ")");
-  Host host;
+  Host host = host_context();
   Generated g = generate(m, args, host);
   Tape<Host, float> tape(host);
   auto out = Autoregressive{}.loss(tape, scorer.model, scorer.store.params(), TokenBatch{g.ids.data(), g.n, g.len, nullptr});
@@ -598,13 +653,19 @@ void usage() {
       "  eval --gen-ppl --scorer AR_CHECKPOINT --checkpoint MDLM_CHECKPOINT [sample flags]\n"
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       run a golden fixture (forward, loss, backward) and\n"
-      "                                       print a JSON report; exit 0 only within tolerance\n");
+      "                                       print a JSON report; exit 0 only within tolerance\n"
+      "every command: --threads N (or MDLM_NUM_THREADS=N) CPU threads of the Host backend and BLAS\n");
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc_in, char** argv_in) {
   try {
+    std::vector<char*> args(argv_in, argv_in + argc_in);
+    apply_threads(args);
+    args.push_back(nullptr);  // argv[argc] == nullptr, as for main
+    const int argc = static_cast<int>(args.size()) - 1;
+    char** argv = args.data();
     if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
       usage();
       return argc < 2 ? 2 : 0;
