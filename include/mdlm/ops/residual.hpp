@@ -6,6 +6,7 @@
 // and an index range reserved on the tape), so forward and backward agree on every backend.
 // Backward: dx = dout;  dy = dout * gate[b] * keep / (1 - p);  dgate[b] = sum_t dout * drop(y)
 
+#include <algorithm>
 #include <cstdint>
 
 #include "mdlm/autograd/tape.hpp"
@@ -45,6 +46,12 @@ void gated_residual_forward(const Host& ctx, MatrixView<const T, Host> x, Matrix
   });
 }
 
+// Host backward. With a gate gradient, one pass per (sequence, block of kResidualColBlock
+// columns) draws each keep decision once for dy and dgate (a Philox block per element is most
+// of this op's cost); dgate[b, c] still sums over t in ascending order, so the bits are those of
+// a separate reduction.
+inline constexpr std::int64_t kResidualColBlock = 32;
+
 template <class T>
 void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, MatrixView<const T, Host> y,
                              MatrixView<const T, Host> gate, std::int64_t seq_len, DropoutSite drop,
@@ -52,37 +59,47 @@ void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, Ma
                              MatrixView<T, Host> dgate, bool accumulate_dgate) {
   using C = compute_t<T>;
   const std::int64_t cols = dout.cols;
-  ctx.parallel_for(dout.rows, [&](std::int64_t r) {
-    const std::int64_t b = r / seq_len;
-    for (std::int64_t c = 0; c < cols; ++c) {
-      const C g = dout.data[r * dout.ld + c];
-      if (dx.data != nullptr) {
-        T& o = dx.data[r * dx.ld + c];
-        o = accumulate_dx ? static_cast<T>(o + g) : static_cast<T>(g);
-      }
-      if (dy.data != nullptr) {
-        C v = drop.keep(static_cast<std::uint64_t>(r * cols + c)) ? g * drop.template scale<C>() : C(0);
-        if (gate.data != nullptr) v *= gate.data[b * gate.ld + c];
-        T& o = dy.data[r * dy.ld + c];
-        o = accumulate_dy ? static_cast<T>(o + v) : static_cast<T>(v);
+  // dx and dy of element (r, c), given its keep decision.
+  auto dx_dy = [&](std::int64_t r, std::int64_t c, std::int64_t b, bool keep) {
+    const C g = dout.data[r * dout.ld + c];
+    if (dx.data != nullptr) {
+      T& o = dx.data[r * dx.ld + c];
+      o = accumulate_dx ? static_cast<T>(o + g) : static_cast<T>(g);
+    }
+    if (dy.data != nullptr) {
+      C v = keep ? g * drop.template scale<C>() : C(0);
+      if (gate.data != nullptr) v *= gate.data[b * gate.ld + c];
+      T& o = dy.data[r * dy.ld + c];
+      o = accumulate_dy ? static_cast<T>(o + v) : static_cast<T>(v);
+    }
+  };
+  if (dgate.data == nullptr) {
+    ctx.parallel_for(dout.rows, [&](std::int64_t r) {
+      const std::int64_t b = r / seq_len;
+      for (std::int64_t c = 0; c < cols; ++c)
+        dx_dy(r, c, b, dy.data != nullptr && drop.keep(static_cast<std::uint64_t>(r * cols + c)));
+    });
+    return;
+  }
+  const std::int64_t batches = dout.rows / seq_len, blocks = (cols + kResidualColBlock - 1) / kResidualColBlock;
+  ctx.parallel_for(batches * blocks, [&](std::int64_t task) {
+    const std::int64_t b = task / blocks, c0 = (task % blocks) * kResidualColBlock;
+    const std::int64_t nc = std::min(kResidualColBlock, cols - c0);
+    C s[kResidualColBlock] = {};
+    for (std::int64_t t = 0; t < seq_len; ++t) {
+      const std::int64_t r = b * seq_len + t;
+      for (std::int64_t k = 0; k < nc; ++k) {
+        const std::int64_t c = c0 + k;
+        const bool keep = drop.keep(static_cast<std::uint64_t>(r * cols + c));
+        dx_dy(r, c, b, keep);
+        if (keep) s[k] += C(dout.data[r * dout.ld + c]) * C(y.data[r * y.ld + c]) * drop.template scale<C>();
       }
     }
+    for (std::int64_t k = 0; k < nc; ++k) {
+      T& o = dgate.data[b * dgate.ld + c0 + k];
+      o = accumulate_dgate ? static_cast<T>(o + s[k]) : static_cast<T>(s[k]);
+    }
   });
-  if (dgate.data != nullptr) {
-    const std::int64_t batches = dout.rows / seq_len;
-    ctx.parallel_for(batches * cols, [&](std::int64_t i) {
-      const std::int64_t b = i / cols, c = i % cols;
-      C s = 0;
-      for (std::int64_t t = 0; t < seq_len; ++t) {
-        const std::int64_t r = b * seq_len + t;
-        if (drop.keep(static_cast<std::uint64_t>(r * cols + c))) {
-          s += C(dout.data[r * dout.ld + c]) * C(y.data[r * y.ld + c]) * drop.template scale<C>();
-        }
-      }
-      T& o = dgate.data[b * dgate.ld + c];
-      o = accumulate_dgate ? static_cast<T>(o + s) : static_cast<T>(s);
-    });
-  }
 }
 
 template <class B, class T, class G = T>
