@@ -527,6 +527,16 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
     for (std::int32_t id : tok.encode(args.str("--prompt"))) prompt.push_back(id);
     return 0;
   });
+  // Tokens the training data never contained stay out of samples (the model can only have
+  // learned that they are rare): their output bias is lowered by 1e4, which leaves every other
+  // token's probability as the renormalized rest. --allow-unseen keeps the model as trained.
+  if (args.integer("--allow-unseen") == 0 && m.ckpt.training_state.contains("unseen_ids")) {
+    auto bias = m.store.value("output_layer.linear.bias");
+    for (std::int32_t id : m.ckpt.training_state.at("unseen_ids").get<std::vector<std::int32_t>>()) {
+      MDLM_CHECK(id >= 0 && id < bias.rows * bias.cols, "checkpoint: unseen id ", id, " outside the vocabulary");
+      bias.data[id] -= 1e4f;
+    }
+  }
   Denoiser d = model_denoiser(host, m.model, m.store, m.mask_id);
   SampleResult r;
   const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
@@ -563,7 +573,16 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
     MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
 #endif
   }
-  r = semi_ar ? sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, n, len, window, stride) : sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  if (cfg.draw == DrawMode::Exact) {
+    // The batch shares each forward pass (the GPU path's loop on the Host kernels); it gives
+    // the per-sequence sample()'s tokens (tests/host/test_sampling.cpp).
+    auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
+      return sample_batched(host, m.model, m.store, m.mask_id, LogLinearSchedule{}, c, z0, n, span);
+    };
+    r = semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
+  } else {
+    r = semi_ar ? sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, n, len, window, stride) : sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  }
   return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "host", false, ""};
 }
 
@@ -649,7 +668,8 @@ void usage() {
       "         [--length L] [--stride S] [--window W] [--prompt TEXT] [--temperature T] [--top-p P]\n"
       "         [--top-k K] [--threshold C] [--seed S] [--num-samples N] [--json] [--paper-fp32-draws]\n"
       "         [--backend host|cuda] [--dtype f32|bf16] [--no-cuda-graph]  (cuda: every sampler on the device, fused step kernels,\n"
-      "         the loop replayed as a CUDA graph except for cached)\n"
+      "         the loop replayed as a CUDA graph except for cached) [--allow-unseen] (by default tokens\n"
+      "         the training data never contained are kept out of samples)\n"
       "  eval --gen-ppl --scorer AR_CHECKPOINT --checkpoint MDLM_CHECKPOINT [sample flags]\n"
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       run a golden fixture (forward, loss, backward) and\n"
@@ -687,12 +707,14 @@ int main(int argc_in, char** argv_in) {
       if (gen) {
         auto defaults = kSampleDefaults;
         defaults["--scorer"] = "";
-        return gen_ppl(Args(argc, argv, 2, defaults, {"--gen-ppl", "--paper-fp32-draws", "--no-cuda-graph"}));
+        return gen_ppl(Args(argc, argv, 2, defaults, {"--gen-ppl", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}));
       }
       return eval(Args(argc, argv, 2, {{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"},
                                        {"--batch", "16"}, {"--ema", "1"}}));
     }
-    if (cmd == "sample") return sample_cmd(Args(argc, argv, 2, kSampleDefaults, {"--json", "--paper-fp32-draws", "--no-cuda-graph"}));
+    if (cmd == "sample") {
+      return sample_cmd(Args(argc, argv, 2, kSampleDefaults, {"--json", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}));
+    }
     if (cmd == "tokenize") {
       return tokenize(Args(argc, argv, 2, {{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}));
     }

@@ -3,6 +3,7 @@
 // resume and NaN stop.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -247,6 +248,13 @@ TEST_CASE("trainer: a run stopped at step k and resumed gives exactly the same l
   CHECK(load_checkpoint(full_dir / "checkpoint.safetensors").tensors.master ==
         load_checkpoint(split_dir / "checkpoint.safetensors").tensors.master);
   CHECK(whole.valid.nats == b.valid.nats);
+  // The checkpoint lists the ids the training data never contains (samplers keep them out).
+  const auto unseen = load_checkpoint(full_dir / "checkpoint.safetensors").training_state.at("unseen_ids").get<std::vector<int>>();
+  CHECK(std::find(unseen.begin(), unseen.end(), 0) != unseen.end());    // NUL: not in the KJV
+  CHECK(std::find(unseen.begin(), unseen.end(), 'e') == unseen.end());  // 'e' is
+  for (int special : {256, 257, 259})  // BOS, EOS (the framing) and the mask id: never listed
+    CHECK(std::find(unseen.begin(), unseen.end(), special) == unseen.end());
+  CHECK(unseen.size() > 150);
   // What a run leaves to look at.
   CHECK(fs::exists(full_dir / "metrics.jsonl"));
   CHECK(fs::exists(full_dir / "metrics.csv"));

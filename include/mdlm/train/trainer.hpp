@@ -79,6 +79,21 @@ inline double unigram_cross_entropy(const Shard& train, const Shard& eval) {
   return h / static_cast<double>(eval.tokens.size());
 }
 
+// Ids that never occur in the training tokens nor in the framing (BOS, EOS) the batches add; the
+// mask id is not listed (SUBS keeps it out of every prediction). Recorded in the checkpoint:
+// samplers keep these ids out of samples, since the model can only have learned that they are
+// rare (e.g. the control bytes of a text corpus).
+inline std::vector<std::int32_t> unseen_ids(const Shard& train, std::int64_t vocab_size, const SpecialTokens& sp) {
+  std::vector<char> seen(static_cast<std::size_t>(vocab_size), 0);
+  for (std::int32_t t : train.tokens) seen[static_cast<std::size_t>(t)] = 1;
+  for (std::int32_t t : {sp.bos, sp.eos, sp.mask})
+    if (t >= 0 && t < vocab_size) seen[static_cast<std::size_t>(t)] = 1;
+  std::vector<std::int32_t> out;
+  for (std::int64_t v = 0; v < vocab_size; ++v)
+    if (!seen[static_cast<std::size_t>(v)]) out.push_back(static_cast<std::int32_t>(v));
+  return out;
+}
+
 // Validation over the first `batches` batches of `set` in order (0: all), with fixed draws
 // (seed, step = batch index) so every evaluation sees the same t and z_t.
 template <class B, class T, class G>
@@ -145,6 +160,7 @@ class Trainer {
 
     TrainResult result;
     result.unigram_nats = unigram_cross_entropy(train, valid);
+    const std::vector<std::int32_t> unseen = unseen_ids(train, cfg.model.vocab, meta.specials);
     std::int64_t start = 0;
     std::vector<float> master;
     if (cfg.resume && std::filesystem::exists(ckpt_path)) {
@@ -207,6 +223,7 @@ class Trainer {
       state["loader_index"] = pos.index;
       state["tokenizer"] = meta.tokenizer;
       state["mask_id"] = meta.specials.mask;
+      state["unseen_ids"] = unseen;
       save_checkpoint(ckpt_path, cfg.model, layout, t, state);
       last_saved = step;
     };
