@@ -74,11 +74,12 @@ struct Host {
 
   // Puts the calling thread and the OpenMP threads a following BLAS call (or any OpenMP region
   // of up to max(thread_count(), omp_get_max_threads()) threads) runs on in this context's
-  // mode: an empty parallel region (about a microsecond) when called outside one.
+  // mode: an empty parallel region (about a microsecond) when called outside any region (inside
+  // one, the BLAS runs on the calling thread, already in the mode).
   void enter() const {
     apply_fp_mode();
     const int n = std::max(thread_count(), omp_get_max_threads());
-    if (n > 1 && !omp_in_parallel()) {
+    if (n > 1 && omp_get_level() == 0) {
       const bool flush = flush_denormals;
 #pragma omp parallel num_threads(n)
       host_fp::set_flush_denormals(flush);
