@@ -48,52 +48,25 @@ struct LtProblem {
 // and tests/cuda_host/ checks each trait against the size cuBLASLt reports (no GPU needed).
 template <cublasLtMatmulPreferenceAttributes_t A>
 struct LtPrefAttr;
-template <>
-struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES> {
-  using type = std::uint64_t;
-};
-template <>
-struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES> {
-  using type = std::uint32_t;
-};
-template <>
-struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES> {
-  using type = std::uint32_t;
-};
-template <>
-struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES> {
-  using type = std::uint32_t;
-};
-template <>
-struct LtPrefAttr<CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES> {
-  using type = std::uint32_t;
-};
 template <cublasLtMatmulDescAttributes_t A>
 struct LtDescAttr;
-template <>
-struct LtDescAttr<CUBLASLT_MATMUL_DESC_TRANSA> {
-  using type = std::int32_t;
-};
-template <>
-struct LtDescAttr<CUBLASLT_MATMUL_DESC_TRANSB> {
-  using type = std::int32_t;
-};
-template <>
-struct LtDescAttr<CUBLASLT_MATMUL_DESC_EPILOGUE> {
-  using type = std::uint32_t;
-};
-template <>
-struct LtDescAttr<CUBLASLT_MATMUL_DESC_BIAS_POINTER> {
-  using type = const void*;
-};
-template <>
-struct LtDescAttr<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER> {
-  using type = void*;
-};
-template <>
-struct LtDescAttr<CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD> {
-  using type = std::int64_t;
-};
+#define MDLM_LT_ATTR_TYPE(Trait, attribute, value_type) \
+  template <>                                           \
+  struct Trait<attribute> {                             \
+    using type = value_type;                            \
+  }
+MDLM_LT_ATTR_TYPE(LtPrefAttr, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, std::uint64_t);
+MDLM_LT_ATTR_TYPE(LtPrefAttr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, std::uint32_t);
+MDLM_LT_ATTR_TYPE(LtPrefAttr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, std::uint32_t);
+MDLM_LT_ATTR_TYPE(LtPrefAttr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, std::uint32_t);
+MDLM_LT_ATTR_TYPE(LtPrefAttr, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, std::uint32_t);
+MDLM_LT_ATTR_TYPE(LtDescAttr, CUBLASLT_MATMUL_DESC_TRANSA, std::int32_t);
+MDLM_LT_ATTR_TYPE(LtDescAttr, CUBLASLT_MATMUL_DESC_TRANSB, std::int32_t);
+MDLM_LT_ATTR_TYPE(LtDescAttr, CUBLASLT_MATMUL_DESC_EPILOGUE, std::uint32_t);
+MDLM_LT_ATTR_TYPE(LtDescAttr, CUBLASLT_MATMUL_DESC_BIAS_POINTER, const void*);
+MDLM_LT_ATTR_TYPE(LtDescAttr, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, void*);
+MDLM_LT_ATTR_TYPE(LtDescAttr, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, std::int64_t);
+#undef MDLM_LT_ATTR_TYPE
 
 template <cublasLtMatmulPreferenceAttributes_t A>
 void lt_set(cublasLtMatmulPreference_t pref, typename LtPrefAttr<A>::type v) {
