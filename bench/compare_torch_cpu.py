@@ -797,6 +797,7 @@ def main():
                  f"where >= 3 clean ones remained")
     print("\n".join(lines))
     if args.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=1)
 
