@@ -14,27 +14,27 @@ void BM_train_step_tiny_preset(benchmark::State& state) {
                                                      state.range(0) != 0, [] {});
 }
 
-void BM_train_step_main_job(benchmark::State& state) {
+// A small DiT of the given sizes (the bytes model of the main job, a micro model).
+mdlm::DiTConfig small_dit(std::int64_t vocab, std::int64_t hidden, std::int64_t blocks, std::int64_t cond_dim) {
   mdlm::DiTConfig cfg;
-  cfg.vocab = 260;
-  cfg.hidden = 128;
+  cfg.vocab = vocab;
+  cfg.hidden = hidden;
   cfg.heads = 4;
-  cfg.blocks = 4;
-  cfg.cond_dim = 64;
+  cfg.blocks = blocks;
+  cfg.cond_dim = cond_dim;
+  return cfg;
+}
+
+void BM_train_step_main_job(benchmark::State& state) {
+  mdlm::DiTConfig cfg = small_dit(260, 128, 4, 64);
   cfg.dropout = 0.1f;
   mdlm::Host host;
   mdlm::bench::train_step<mdlm::Host, float, float>(state, host, cfg, 16, 128, 0.0, true, [] {});
 }
 
 void BM_train_step_micro(benchmark::State& state) {
-  mdlm::DiTConfig cfg;
-  cfg.vocab = 64;
-  cfg.hidden = 32;
-  cfg.heads = 4;
-  cfg.blocks = 2;
-  cfg.cond_dim = 16;
   mdlm::Host host;
-  mdlm::bench::train_step<mdlm::Host, float, float>(state, host, cfg, 2, 32, 0.0, true, [] {});
+  mdlm::bench::train_step<mdlm::Host, float, float>(state, host, small_dit(64, 32, 2, 16), 2, 32, 0.0, true, [] {});
 }
 
 }  // namespace

@@ -19,12 +19,6 @@
 
 namespace mdlm::cuda_detail {
 
-inline constexpr unsigned kThreads = static_cast<unsigned>(launch_detail::kThreads);
-
-inline unsigned blocks_for(std::int64_t n, unsigned threads = kThreads) {
-  return static_cast<unsigned>(launch_detail::blocks_for(n, threads));
-}
-
 __device__ inline std::int64_t global_index() { return blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; }
 __device__ inline std::int64_t global_stride() { return static_cast<std::int64_t>(gridDim.x) * blockDim.x; }
 
