@@ -45,6 +45,29 @@ if(NOT TARGET BLAS::BLAS)
     find_dependency(BLAS)
   endif()
 endif()
+# The Host's fp32 GEMM (backend/host_blas.hpp): oneDNN's sgemm where libdnnl is installed
+# (Debian/Ubuntu: libdnnl-dev), OpenBLAS otherwise; fp64 always goes through OpenBLAS.
+# -DMDLM_HOST_GEMM=openblas keeps oneDNN out (scripts/device-build.sh, whose binaries run
+# where it is not installed). Measured choice: README, "Host GEMM".
+set(MDLM_HOST_GEMM "auto" CACHE STRING "Host fp32 GEMM library: auto, onednn or openblas")
+set_property(CACHE MDLM_HOST_GEMM PROPERTY STRINGS auto onednn openblas)
+if(NOT TARGET mdlm::host_sgemm)
+  if(NOT MDLM_HOST_GEMM STREQUAL "openblas")
+    find_library(MDLM_DNNL_LIBRARY NAMES dnnl)
+    find_path(MDLM_DNNL_INCLUDE NAMES oneapi/dnnl/dnnl.h)
+    if(MDLM_DNNL_LIBRARY AND MDLM_DNNL_INCLUDE)
+      add_library(mdlm::host_sgemm UNKNOWN IMPORTED)
+      set_target_properties(mdlm::host_sgemm PROPERTIES IMPORTED_LOCATION "${MDLM_DNNL_LIBRARY}"
+                            INTERFACE_INCLUDE_DIRECTORIES "${MDLM_DNNL_INCLUDE}"
+                            INTERFACE_COMPILE_DEFINITIONS MDLM_HOST_SGEMM_ONEDNN=1)
+    elseif(MDLM_HOST_GEMM STREQUAL "onednn")
+      message(FATAL_ERROR "MDLM_HOST_GEMM=onednn: oneDNN not found (install libdnnl-dev)")
+    endif()
+  endif()
+  if(NOT TARGET mdlm::host_sgemm)
+    add_library(mdlm::host_sgemm INTERFACE IMPORTED)
+  endif()
+endif()
 find_dependency(nlohmann_json 3)
 find_dependency(Utf8proc)
 find_package(CUDAToolkit QUIET)

@@ -3,7 +3,7 @@
 # Nothing is downloaded at build time. The CUDA toolkit (nvcc, cuBLASLt, CUB) is optional
 # and not installed here: where it exists, the CUDA targets are built too.
 set -euo pipefail
-packages=(cmake g++ make pkg-config doctest-dev libbenchmark-dev libopenblas-openmp-dev
+packages=(cmake g++ make pkg-config doctest-dev libbenchmark-dev libopenblas-openmp-dev libdnnl-dev
           nlohmann-json3-dev libutf8proc-dev)
 missing=()
 for p in "${packages[@]}"; do

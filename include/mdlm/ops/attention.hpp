@@ -26,6 +26,7 @@
 
 #include "mdlm/autograd/tape.hpp"
 #include "mdlm/backend/host.hpp"
+#include "mdlm/core/math.hpp"
 #include "mdlm/ops/gemm.hpp"
 
 namespace mdlm {
@@ -167,14 +168,9 @@ void attention_softmax_tile(T* s, std::int64_t lds, std::int64_t i0, std::int64_
   for (std::int64_t r = 0; r < m; ++r) {
     T* p = s + r * lds;
     const std::int64_t n = causal ? i0 + r + 1 : tl;
-    T mx = -std::numeric_limits<T>::infinity();
-    for (std::int64_t j = 0; j < n; ++j) mx = p[j] > mx ? p[j] : mx;
-    T sum = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-      p[j] = std::exp(p[j] - mx);
-      sum += p[j];
-    }
-    const T inv = T(1) / sum;
+    const T mx = host_lane_max<T>(n, [&](std::int64_t j) { return p[j]; });
+    for (std::int64_t j = 0; j < n; ++j) p[j] = exp_of(p[j] - mx);
+    const T inv = T(1) / host_lane_sum<T>(n, [&](std::int64_t j) { return p[j]; });
     for (std::int64_t j = 0; j < n; ++j) p[j] *= inv;
     for (std::int64_t j = n; j < nk; ++j) p[j] = 0;
   }
@@ -204,11 +200,11 @@ void attention_forward_gemm(const Host& ctx, MatrixView<const T, Host> qkv, std:
     const T* v = k + cdim;
     T* s = probs != nullptr ? probs + (bh * tl + i0) * tl : slot;
     const std::int64_t lds = probs != nullptr ? tl : nk;
-    detail::cblas_gemm<T>(Op::N, Op::T, {m, nk, d}, scale, q, ld, k, ld, T(0), s, lds);
+    detail::host_blas_gemm<T>(Op::N, Op::T, {m, nk, d}, scale, q, ld, k, ld, T(0), s, lds);
     detail::attention_softmax_tile(s, lds, i0, m, nk, tl, causal);
     if (probs != nullptr)
       for (std::int64_t r = 0; r < m; ++r) std::fill(s + r * lds + nk, s + r * lds + tl, T(0));
-    detail::cblas_gemm<T>(Op::N, Op::N, {m, d, nk}, T(1), s, lds, v, ld, T(0), out.data + (b * tl + i0) * out.ld + h * d,
+    detail::host_blas_gemm<T>(Op::N, Op::N, {m, d, nk}, T(1), s, lds, v, ld, T(0), out.data + (b * tl + i0) * out.ld + h * d,
                           out.ld);
   };
   ctx.parallel_for(slots, [&](std::int64_t sl) {
@@ -248,21 +244,20 @@ void attention_backward_gemm(const Host& ctx, MatrixView<const T, Host> dout, Ma
       const T* go = dout.data + (b * tl + i0) * dout.ld + h * d;
       const T beta_kv = (tile == tiles - 1 && !accumulate) ? T(0) : T(1);
       // dV[0:nk] (+)= P^T dO
-      detail::cblas_gemm<T>(Op::T, Op::N, {nk, d, m}, T(1), p, tl, go, dout.ld, beta_kv, dv, ldg);
+      detail::host_blas_gemm<T>(Op::T, Op::N, {nk, d, m}, T(1), p, tl, go, dout.ld, beta_kv, dv, ldg);
       // dP = dO V[0:nk]^T, then dS = scale P (dP - rowsum(P dP)) in place
-      detail::cblas_gemm<T>(Op::N, Op::T, {m, nk, d}, T(1), go, dout.ld, v, ld, T(0), dp, nk);
+      detail::host_blas_gemm<T>(Op::N, Op::T, {m, nk, d}, T(1), go, dout.ld, v, ld, T(0), dp, nk);
       for (std::int64_t r = 0; r < m; ++r) {
         const T* pr = p + r * tl;
         T* ds = dp + r * nk;
         const std::int64_t n = causal ? i0 + r + 1 : tl;
-        T dot = 0;
-        for (std::int64_t j = 0; j < n; ++j) dot += pr[j] * ds[j];
+        const T dot = host_lane_sum<T>(n, [&](std::int64_t j) { return pr[j] * ds[j]; });
         for (std::int64_t j = 0; j < n; ++j) ds[j] = pr[j] * (ds[j] - dot) * scale;
         for (std::int64_t j = n; j < nk; ++j) ds[j] = 0;
       }
       // dQ[i0:i0+m] (+)= dS K[0:nk];  dK[0:nk] (+)= dS^T Q[i0:i0+m]
-      detail::cblas_gemm<T>(Op::N, Op::N, {m, d, nk}, T(1), dp, nk, k, ld, accumulate ? T(1) : T(0), dq + i0 * ldg, ldg);
-      detail::cblas_gemm<T>(Op::T, Op::N, {nk, d, m}, T(1), dp, nk, q + i0 * ld, ld, beta_kv, dk, ldg);
+      detail::host_blas_gemm<T>(Op::N, Op::N, {m, d, nk}, T(1), dp, nk, k, ld, accumulate ? T(1) : T(0), dq + i0 * ldg, ldg);
+      detail::host_blas_gemm<T>(Op::T, Op::N, {nk, d, m}, T(1), dp, nk, q + i0 * ld, ld, beta_kv, dk, ldg);
     }
   };
   ctx.parallel_for(slots, [&](std::int64_t sl) {

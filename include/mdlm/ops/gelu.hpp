@@ -3,9 +3,8 @@
 //   gelu(x) = 0.5 x (1 + tanh(s (x + 0.044715 x^3))),  s = sqrt(2/pi)
 // and its derivative, shared by host loops and device kernels.
 
-#include <cmath>
-
 #include "mdlm/core/config.hpp"
+#include "mdlm/core/math.hpp"
 
 namespace mdlm {
 
@@ -14,9 +13,6 @@ namespace mdlm {
 //   gelu(x)  = x sigmoid(2u),  u = s (x + k x^3)
 //   gelu'(x) = sigmoid(2u) + 2 x sigmoid(2u) (1 - sigmoid(2u)) s (1 + 3 k x^2)
 // Large |u| saturate correctly: exp overflows to inf (sigmoid 0) or underflows to 0 (sigmoid 1).
-MDLM_HD inline float exp_of(float x) { return expf(x); }
-MDLM_HD inline double exp_of(double x) { return ::exp(x); }
-
 template <class T>
 MDLM_HD inline T gelu_sigmoid_2u(T x) {
   const T s = T(0.7978845608028654);  // sqrt(2/pi)

@@ -21,9 +21,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include <cblas.h>
-
 #include "mdlm/backend/host.hpp"
+#include "mdlm/backend/host_blas.hpp"
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/core/error.hpp"
 #include "mdlm/core/tensor.hpp"
@@ -31,7 +30,6 @@
 
 namespace mdlm {
 
-enum class Op { N, T };
 enum class Epilogue { None, Bias, GeluAuxBias, DGelu, BiasGrad };
 
 inline const char* to_string(Epilogue e) {
@@ -62,10 +60,6 @@ struct GemmEpilogue {
     return {Epilogue::DGelu, nullptr, pre_activation, nullptr};
   }
   static GemmEpilogue with_bias_grad(T* db) { return {Epilogue::BiasGrad, nullptr, {}, db}; }
-};
-
-struct GemmDims {
-  std::int64_t m, n, k;
 };
 
 namespace detail {
@@ -105,25 +99,9 @@ GemmDims check_gemm(Op op_a, const MatrixView<TA, B>& a, Op op_b, const MatrixVi
   return {m, n, ka};
 }
 
-inline CBLAS_TRANSPOSE to_cblas(Op op) { return op == Op::N ? CblasNoTrans : CblasTrans; }
-
-template <class T>
-void cblas_gemm(Op op_a, Op op_b, GemmDims d, T alpha, const T* a, std::int64_t lda, const T* b,
-                std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "host GEMM is fp32 or fp64");
-  auto i = [](std::int64_t v) { return static_cast<blasint>(v); };
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), i(d.m), i(d.n), i(d.k), alpha, a, i(lda), b,
-                i(ldb), beta, c, i(ldc));
-  } else {
-    cblas_dgemm(CblasRowMajor, to_cblas(op_a), to_cblas(op_b), i(d.m), i(d.n), i(d.k), alpha, a, i(lda), b,
-                i(ldb), beta, c, i(ldc));
-  }
-}
-
 }  // namespace detail
 
-// Host GEMM: cblas sgemm/dgemm, then the epilogue in OpenMP loops.
+// Host GEMM: the Host BLAS (backend/host_blas.hpp), then the epilogue in OpenMP loops.
 template <class TA, class TB, class T>
 void gemm(const Host& ctx, Op op_a, MatrixView<TA, Host> a, Op op_b, MatrixView<TB, Host> b,
           MatrixView<T, Host> c, const GemmEpilogue<T, Host>& epi = {}, compute_t<T> alpha = 1,
@@ -137,7 +115,7 @@ void gemm(const Host& ctx, Op op_a, MatrixView<TA, Host> a, Op op_b, MatrixView<
     });
   } else {
     ctx.enter();  // the BLAS's threads (the OpenMP pool) in the context's denormal mode
-    detail::cblas_gemm<T>(op_a, op_b, d, alpha, a.data, a.ld, b.data, b.ld, beta, c.data, c.ld);
+    detail::host_blas_gemm<T>(op_a, op_b, d, alpha, a.data, a.ld, b.data, b.ld, beta, c.data, c.ld);
   }
   switch (epi.kind) {
     case Epilogue::None: break;
@@ -148,24 +126,39 @@ void gemm(const Host& ctx, Op op_a, MatrixView<TA, Host> a, Op op_b, MatrixView<
       break;
     case Epilogue::GeluAuxBias:
       ctx.parallel_for(d.m, [&](std::int64_t i) {
+        T* ci = c.data + i * c.ld;
+        T* aux = epi.aux.data + i * epi.aux.ld;
         for (std::int64_t j = 0; j < d.n; ++j) {
-          T pre = c.data[i * c.ld + j] + epi.bias[j];
-          epi.aux.data[i * epi.aux.ld + j] = pre;
-          c.data[i * c.ld + j] = gelu_tanh(pre);
+          const T pre = ci[j] + epi.bias[j];
+          aux[j] = pre;
+          ci[j] = gelu_tanh(pre);
         }
       });
       break;
     case Epilogue::DGelu:
       ctx.parallel_for(d.m, [&](std::int64_t i) {
-        for (std::int64_t j = 0; j < d.n; ++j) c.data[i * c.ld + j] *= gelu_tanh_grad(epi.aux.data[i * epi.aux.ld + j]);
+        T* ci = c.data + i * c.ld;
+        const T* aux = epi.aux.data + i * epi.aux.ld;
+        for (std::int64_t j = 0; j < d.n; ++j) ci[j] *= gelu_tanh_grad(aux[j]);
       });
       break;
     case Epilogue::BiasGrad:
-      ctx.parallel_for(d.m, [&](std::int64_t i) {
-        T s = 0;  // fixed summation order: deterministic
-        for (std::int64_t kk = 0; kk < d.k; ++kk) s += op_a == Op::N ? a.data[i * a.ld + kk] : a.data[kk * a.ld + i];
-        epi.bias_grad[i] = s;
-      });
+      if (op_a == Op::N) {
+        ctx.parallel_for(d.m, [&](std::int64_t i) {
+          T s = 0;  // fixed summation order: deterministic
+          for (std::int64_t kk = 0; kk < d.k; ++kk) s += a.data[i * a.ld + kk];
+          epi.bias_grad[i] = s;
+        });
+      } else {  // op(A)[i, k] = A[k, i]: blocks of i summed over the rows k of A, each in order
+        constexpr std::int64_t kCols = 64;
+        ctx.parallel_for((d.m + kCols - 1) / kCols, [&](std::int64_t task) {
+          const std::int64_t i0 = task * kCols, ni = std::min(kCols, d.m - i0);
+          T s[kCols] = {};
+          for (std::int64_t kk = 0; kk < d.k; ++kk)
+            for (std::int64_t t = 0; t < ni; ++t) s[t] += a.data[kk * a.ld + i0 + t];
+          for (std::int64_t t = 0; t < ni; ++t) epi.bias_grad[i0 + t] = s[t];
+        });
+      }
       break;
   }
 }

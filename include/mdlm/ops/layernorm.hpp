@@ -8,13 +8,19 @@
 //   dshift[b] = sum_t dh;  dscale[b] = sum_t dh * n;  dw += sum_rows dn * xhat
 //   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dn * w
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "mdlm/autograd/tape.hpp"
 #include "mdlm/backend/host.hpp"
+#include "mdlm/core/math.hpp"
 
 namespace mdlm {
+
+// Columns per task of the backward's column sums (dw, dshift, dscale): a task adds whole rows
+// of a block into local sums (contiguous loads); each column sums its rows in ascending order.
+inline constexpr std::int64_t kLayerNormColBlock = 64;
 
 template <class T>
 void layernorm_modulate_forward(const Host& ctx, MatrixView<const T, Host> x, const T* w, MatrixView<const T, Host> shift,
@@ -24,20 +30,21 @@ void layernorm_modulate_forward(const Host& ctx, MatrixView<const T, Host> x, co
   const std::int64_t cols = x.cols;
   ctx.parallel_for(x.rows, [&](std::int64_t r) {
     const T* xr = x.data + r * x.ld;
-    C m = 0;
-    for (std::int64_t c = 0; c < cols; ++c) m += xr[c];
-    m /= static_cast<C>(cols);
-    C v = 0;
-    for (std::int64_t c = 0; c < cols; ++c) v += (xr[c] - m) * (xr[c] - m);
-    v /= static_cast<C>(cols);
+    const C m = host_lane_sum<C>(cols, [&](std::int64_t c) { return C(xr[c]); }) / static_cast<C>(cols);
+    const C v = host_lane_sum<C>(cols, [&](std::int64_t c) { return (C(xr[c]) - m) * (C(xr[c]) - m); }) /
+                static_cast<C>(cols);
     const C rs = C(1) / std::sqrt(v + static_cast<C>(eps));
     mean[r] = m;
     rstd[r] = rs;
     const std::int64_t b = r / seq_len;
-    for (std::int64_t c = 0; c < cols; ++c) {
-      C n = (xr[c] - m) * rs * w[c];
-      if (shift.data != nullptr) n = n * (C(1) + scale.data[b * scale.ld + c]) + shift.data[b * shift.ld + c];
-      h.data[r * h.ld + c] = static_cast<T>(n);
+    T* hr = h.data + r * h.ld;
+    if (shift.data != nullptr) {
+      const T* sc = scale.data + b * scale.ld;
+      const T* sh = shift.data + b * shift.ld;
+      for (std::int64_t c = 0; c < cols; ++c)
+        hr[c] = static_cast<T>((C(xr[c]) - m) * rs * C(w[c]) * (C(1) + C(sc[c])) + C(sh[c]));
+    } else {
+      for (std::int64_t c = 0; c < cols; ++c) hr[c] = static_cast<T>((C(xr[c]) - m) * rs * C(w[c]));
     }
   });
 }
@@ -51,59 +58,62 @@ void layernorm_modulate_backward(const Host& ctx, MatrixView<const T, Host> dh, 
   using C = compute_t<T>;
   const std::int64_t rows = x.rows, cols = x.cols;
   const bool modulated = scale.data != nullptr;
+  // dn = dh * (1 + scale[b]) of row r, column c.
+  auto dn_of = [&](std::int64_t r, std::int64_t c) {
+    const C g = dh.data[r * dh.ld + c];
+    return modulated ? g * (C(1) + C(scale.data[(r / seq_len) * scale.ld + c])) : g;
+  };
   // dx per row (parallel over rows).
   ctx.parallel_for(rows, [&](std::int64_t r) {
-    const std::int64_t b = r / seq_len;
     const T* xr = x.data + r * x.ld;
-    const T* dr = dh.data + r * dh.ld;
-    C sum_d = 0, sum_dx = 0;
+    const C mu = mean[r], rs = rstd[r];
+    const C sum_d = host_lane_sum<C>(cols, [&](std::int64_t c) { return dn_of(r, c) * C(w[c]); }) / static_cast<C>(cols);
+    const C sum_dx = host_lane_sum<C>(cols, [&](std::int64_t c) {
+                       return dn_of(r, c) * C(w[c]) * ((C(xr[c]) - mu) * rs);
+                     }) / static_cast<C>(cols);
+    T* out = dx.data + r * dx.ld;
     for (std::int64_t c = 0; c < cols; ++c) {
-      const C xhat = (xr[c] - mean[r]) * rstd[r];
-      C dn = dr[c];
-      if (modulated) dn *= C(1) + scale.data[b * scale.ld + c];
-      const C dxhat = dn * w[c];
-      sum_d += dxhat;
-      sum_dx += dxhat * xhat;
-    }
-    sum_d /= static_cast<C>(cols);
-    sum_dx /= static_cast<C>(cols);
-    for (std::int64_t c = 0; c < cols; ++c) {
-      const C xhat = (xr[c] - mean[r]) * rstd[r];
-      C dn = dr[c];
-      if (modulated) dn *= C(1) + scale.data[b * scale.ld + c];
-      const C g = rstd[r] * (dn * w[c] - sum_d - xhat * sum_dx);
-      T& out = dx.data[r * dx.ld + c];
-      out = accumulate_dx ? static_cast<T>(out + g) : static_cast<T>(g);
+      const C g = rs * (dn_of(r, c) * C(w[c]) - sum_d - (C(xr[c]) - mu) * rs * sum_dx);
+      out[c] = accumulate_dx ? static_cast<T>(out[c] + g) : static_cast<T>(g);
     }
   });
-  // dw (parallel over columns, fixed row order: deterministic).
+  const std::int64_t blocks = (cols + kLayerNormColBlock - 1) / kLayerNormColBlock;
+  // dw (blocks of columns, rows in order: deterministic).
   if (dw != nullptr) {
-    ctx.parallel_for(cols, [&](std::int64_t c) {
-      C s = 0;
+    ctx.parallel_for(blocks, [&](std::int64_t blk) {
+      const std::int64_t c0 = blk * kLayerNormColBlock, nc = std::min(kLayerNormColBlock, cols - c0);
+      C s[kLayerNormColBlock] = {};
       for (std::int64_t r = 0; r < rows; ++r) {
-        C dn = dh.data[r * dh.ld + c];
-        if (modulated) dn *= C(1) + scale.data[(r / seq_len) * scale.ld + c];
-        s += dn * (x.data[r * x.ld + c] - mean[r]) * rstd[r];
+        const T* xr = x.data + r * x.ld + c0;
+        const C mu = mean[r], rs = rstd[r];
+        for (std::int64_t k = 0; k < nc; ++k) s[k] += dn_of(r, c0 + k) * (C(xr[k]) - mu) * rs;
       }
-      dw[c] += static_cast<G>(s);
+      for (std::int64_t k = 0; k < nc; ++k) dw[c0 + k] += static_cast<G>(s[k]);
     });
   }
-  // dshift, dscale per (sequence, column).
+  // dshift, dscale per (sequence, block of columns).
   if (modulated) {
     const std::int64_t batches = rows / seq_len;
-    ctx.parallel_for(batches * cols, [&](std::int64_t i) {
-      const std::int64_t b = i / cols, c = i % cols;
-      C ds = 0, dsc = 0;
+    ctx.parallel_for(batches * blocks, [&](std::int64_t task) {
+      const std::int64_t b = task / blocks, c0 = (task % blocks) * kLayerNormColBlock;
+      const std::int64_t nc = std::min(kLayerNormColBlock, cols - c0);
+      C ds[kLayerNormColBlock] = {}, dsc[kLayerNormColBlock] = {};
       for (std::int64_t t = 0; t < seq_len; ++t) {
         const std::int64_t r = b * seq_len + t;
-        const C g = dh.data[r * dh.ld + c];
-        ds += g;
-        dsc += g * (x.data[r * x.ld + c] - mean[r]) * rstd[r] * w[c];
+        const T* g = dh.data + r * dh.ld + c0;
+        const T* xr = x.data + r * x.ld + c0;
+        const C mu = mean[r], rs = rstd[r];
+        for (std::int64_t k = 0; k < nc; ++k) {
+          ds[k] += C(g[k]);
+          dsc[k] += C(g[k]) * (C(xr[k]) - mu) * rs * C(w[c0 + k]);
+        }
       }
-      T& s0 = dshift.data[b * dshift.ld + c];
-      T& s1 = dscale.data[b * dscale.ld + c];
-      s0 = accumulate_mod ? static_cast<T>(s0 + ds) : static_cast<T>(ds);
-      s1 = accumulate_mod ? static_cast<T>(s1 + dsc) : static_cast<T>(dsc);
+      T* s0 = dshift.data + b * dshift.ld + c0;
+      T* s1 = dscale.data + b * dscale.ld + c0;
+      for (std::int64_t k = 0; k < nc; ++k) {
+        s0[k] = accumulate_mod ? static_cast<T>(s0[k] + ds[k]) : static_cast<T>(ds[k]);
+        s1[k] = accumulate_mod ? static_cast<T>(s1[k] + dsc[k]) : static_cast<T>(dsc[k]);
+      }
     });
   }
 }

@@ -15,20 +15,51 @@
 
 namespace mdlm {
 
-// Dropout parameters of one call site.
+// Dropout parameters of one call site. Element i of the site draws word (offset + i) % 4 of the
+// Philox block (offset + i) / 4: one block gives four decisions.
 struct DropoutSite {
   float p = 0.0f;              // 0: no dropout
   Philox rng{};
   std::uint32_t step = 0;
-  std::uint64_t offset = 0;    // first Philox index of this site
+  std::uint64_t offset = 0;    // first Philox word of this site
   MDLM_HD bool keep(std::uint64_t i) const {
-    return p <= 0.0f || rng.uniform_float(Purpose::Dropout, step, offset + i) >= p;
+    if (p <= 0.0f) return true;
+    const std::uint64_t w = offset + i;
+    return u01_float(rng.block(Purpose::Dropout, step, w >> 2).v[w & 3]) >= p;
   }
   template <class C>
   MDLM_HD C scale() const {
     return p > 0.0f ? C(1) / (C(1) - C(p)) : C(1);
   }
 };
+
+// Host: the dropout factors of elements [i, i + n) of a site, f[k] = keep(i + k) ? scale : 0
+// (all scale = 1 without dropout), drawn kPhiloxLanes blocks at a time: the same decisions as
+// keep(), several times cheaper per element.
+template <class C>
+void dropout_factors(const DropoutSite& drop, std::uint64_t i, std::int64_t n, C* f) {
+  if (drop.p <= 0.0f) {
+    std::fill(f, f + n, C(1));
+    return;
+  }
+  const C scale = drop.template scale<C>();
+  const float p = drop.p;
+  const std::uint64_t first = drop.offset + i, last = first + static_cast<std::uint64_t>(n);  // words [first, last)
+  constexpr std::uint64_t kWords = 4 * kPhiloxLanes;
+  std::uint32_t words[4][kPhiloxLanes], stream[kWords];
+  for (std::uint64_t block = first >> 2; block * 4 < last; block += kPhiloxLanes) {
+    philox_blocks(drop.rng, Purpose::Dropout, drop.step, block, words);
+    for (int l = 0; l < kPhiloxLanes; ++l)
+      for (int w = 0; w < 4; ++w) stream[4 * l + w] = words[w][l];  // word order: 4 block + w
+    const std::uint64_t base = block * 4, lo = std::max(first, base), hi = std::min(last, base + kWords);
+    C* out = f + (lo - first);
+    const std::uint32_t* in = stream + (lo - base);
+    for (std::uint64_t k = 0; k < hi - lo; ++k) out[k] = u01_float(in[k]) >= p ? scale : C(0);
+  }
+}
+
+// Elements per chunk of a row in the Host loops (factors on the stack).
+inline constexpr std::int64_t kDropoutChunk = 256;
 
 template <class T>
 void gated_residual_forward(const Host& ctx, MatrixView<const T, Host> x, MatrixView<const T, Host> y,
@@ -38,67 +69,79 @@ void gated_residual_forward(const Host& ctx, MatrixView<const T, Host> x, Matrix
   const std::int64_t cols = x.cols;
   ctx.parallel_for(x.rows, [&](std::int64_t r) {
     const std::int64_t b = r / seq_len;
-    for (std::int64_t c = 0; c < cols; ++c) {
-      C v = drop.keep(static_cast<std::uint64_t>(r * cols + c)) ? C(y.data[r * y.ld + c]) * drop.template scale<C>() : C(0);
-      if (gate.data != nullptr) v *= gate.data[b * gate.ld + c];
-      out.data[r * out.ld + c] = static_cast<T>(x.data[r * x.ld + c] + v);
+    C f[kDropoutChunk];
+    for (std::int64_t c0 = 0; c0 < cols; c0 += kDropoutChunk) {
+      const std::int64_t nc = std::min(kDropoutChunk, cols - c0);
+      dropout_factors(drop, static_cast<std::uint64_t>(r * cols + c0), nc, f);
+      const T* xr = x.data + r * x.ld + c0;
+      const T* yr = y.data + r * y.ld + c0;
+      const T* g = gate.data != nullptr ? gate.data + b * gate.ld + c0 : nullptr;
+      T* o = out.data + r * out.ld + c0;
+      if (g != nullptr) {
+        for (std::int64_t k = 0; k < nc; ++k) o[k] = static_cast<T>(C(xr[k]) + C(yr[k]) * f[k] * C(g[k]));
+      } else {
+        for (std::int64_t k = 0; k < nc; ++k) o[k] = static_cast<T>(C(xr[k]) + C(yr[k]) * f[k]);
+      }
     }
   });
 }
 
-// Host backward. With a gate gradient, one pass per (sequence, block of kResidualColBlock
-// columns) draws each keep decision once for dy and dgate (a Philox block per element is most
-// of this op's cost); dgate[b, c] still sums over t in ascending order, so the bits are those of
-// a separate reduction.
-inline constexpr std::int64_t kResidualColBlock = 32;
-
+// Host backward, in chunks of up to kDropoutChunk columns of a row whose dropout factors are
+// drawn once for dx, dy and dgate. With a gate gradient a task is (sequence, column chunk) and
+// dgate[b, c] sums over t in ascending order (the bits of a separate reduction).
 template <class T>
 void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, MatrixView<const T, Host> y,
                              MatrixView<const T, Host> gate, std::int64_t seq_len, DropoutSite drop,
                              MatrixView<T, Host> dx, bool accumulate_dx, MatrixView<T, Host> dy, bool accumulate_dy,
                              MatrixView<T, Host> dgate, bool accumulate_dgate) {
   using C = compute_t<T>;
-  const std::int64_t cols = dout.cols;
-  // dx and dy of element (r, c), given its keep decision.
-  auto dx_dy = [&](std::int64_t r, std::int64_t c, std::int64_t b, bool keep) {
-    const C g = dout.data[r * dout.ld + c];
+  const std::int64_t cols = dout.cols, chunks = (cols + kDropoutChunk - 1) / kDropoutChunk;
+  // dx and dy of columns [c0, c0 + nc) of row r (sequence b) given their factors f; with s, also
+  // s[k] += dout * y * f (the dgate terms).
+  auto row_chunk = [&](std::int64_t r, std::int64_t b, std::int64_t c0, std::int64_t nc, const C* f, C* s) {
+    const T* g = dout.data + r * dout.ld + c0;
     if (dx.data != nullptr) {
-      T& o = dx.data[r * dx.ld + c];
-      o = accumulate_dx ? static_cast<T>(o + g) : static_cast<T>(g);
+      T* o = dx.data + r * dx.ld + c0;
+      if (accumulate_dx) {
+        for (std::int64_t k = 0; k < nc; ++k) o[k] = static_cast<T>(C(o[k]) + C(g[k]));
+      } else {
+        for (std::int64_t k = 0; k < nc; ++k) o[k] = g[k];
+      }
     }
     if (dy.data != nullptr) {
-      C v = keep ? g * drop.template scale<C>() : C(0);
-      if (gate.data != nullptr) v *= gate.data[b * gate.ld + c];
-      T& o = dy.data[r * dy.ld + c];
-      o = accumulate_dy ? static_cast<T>(o + v) : static_cast<T>(v);
+      T* o = dy.data + r * dy.ld + c0;
+      const T* gt = gate.data != nullptr ? gate.data + b * gate.ld + c0 : nullptr;
+      for (std::int64_t k = 0; k < nc; ++k) {
+        C v = C(g[k]) * f[k];
+        if (gt != nullptr) v *= C(gt[k]);
+        o[k] = accumulate_dy ? static_cast<T>(C(o[k]) + v) : static_cast<T>(v);
+      }
+    }
+    if (s != nullptr) {
+      const T* yr = y.data + r * y.ld + c0;
+      for (std::int64_t k = 0; k < nc; ++k) s[k] += C(g[k]) * C(yr[k]) * f[k];
     }
   };
   if (dgate.data == nullptr) {
-    ctx.parallel_for(dout.rows, [&](std::int64_t r) {
-      const std::int64_t b = r / seq_len;
-      for (std::int64_t c = 0; c < cols; ++c)
-        dx_dy(r, c, b, dy.data != nullptr && drop.keep(static_cast<std::uint64_t>(r * cols + c)));
+    ctx.parallel_for(dout.rows * chunks, [&](std::int64_t task) {
+      const std::int64_t r = task / chunks, c0 = (task % chunks) * kDropoutChunk, nc = std::min(kDropoutChunk, cols - c0);
+      C f[kDropoutChunk];
+      if (dy.data != nullptr) dropout_factors(drop, static_cast<std::uint64_t>(r * cols + c0), nc, f);
+      row_chunk(r, r / seq_len, c0, nc, f, nullptr);
     });
     return;
   }
-  const std::int64_t batches = dout.rows / seq_len, blocks = (cols + kResidualColBlock - 1) / kResidualColBlock;
-  ctx.parallel_for(batches * blocks, [&](std::int64_t task) {
-    const std::int64_t b = task / blocks, c0 = (task % blocks) * kResidualColBlock;
-    const std::int64_t nc = std::min(kResidualColBlock, cols - c0);
-    C s[kResidualColBlock] = {};
+  const std::int64_t batches = dout.rows / seq_len;
+  ctx.parallel_for(batches * chunks, [&](std::int64_t task) {
+    const std::int64_t b = task / chunks, c0 = (task % chunks) * kDropoutChunk, nc = std::min(kDropoutChunk, cols - c0);
+    C f[kDropoutChunk], s[kDropoutChunk] = {};
     for (std::int64_t t = 0; t < seq_len; ++t) {
       const std::int64_t r = b * seq_len + t;
-      for (std::int64_t k = 0; k < nc; ++k) {
-        const std::int64_t c = c0 + k;
-        const bool keep = drop.keep(static_cast<std::uint64_t>(r * cols + c));
-        dx_dy(r, c, b, keep);
-        if (keep) s[k] += C(dout.data[r * dout.ld + c]) * C(y.data[r * y.ld + c]) * drop.template scale<C>();
-      }
+      dropout_factors(drop, static_cast<std::uint64_t>(r * cols + c0), nc, f);
+      row_chunk(r, b, c0, nc, f, s);
     }
-    for (std::int64_t k = 0; k < nc; ++k) {
-      T& o = dgate.data[b * dgate.ld + c0 + k];
-      o = accumulate_dgate ? static_cast<T>(o + s[k]) : static_cast<T>(s[k]);
-    }
+    T* o = dgate.data + b * dgate.ld + c0;
+    for (std::int64_t k = 0; k < nc; ++k) o[k] = accumulate_dgate ? static_cast<T>(C(o[k]) + s[k]) : static_cast<T>(s[k]);
   });
 }
 

@@ -7,8 +7,10 @@
 //     q'[i + D/2] = q[i + D/2] cos + q[i] sin
 // Backward rotates by -theta.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "mdlm/autograd/tape.hpp"
 #include "mdlm/backend/host.hpp"
@@ -16,30 +18,57 @@
 namespace mdlm {
 
 // Rotates q and k of `in` by +theta (sign = +1) or -theta (sign = -1) into `out`; copies v.
+// The angles' cosines and sines are computed once per call in fp64 (seq_len x D/2 table), then
+// each (head, q/k) half-pair is rotated with contiguous, vectorizable loops.
 template <class T>
 void rope_apply(const Host& ctx, MatrixView<const T, Host> in, std::int64_t seq_len, std::int64_t heads, double base,
                 int sign, MatrixView<T, Host> out, bool accumulate) {
   using C = compute_t<T>;
   const std::int64_t cdim = in.cols / 3, d = cdim / heads, half = d / 2;
-  ctx.parallel_for(in.rows, [&](std::int64_t r) {
-    const double t = static_cast<double>(r % seq_len);
-    const T* src = in.data + r * in.ld;
-    T* dst = out.data + r * out.ld;
-    auto put = [&](std::int64_t c, C v) { dst[c] = accumulate ? static_cast<T>(dst[c] + v) : static_cast<T>(v); };
+  const std::int64_t positions = std::min(seq_len, in.rows);
+  std::vector<C> table(static_cast<std::size_t>(2 * positions * half));  // per t: cos[half], sin[half]
+  ctx.parallel_for(positions, [&](std::int64_t t) {
+    C* cs = table.data() + 2 * t * half;
     for (std::int64_t i = 0; i < half; ++i) {
       const double inv_freq = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
-      const C cs = static_cast<C>(std::cos(t * inv_freq));
-      const C sn = static_cast<C>(sign * std::sin(t * inv_freq));
-      for (std::int64_t part = 0; part < 2; ++part) {     // q, then k
-        for (std::int64_t h = 0; h < heads; ++h) {
-          const std::int64_t c0 = part * cdim + h * d + i, c1 = c0 + half;
-          const C a = src[c0], b = src[c1];
-          put(c0, a * cs - b * sn);
-          put(c1, b * cs + a * sn);
+      const double angle = static_cast<double>(t) * inv_freq;
+      cs[i] = static_cast<C>(std::cos(angle));
+      cs[half + i] = static_cast<C>(sign * std::sin(angle));
+    }
+  });
+  ctx.parallel_for(in.rows, [&](std::int64_t r) {
+    const C* cs = table.data() + 2 * (r % seq_len) * half;
+    const C* sn = cs + half;
+    const T* src = in.data + r * in.ld;
+    T* dst = out.data + r * out.ld;
+    for (std::int64_t part = 0; part < 2; ++part) {  // q, then k
+      for (std::int64_t h = 0; h < heads; ++h) {
+        const T* a = src + part * cdim + h * d;
+        const T* b = a + half;
+        T* oa = dst + part * cdim + h * d;
+        T* ob = oa + half;
+        if (accumulate) {
+          for (std::int64_t i = 0; i < half; ++i) {
+            const C ra = C(a[i]) * cs[i] - C(b[i]) * sn[i], rb = C(b[i]) * cs[i] + C(a[i]) * sn[i];
+            oa[i] = static_cast<T>(oa[i] + ra);
+            ob[i] = static_cast<T>(ob[i] + rb);
+          }
+        } else {
+          for (std::int64_t i = 0; i < half; ++i) {
+            const C ra = C(a[i]) * cs[i] - C(b[i]) * sn[i], rb = C(b[i]) * cs[i] + C(a[i]) * sn[i];
+            oa[i] = static_cast<T>(ra);
+            ob[i] = static_cast<T>(rb);
+          }
         }
       }
     }
-    for (std::int64_t c = 2 * cdim; c < 3 * cdim; ++c) put(c, src[c]);
+    const T* v = src + 2 * cdim;
+    T* ov = dst + 2 * cdim;
+    if (accumulate) {
+      for (std::int64_t c = 0; c < cdim; ++c) ov[c] = static_cast<T>(ov[c] + v[c]);
+    } else {
+      for (std::int64_t c = 0; c < cdim; ++c) ov[c] = v[c];
+    }
   });
 }
 
