@@ -680,6 +680,7 @@ void usage() {
 }  // namespace
 
 int main(int argc_in, char** argv_in) {
+  mdlm::host_retain_freed_memory();  // no trim/re-fault of the heap between GEMM calls (backend/host.hpp)
   try {
     std::vector<char*> args(argv_in, argv_in + argc_in);
     apply_threads(args);

@@ -171,3 +171,14 @@ TEST_CASE("gated residual with dropout across several row chunks: gradients and 
   }
   CHECK(wrong == 0);
 }
+
+TEST_CASE("host_retain_freed_memory takes effect on glibc, and memory stays usable") {
+#if defined(__GLIBC__)
+  CHECK(host_retain_freed_memory());
+#else
+  CHECK_FALSE(host_retain_freed_memory());
+#endif
+  std::vector<float> big(1 << 22, 1.0f);  // 16 MiB: from the heap now, not its own mmap
+  big.back() = 2.0f;
+  CHECK(big.front() + big.back() == 3.0f);
+}

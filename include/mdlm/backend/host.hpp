@@ -13,6 +13,10 @@
 
 #include <omp.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #define MDLM_HOST_HAS_MXCSR 1
@@ -101,6 +105,23 @@ struct Host {
     }
   }
 };
+
+// Keeps the memory the process frees for reuse instead of handing it back to the kernel:
+// glibc's heap is no longer trimmed below 1 GiB of free space at its top, and blocks under
+// 256 MiB come from the heap instead of their own mmap. oneDNN's sgemm allocates and frees its
+// packing buffers on every call; with glibc's defaults the freed top of the heap goes back to
+// the kernel and the next call faults it in again page by page (about 15% of the main job's
+// training step, measured with perf and interleaved runs: README, "Host backend"). This is a
+// process-wide setting, so the library never makes it by itself: the `mdlm` program and the
+// Host benchmarks call it first thing, and so may any program that trains or samples on the
+// Host. Returns false where it does not apply (not glibc).
+inline bool host_retain_freed_memory() {
+#if defined(__GLIBC__)
+  return mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 && mallopt(M_MMAP_THRESHOLD, 256 << 20) == 1;
+#else
+  return false;
+#endif
+}
 
 template <>
 struct MemoryOps<Host> {
