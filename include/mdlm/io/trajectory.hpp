@@ -46,6 +46,7 @@ inline constexpr const char* kTrajectoryFormat = "mdlm-trajectory-v1";
 
 // One micro-batch of a recorded step.
 struct TrajectoryMicroBatch {
+  std::int64_t batch = 0;            // B (from the tensors' shapes)
   std::vector<std::int32_t> x0, zt;  // (B*L)
   std::vector<double> t;             // (B)
   std::vector<double> loss_mask;     // (B*L)
@@ -60,7 +61,8 @@ struct Trajectory {
   std::optional<std::int64_t> mask_id;
   TrajectoryLoss loss = TrajectoryLoss::ContinuousNelbo;
   int discrete_steps = 0;  // T of the discrete-time NELBO
-  std::int64_t steps = 0, accum = 0, batch = 0, seq_len = 0;
+  std::int64_t steps = 0, accum = 0, seq_len = 0;
+  std::int64_t batch = 0;  // B of the first micro-batch (each micro-batch's own B is read from its tensors)
   AdamWConfig adam;
   std::vector<double> lr;  // per step (index k - 1)
   double clip = 0, ema = 0;
@@ -162,8 +164,12 @@ struct Trajectory {
 
   // Micro-batch m of step k (1-based k), with shapes checked against [B, L] and [B].
   TrajectoryMicroBatch micro(std::int64_t k, std::int64_t m) const {
-    const std::vector<std::int64_t> bl{batch, seq_len}, b{batch};
     TrajectoryMicroBatch mb;
+    const TensorInfo& x = file.info(micro_key(k, m, "x0"));
+    MDLM_CHECK(x.shape.size() == 2 && x.shape[1] == seq_len && x.shape[0] > 0, origin(), ": ", micro_key(k, m, "x0"),
+               " has shape ", SafeTensors::shape_str(x.shape), ", expected [B, ", seq_len, "] (seq_len)");
+    mb.batch = x.shape[0];
+    const std::vector<std::int64_t> bl{mb.batch, seq_len}, b{mb.batch};
     mb.x0 = file.get<std::int32_t>(micro_key(k, m, "x0"), bl);
     mb.zt = file.get<std::int32_t>(micro_key(k, m, "zt"), bl);
     mb.t = file.get<double>(micro_key(k, m, "t"), b);
@@ -230,19 +236,21 @@ struct TrajectoryTolerance {
 
 // The tolerance for a replay whose model runs in T (bf16: CUDA bf16-mixed, fp32 master weights).
 //   fp64: 1e-10 on losses and norms, 1e-9 on weights (DESIGN §6; measured ~1e-13).
-//   fp32: 1e-4 on losses and norms, 1e-3 on weights. One fp32 pass matches the fp64 reference to
-//         ~1e-6 (the golden fixtures); over the steps the small rounding differences in the
-//         gradients reach the weights through AdamW, which divides each gradient element by
-//         its own running RMS, so an element whose gradient is near zero (where fp32's absolute
-//         rounding, ~1e-7 of the largest gradient, is a large part of it) can move by up to lr
-//         per step in a different direction. Measured on the committed trajectories: see the
-//         README. The bounds are 10x above the worst measured and far below a wrong optimizer.
+//   fp32: 1e-4 on losses, 1e-3 on norms and weights. One fp32 pass matches the fp64 reference
+//         to ~1e-6 (the golden fixtures); over the steps the rounding differences in the
+//         gradients reach the weights through AdamW, which divides each gradient element by its
+//         own running RMS, so an element whose gradient is small (where fp32's absolute rounding,
+//         ~1e-7 of the largest gradient, is a large part of it) moves in a slightly different
+//         direction, by up to lr per step. Measured worst on the committed trajectories (30-40
+//         steps): losses 1.2e-6, norms 1.9e-5, weights 9.2e-6; the bounds leave ~50-100x for
+//         longer runs and larger learning rates, and stay far below what a wrong optimizer gives
+//         (bias correction off: losses off by 7e-2 to 2e-1).
 //   bf16: each step's loss within 5e-2 of the reference (the check-fixture band for one pass;
 //         the master weights stay fp32), norms within 1e-1; weights are reported, not gated.
 template <class T>
 TrajectoryTolerance trajectory_tolerance() {
   if constexpr (std::is_same_v<T, double>) return {1e-10, 1e-10, 1e-9, true};
-  else if constexpr (std::is_same_v<T, float>) return {1e-4, 1e-4, 1e-3, true};
+  else if constexpr (std::is_same_v<T, float>) return {1e-4, 1e-3, 1e-3, true};
   else return {5e-2, 1e-1, 0.0, false};
 }
 
@@ -344,7 +352,7 @@ TrajectoryReport replay_trajectory(B& ctx, const Trajectory& tr) {
       const auto g = stepper.gradient(tr.accum, [&](Tape<B, T, G>& tape, std::int64_t m) {
         tape.options = {};  // no dropout
         const TrajectoryMicroBatch& mb = micro[static_cast<std::size_t>(m)];
-        return micro_loss(tape, mb, TokenBatch{mb.x0.data(), tr.batch, tr.seq_len, mb.loss_mask.data()});
+        return micro_loss(tape, mb, TokenBatch{mb.x0.data(), mb.batch, tr.seq_len, mb.loss_mask.data()});
       });
       rep.loss.push_back(g.loss);
       rep.grad_norm.push_back(g.norm);
