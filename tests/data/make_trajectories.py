@@ -339,12 +339,18 @@ def make(name, out_dir, **over):
     data = [[make_micro(cfg, gen, cfg["batch"]) for _ in range(cfg["accum"])] for _ in range(cfg["steps"])]
     # A dry run without clipping gives the gradient norms; the clip threshold is set at a
     # quantile of them, so clipping is active on some steps and not on others.
-    _, dry = run(cfg, data, 0.0)
-    clip = sorted(dry)[int(cfg["clip_quantile"] * (len(dry) - 1))]
-    cfg["clip"] = float(f"{clip:.3g}")
-    tensors, norms = run(cfg, data, cfg["clip"])
-    clipped = sum(n > cfg["clip"] for n in norms)
-    assert 0 < clipped < cfg["steps"], (name, clipped)
+    # clip_quantile None: clipping off (clip 0).
+    if cfg["clip_quantile"] is None:
+        cfg["clip"] = 0.0
+        tensors, norms = run(cfg, data, 0.0)
+        clipped = 0
+    else:
+        _, dry = run(cfg, data, 0.0)
+        clip = sorted(dry)[int(cfg["clip_quantile"] * (len(dry) - 1))]
+        cfg["clip"] = float(f"{clip:.3g}")
+        tensors, norms = run(cfg, data, cfg["clip"])
+        clipped = sum(n > cfg["clip"] for n in norms)
+        assert 0 < clipped < cfg["steps"], (name, clipped)
     meta = {k: cfg[k] for k in FILE_KEYS if k in cfg and not (k == "T" and cfg["loss"] != "mdlm_discrete_nelbo_token_mean")}
     if cfg["causal"]:
         meta["mask_id"] = None
