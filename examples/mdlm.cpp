@@ -6,6 +6,7 @@
 //       fp64 result, with its throughput.
 //   mdlm info [--preset tiny|small|medium] [--vocab V] [--ar 0|1] [--verbose 0|1]
 //   mdlm check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]
+//   mdlm check-trajectory FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]
 //   mdlm tokenize --tokenizer gpt2:DIR|wordpiece:FILE|bytes [--jsonl] [--special]
 // Every command takes --threads N (or the environment variable MDLM_NUM_THREADS; the flag wins):
 // the Host backend's thread count, the OpenMP default and OpenBLAS's thread count, all N.
@@ -296,6 +297,48 @@ int check_fixture(int argc, char** argv) {
   }
   std::printf("  },\n  \"worst_rel\": %.6e,\n  \"pass\": %s\n}\n", rep.worst_rel(), ok ? "true" : "false");
   return ok ? 0 : 1;
+}
+
+// Replays an mdlm-trajectory-v1 file (io/trajectory.hpp) through the library's TrainStep and
+// prints a JSON report; exit 0 only within the dtype's tolerance (trajectory_tolerance<T>).
+int check_trajectory(int argc, char** argv) {
+  MDLM_CHECK(argc >= 3 && argv[2][0] != '-', "check-trajectory needs a trajectory file (mdlm check-trajectory FILE.safetensors)");
+  const std::string path = argv[2];
+  Args args(argc, argv, 3, {{"--backend", "host"}, {"--dtype", "f64"}});
+  const std::string backend = args.str("--backend"), dtype = args.str("--dtype");
+  MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
+  MDLM_CHECK(dtype == "f64" || dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (expected f64, f32 or bf16)");
+  const Trajectory tr = Trajectory::load(path);
+  const auto t0 = std::chrono::steady_clock::now();
+  TrajectoryReport rep;
+  if (backend == "host") {
+    MDLM_CHECK(dtype != "bf16", "--dtype bf16 runs on the CUDA backend only");
+    Host host = host_context();
+    rep = dtype == "f64" ? replay_trajectory<Host, double>(host, tr) : replay_trajectory<Host, float>(host, tr);
+  } else {
+#if MDLM_WITH_CUDA
+    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+    MDLM_CHECK(dtype != "f64", "--backend cuda runs f32 or bf16 (fp64 is the Host reference)");
+    Cuda ctx;
+    rep = dtype == "f32" ? replay_trajectory<Cuda, float>(ctx, tr) : replay_trajectory<Cuda, bf16, float>(ctx, tr);
+#else
+    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
+#endif
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::json j = rep.to_json();
+  j["trajectory"] = path;
+  j["backend"] = backend;
+  j["dtype"] = dtype;
+  j["model"] = tr.model.ar ? "ar" : "mdlm";
+  j["loss_kind"] = tr.config.at("loss");
+  j["steps"] = tr.steps;
+  j["accum"] = tr.accum;
+  j["batch"] = tr.batch;
+  j["seq_len"] = tr.seq_len;
+  j["seconds"] = seconds;
+  std::printf("%s\n", j.dump(2).c_str());
+  return rep.pass() ? 0 : 1;
 }
 
 // Reads text (one document per line) or JSON lines with a "text" field from stdin and writes
@@ -674,6 +717,9 @@ void usage() {
       "  check-fixture FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       run a golden fixture (forward, loss, backward) and\n"
       "                                       print a JSON report; exit 0 only within tolerance\n"
+      "  check-trajectory FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
+      "                                       replay a training trajectory (mdlm-trajectory-v1) through\n"
+      "                                       the trainer's step; JSON report; exit 0 only within tolerance\n"
       "every command: --threads N (or MDLM_NUM_THREADS=N) CPU threads of the Host backend and BLAS\n");
 }
 
@@ -701,6 +747,7 @@ int main(int argc_in, char** argv_in) {
       return info(Args(argc, argv, 2, {{"--preset", "small"}, {"--vocab", "50258"}, {"--ar", "0"}, {"--verbose", "0"}}));
     }
     if (cmd == "check-fixture") return check_fixture(argc, argv);
+    if (cmd == "check-trajectory") return check_trajectory(argc, argv);
     if (cmd == "prepare") return prepare(argc, argv);
     if (cmd == "train") return train(Args(argc, argv, 2, kTrainDefaults, {"--resume", "--time-conditioning"}));
     if (cmd == "eval") {

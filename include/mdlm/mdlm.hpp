@@ -47,6 +47,7 @@
 #include "mdlm/optim/adamw.hpp"
 #include "mdlm/train/metrics.hpp"
 #include "mdlm/train/trainer.hpp"
+#include "mdlm/io/trajectory.hpp"
 
 #include "mdlm/sampling/batched.hpp"
 #include "mdlm/sampling/categorical.hpp"

@@ -1,14 +1,25 @@
 #pragma once
-// Optimization (DESIGN §1 recipe): AdamW with fp32 master weights and state (decoupled weight
+// Optimization (DESIGN §1 recipe): AdamW with master weights and state (decoupled weight
 // decay, bias correction), learning-rate schedules (constant or cosine, both after a linear
 // warmup), global-norm gradient clipping, and an EMA of the weights with the warm-up rule
 // decay_n = min(decay, (1 + n) / (10 + n)). Every buffer is one contiguous array in the
 // ParamLayout order, so each update is one fused pass (one kernel launch on CUDA).
+//
+// The semantics are PyTorch's and Lightning's (the paper's code), step by step:
+//   clipping  clip_grad_norm_: g *= min(1, clip / (norm + 1e-6)), norm the global L2 norm;
+//   AdamW     p *= 1 - lr wd; m, v updated with beta1, beta2; p -= lr m_hat / (sqrt(v_hat) + eps)
+//             with m_hat, v_hat bias-corrected by the step count k (one parameter group);
+//   EMA       starts at the initial weights and is updated after every optimizer step from the
+//             new weights, n counting this update.
+// The master weights, moments and EMA are kept in the state type S: fp32 for fp32/bf16 models,
+// fp64 for fp64 models (optimizer_state_t), so a Host fp64 run is fp64 throughout and can be
+// held to an fp64 PyTorch reference over many steps (io/trajectory.hpp).
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "mdlm/backend/host.hpp"
@@ -47,6 +58,16 @@ struct LrSchedule {
   }
 };
 
+// PyTorch's clip_grad_norm_ multiplier for a gradient of global norm `norm` (clip 0: off).
+inline double clip_multiplier(double norm, double clip) {
+  return clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
+}
+
+// The type of the master weights, moments and EMA for a model of value type T: fp64 for fp64
+// models, fp32 otherwise (fp32 master weights under bf16, DESIGN §1).
+template <class T>
+using optimizer_state_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
 inline double ema_decay_at(double decay, std::int64_t updates) {
   return std::min(decay, (1.0 + static_cast<double>(updates)) / (10.0 + static_cast<double>(updates)));
 }
@@ -71,35 +92,54 @@ double sum_of_squares(const Host& ctx, const G* g, std::int64_t n) {
   return total;
 }
 
-struct AdamWStep {
-  float lr, beta1, beta2, eps, weight_decay;
-  float bias1, bias2;      // 1 - beta^t
-  float grad_scale;        // clipping factor (1: none)
+// The scalars of one AdamW update in the state type S.
+template <class S>
+struct AdamWStepOf {
+  S lr, beta1, beta2, eps, weight_decay;
+  S bias1, bias2;      // 1 - beta^k
+  S grad_scale;        // clipping multiplier (1: none)
 };
+using AdamWStep = AdamWStepOf<float>;  // the fp32 state (Host fp32, CUDA)
 
-// master/m/v fp32; grad G; value T (what the model reads) = master rounded.
-template <class G, class T>
-void adamw_update(const Host& ctx, std::int64_t n, float* master, float* m, float* v, const G* grad, T* value, AdamWStep s) {
+template <class S>
+AdamWStepOf<S> make_adamw_step(const AdamWConfig& cfg, double lr, std::int64_t step, double grad_scale) {
+  return {static_cast<S>(lr),
+          static_cast<S>(cfg.beta1),
+          static_cast<S>(cfg.beta2),
+          static_cast<S>(cfg.eps),
+          static_cast<S>(cfg.weight_decay),
+          static_cast<S>(1.0 - std::pow(cfg.beta1, static_cast<double>(step))),
+          static_cast<S>(1.0 - std::pow(cfg.beta2, static_cast<double>(step))),
+          static_cast<S>(grad_scale)};
+}
+
+// master/m/v in the state type S; grad G; value T (what the model reads) = master rounded.
+// The arithmetic is PyTorch's AdamW (torch.optim.AdamW, single-tensor path), in its order.
+template <class S, class G, class T>
+void adamw_update(const Host& ctx, std::int64_t n, S* master, S* m, S* v, const G* grad, T* value, AdamWStepOf<S> s) {
+  const S step_size = s.lr / s.bias1, bias2_sqrt = std::sqrt(s.bias2), decay = S(1) - s.lr * s.weight_decay;
   ctx.parallel_for((n + 1023) / 1024, [&](std::int64_t c) {
     for (std::int64_t i = c * 1024; i < std::min(n, (c + 1) * 1024); ++i) {
-      const float g = static_cast<float>(to_compute(grad[i])) * s.grad_scale;
-      m[i] = s.beta1 * m[i] + (1.0f - s.beta1) * g;
-      v[i] = s.beta2 * v[i] + (1.0f - s.beta2) * g * g;
-      const float mh = m[i] / s.bias1, vh = v[i] / s.bias2;
-      master[i] -= s.lr * (mh / (std::sqrt(vh) + s.eps) + s.weight_decay * master[i]);
-      value[i] = from_compute<T>(static_cast<compute_t<T>>(master[i]));
+      const S g = static_cast<S>(to_compute(grad[i])) * s.grad_scale;
+      S p = master[i] * decay;
+      m[i] += (S(1) - s.beta1) * (g - m[i]);  // torch: exp_avg.lerp_(grad, 1 - beta1)
+      v[i] = s.beta2 * v[i] + (S(1) - s.beta2) * g * g;
+      p -= step_size * (m[i] / (std::sqrt(v[i]) / bias2_sqrt + s.eps));
+      master[i] = p;
+      value[i] = from_compute<T>(static_cast<compute_t<T>>(p));
     }
   });
 }
 
-inline void ema_update(const Host& ctx, std::int64_t n, float* ema, const float* master, float decay) {
+template <class S>
+void ema_update(const Host& ctx, std::int64_t n, S* ema, const S* master, S decay) {
   ctx.parallel_for((n + 1023) / 1024, [&](std::int64_t c) {
-    for (std::int64_t i = c * 1024; i < std::min(n, (c + 1) * 1024); ++i) ema[i] = decay * ema[i] + (1.0f - decay) * master[i];
+    for (std::int64_t i = c * 1024; i < std::min(n, (c + 1) * 1024); ++i) ema[i] = decay * ema[i] + (S(1) - decay) * master[i];
   });
 }
 
-template <class T>
-void cast_from_master(const Host& ctx, std::int64_t n, const float* master, T* value) {
+template <class S, class T>
+void cast_from_master(const Host& ctx, std::int64_t n, const S* master, T* value) {
   ctx.parallel_for((n + 1023) / 1024, [&](std::int64_t c) {
     for (std::int64_t i = c * 1024; i < std::min(n, (c + 1) * 1024); ++i) value[i] = from_compute<T>(static_cast<compute_t<T>>(master[i]));
   });
@@ -107,10 +147,12 @@ void cast_from_master(const Host& ctx, std::int64_t n, const float* master, T* v
 
 // ---- the optimizer state ------------------------------------------------------------------
 
-// AdamW + EMA over one contiguous parameter buffer of n elements on backend B.
-template <class B>
+// AdamW + EMA over one contiguous parameter buffer of n elements on backend B, with master
+// weights, moments and EMA of type S (optimizer_state_t of the model's value type).
+template <class B, class S = float>
 class AdamW {
  public:
+  using State = S;
   AdamW(std::int64_t n, AdamWConfig cfg, double ema_decay)
       : n_(n), cfg_(cfg), ema_decay_(ema_decay), master_(n), m_(n), v_(n), ema_(n) {
     MemoryOps<B>::zero(m_.data(), m_.bytes());
@@ -122,14 +164,14 @@ class AdamW {
   void set_steps(std::int64_t s) { steps_ = s; }
   const AdamWConfig& config() const { return cfg_; }
   double ema_decay() const { return ema_decay_; }
-  float* master() { return master_.data(); }
-  float* m() { return m_.data(); }
-  float* v() { return v_.data(); }
-  float* ema() { return ema_.data(); }
+  S* master() { return master_.data(); }
+  S* m() { return m_.data(); }
+  S* v() { return v_.data(); }
+  S* ema() { return ema_.data(); }
 
   // Loads host copies (ParamLayout order) of the master weights, EMA and moments.
-  void load(B& ctx, const std::vector<float>& master, const std::vector<float>& ema, const std::vector<float>* m = nullptr,
-            const std::vector<float>* v = nullptr) {
+  void load(B& ctx, const std::vector<S>& master, const std::vector<S>& ema, const std::vector<S>* m = nullptr,
+            const std::vector<S>* v = nullptr) {
     MDLM_CHECK(static_cast<std::int64_t>(master.size()) == n_ && static_cast<std::int64_t>(ema.size()) == n_,
                "optimizer: ", master.size(), " weights for ", n_);
     upload_into(ctx, master.data(), n_, master_.data());
@@ -144,19 +186,15 @@ class AdamW {
     return std::sqrt(sum_of_squares(ctx, grad, n_));
   }
 
-  // One update with learning rate lr; the gradient is scaled to global norm `clip` when its
-  // norm (from grad_norm) exceeds it (clip 0: no clipping). Writes the new weights, rounded to
-  // T, into `value`, and advances the EMA.
+  // One optimizer step with learning rate lr: the gradient (of global norm `norm`, from
+  // grad_norm) is clipped by clip_multiplier(norm, clip), AdamW updates the master weights and
+  // writes them, rounded to T, into `value`; then the EMA follows the new weights.
   template <class G, class T>
   void update(B& ctx, const G* grad, T* value, double lr, double norm, double clip) {
-    const double scale = clip > 0 && norm > clip ? clip / norm : 1.0;
     ++steps_;
-    AdamWStep s{static_cast<float>(lr), static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
-                static_cast<float>(cfg_.eps), static_cast<float>(cfg_.weight_decay),
-                static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(steps_))),
-                static_cast<float>(1.0 - std::pow(cfg_.beta2, static_cast<double>(steps_))), static_cast<float>(scale)};
-    adamw_update(ctx, n_, master_.data(), m_.data(), v_.data(), grad, value, s);
-    ema_update(ctx, n_, ema_.data(), master_.data(), static_cast<float>(ema_decay_at(ema_decay_, steps_)));
+    adamw_update(ctx, n_, master_.data(), m_.data(), v_.data(), grad, value,
+                 make_adamw_step<S>(cfg_, lr, steps_, clip_multiplier(norm, clip)));
+    ema_update(ctx, n_, ema_.data(), master_.data(), static_cast<S>(ema_decay_at(ema_decay_, steps_)));
   }
 
  private:
@@ -164,7 +202,7 @@ class AdamW {
   AdamWConfig cfg_;
   double ema_decay_;
   std::int64_t steps_ = 0;
-  Buffer<float, B> master_, m_, v_, ema_;
+  Buffer<S, B> master_, m_, v_, ema_;
 };
 
 }  // namespace mdlm

@@ -1,6 +1,6 @@
 #pragma once
 // The training loop (`mdlm train`): data shards -> shuffled batches -> objective (MDLM NELBO or
-// AR NLL) -> backward -> global-norm clipping -> AdamW on fp32 master weights -> EMA, with
+// AR NLL) -> backward -> global-norm clipping -> AdamW on master weights -> EMA, with
 // gradient accumulation, periodic validation with the EMA weights, NaN/Inf detection, metrics
 // (JSON lines, CSV, SVG plot), a progress line, and atomic checkpoints that resume bit-exactly:
 // every random draw is keyed by (seed, step), and the loader position, optimizer state and EMA
@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -133,6 +134,60 @@ EvalResult evaluate(B& ctx, const DiT& model, const Params<B, T, G>& p, const Se
   return r;
 }
 
+// One optimizer step, as the trainer takes it and as a trajectory replay (io/trajectory.hpp)
+// drives it from outside with recorded inputs:
+//   gradient(accum, micro_loss): zero the gradients; for m = 0..accum-1 build micro-batch m's
+//     loss on the tape (micro_loss(tape, m) returns the LossOutput) and run backward seeded with
+//     1/accum, so the gradients are those of the mean of the micro-batch losses; returns that
+//     mean and the global L2 norm of the gradient, before clipping;
+//   apply(lr, norm, clip): clipping, AdamW and then the EMA (AdamW::update).
+// The caller may inspect the loss and norm in between (the trainer stops on NaN/Inf there).
+template <class B, class T, class G = float>
+class TrainStep {
+ public:
+  using State = optimizer_state_t<T>;
+  struct Gradient {
+    double loss = 0;  // mean of the micro-batch losses
+    double norm = 0;  // global L2 norm of the gradient, before clipping
+  };
+
+  TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt) : ctx_(ctx), store_(store), opt_(opt), tape_(ctx) {}
+
+  template <class MicroLoss>
+  Gradient gradient(std::int64_t accum, MicroLoss&& micro_loss) {
+    MDLM_CHECK(accum > 0, "train step: ", accum, " micro-batches");
+    if (accum != seed_accum_) {
+      seed_ = upload(ctx_, std::vector<T>{from_compute<T>(static_cast<compute_t<T>>(1.0 / static_cast<double>(accum)))});
+      seed_accum_ = accum;
+    }
+    store_.zero_grad(ctx_);
+    Gradient g;
+    for (std::int64_t micro = 0; micro < accum; ++micro) {
+      tape_.reset();
+      LossOutput<B, T> out = micro_loss(tape_, micro);
+      tape_.backward(out.loss, MatrixView<const T, B>(seed_.data(), 1, 1));
+      g.loss += static_cast<double>(to_compute(download(ctx_, MatrixView<const T, B>(out.loss.value))[0])) /
+                static_cast<double>(accum);
+    }
+    g.norm = opt_.grad_norm(ctx_, store_.grads().data());
+    return g;
+  }
+
+  void apply(double lr, double norm, double clip) {
+    opt_.update(ctx_, store_.grads().data(), store_.values().data(), lr, norm, clip);
+  }
+
+  Tape<B, T, G>& tape() { return tape_; }
+
+ private:
+  B& ctx_;
+  ParamStore<B, T, G>& store_;
+  AdamW<B, State>& opt_;
+  Tape<B, T, G> tape_;
+  Buffer<T, B> seed_;
+  std::int64_t seed_accum_ = 0;
+};
+
 template <class B, class T, class G = float>
 class Trainer {
  public:
@@ -156,13 +211,14 @@ class Trainer {
     const ParamLayout& layout = model.layout();
     const std::int64_t n = layout.buffer_elements();
     ParamStore<B, T, G> store(layout);
-    AdamW<B> opt(n, cfg.adam, cfg.ema);
+    using S = optimizer_state_t<T>;
+    AdamW<B, S> opt(n, cfg.adam, cfg.ema);
 
     TrainResult result;
     result.unigram_nats = unigram_cross_entropy(train, valid);
     const std::vector<std::int32_t> unseen = unseen_ids(train, cfg.model.vocab, meta.specials);
     std::int64_t start = 0;
-    std::vector<float> master;
+    std::vector<S> master;
     if (cfg.resume && std::filesystem::exists(ckpt_path)) {
       LoadedCheckpoint c = load_checkpoint(ckpt_path);
       MDLM_CHECK(model_config_json(c.model) == model_config_json(cfg.model), ckpt_path.string(),
@@ -171,15 +227,16 @@ class Trainer {
       start = c.training_state.at("step").get<std::int64_t>();
       loader.set_position({c.training_state.at("loader_epoch").get<std::uint64_t>(),
                            c.training_state.at("loader_index").get<std::uint64_t>()});
-      opt.load(ctx, c.tensors.master, c.tensors.ema, &c.tensors.m, &c.tensors.v);
+      master = cast_vector<S>(c.tensors.master);
+      const std::vector<S> ema = cast_vector<S>(c.tensors.ema), m = cast_vector<S>(c.tensors.m), v = cast_vector<S>(c.tensors.v);
+      opt.load(ctx, master, ema, &m, &v);
       opt.set_steps(start);
-      master = std::move(c.tensors.master);
       say(cfg, "resumed from %s at step %lld\n", ckpt_path.string().c_str(), static_cast<long long>(start));
     } else {
       MDLM_CHECK(!cfg.resume, "--resume: no checkpoint at '", ckpt_path.string(), "'");
       ParamStore<Host, float> init(layout);
       model.init(init, cfg.seed);
-      master.assign(init.values().data(), init.values().data() + n);
+      master = cast_vector<S>(std::vector<float>(init.values().data(), init.values().data() + n));
       opt.load(ctx, master, master);
     }
     {
@@ -196,11 +253,10 @@ class Trainer {
     say(cfg, "unigram baseline (validation tokens under the train unigram): %.4f nats/token\n", result.unigram_nats);
 
     MetricsLog metrics(cfg.out_dir, /*append=*/start > 0);
-    Tape<B, T, G> tape(ctx);
+    TrainStep<B, T, G> stepper(ctx, store, opt);
     DiffusionOptions dopt;
     dopt.mask_id = meta.specials.mask;
     const MaskedDiffusion<LogLinearSchedule> diffusion(LogLinearSchedule{}, dopt);
-    const auto seed_grad = upload(ctx, std::vector<T>{from_compute<T>(static_cast<compute_t<T>>(1.0 / static_cast<double>(cfg.accum)))});
     std::vector<std::int32_t> ids;
     std::vector<double> mask;
     std::int64_t last_saved = start;
@@ -212,10 +268,11 @@ class Trainer {
 
     auto save = [&](std::int64_t step) {
       CheckpointTensors t;
-      t.master = download(ctx, MatrixView<const float, B>(opt.master(), 1, n));
-      t.ema = download(ctx, MatrixView<const float, B>(opt.ema(), 1, n));
-      t.m = download(ctx, MatrixView<const float, B>(opt.m(), 1, n));
-      t.v = download(ctx, MatrixView<const float, B>(opt.v(), 1, n));
+      // Checkpoints hold fp32 (an fp64 state is rounded to it).
+      t.master = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.master(), 1, n)));
+      t.ema = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.ema(), 1, n)));
+      t.m = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.m(), 1, n)));
+      t.v = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.v(), 1, n)));
       nlohmann::json state = cfg.to_json();
       const LoaderPosition pos = loader.position();
       state["step"] = step;
@@ -229,7 +286,7 @@ class Trainer {
     };
     auto validate = [&](std::int64_t step) {
       ParamStore<B, T, G> ema_store(layout);
-      std::vector<float> ema = download(ctx, MatrixView<const float, B>(opt.ema(), 1, n));
+      std::vector<S> ema = download(ctx, MatrixView<const S, B>(opt.ema(), 1, n));
       std::vector<T> values(static_cast<std::size_t>(n));
       cast_from_master(Host{}, n, ema.data(), values.data());
       upload_into(ctx, values.data(), n, ema_store.values().data());
@@ -243,27 +300,22 @@ class Trainer {
     std::int64_t step = start;
     while (step < cfg.steps) {
       ++step;
-      store.zero_grad(ctx);
-      double loss = 0;
-      for (std::int64_t micro = 0; micro < cfg.accum; ++micro) {
+      const auto grad = stepper.gradient(cfg.accum, [&](Tape<B, T, G>& tape, std::int64_t micro) {
         const auto draw = static_cast<std::uint32_t>(step * cfg.accum + micro);
-        tape.reset();
         tape.options = {true, cfg.seed, draw};
         loader.next(cfg.batch, ids, mask);
         TokenBatch tb{ids.data(), cfg.batch, cfg.seq_len, mask.data()};
-        LossOutput<B, T> out = cfg.model.ar ? Autoregressive{}.loss(tape, model, store.params(), tb)
-                                            : diffusion.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
-        tape.backward(out.loss, MatrixView<const T, B>(seed_grad.data(), 1, 1));
-        loss += static_cast<double>(to_compute(download(ctx, MatrixView<const T, B>(out.loss.value))[0])) / static_cast<double>(cfg.accum);
-      }
-      const double norm = opt.grad_norm(ctx, store.grads().data());
+        return cfg.model.ar ? Autoregressive{}.loss(tape, model, store.params(), tb)
+                            : diffusion.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
+      });
+      const double loss = grad.loss, norm = grad.norm;
       if (!std::isfinite(loss) || !std::isfinite(norm)) {
         MDLM_FAIL("non-finite ", std::isfinite(loss) ? "gradient norm" : "loss", " at step ", step, " (loss ", loss,
                   ", gradient norm ", norm, "): stopped before applying the update; the last good checkpoint is '",
                   ckpt_path.string(), "' (step ", last_saved, ")");
       }
       const double lr = cfg.lr.at(step);
-      opt.update(ctx, store.grads().data(), store.values().data(), lr, norm, cfg.clip);
+      stepper.apply(lr, norm, cfg.clip);
       result.losses.push_back(loss);
       window_tokens += tokens_per_step;
       window_loss += loss;
