@@ -2,11 +2,17 @@
 // errors naming the file and the tensor; writes are atomic.
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "mdlm/mdlm.hpp"
 
@@ -114,13 +120,77 @@ TEST_CASE("safetensors: writes are atomic; a failed write leaves the old file in
   w.write(path);
   CHECK(SafeTensors::read(path).get<float>("v") == v);
   CHECK_FALSE(std::filesystem::exists(path.string() + ".tmp"));
-  // /dev/full: every write fails with ENOSPC, like a full disk.
-  if (std::filesystem::exists("/dev/full")) {
-    CHECK_THROWS_WITH_AS(SafeTensorsWriter::write_file_atomically("/dev/full/x.safetensors", "data"),
-                         doctest::Contains("cannot create"), Error);
-  }
   CHECK_THROWS_WITH_AS(SafeTensorsWriter::write_file_atomically(dir / "missing" / "x.safetensors", "data"),
                        doctest::Contains("cannot create"), Error);
   CHECK(SafeTensors::read(path).get<float>("v") == v);
+  std::filesystem::remove_all(dir);
+}
+
+namespace {
+// Runs `write` in a child process whose files may not grow past `limit` bytes (RLIMIT_FSIZE,
+// with SIGXFSZ ignored, so a write that crosses it fails with EFBIG as on a full disk) and
+// returns the mdlm::Error message it raised, or "no error" / "crashed".
+template <class Write>
+std::string message_of_write_under_limit(rlim_t limit, Write&& write) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::signal(SIGXFSZ, SIG_IGN);
+    rlimit r{limit, limit};
+    ::setrlimit(RLIMIT_FSIZE, &r);
+    std::string msg = "no error";
+    try {
+      write();
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    if (::write(fds[1], msg.data(), msg.size()) < 0) ::_exit(2);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string msg;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) msg.append(buf, static_cast<std::size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? msg : "crashed";
+}
+}  // namespace
+
+TEST_CASE("a write that runs out of space (EFBIG under RLIMIT_FSIZE) names the file and the cause; the old file stays") {
+  const auto dir = std::filesystem::temp_directory_path() / "mdlm_full_disk_test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  // A checkpoint-like safetensors file, then a larger one that cannot be written.
+  const auto ckpt = dir / "checkpoint.safetensors";
+  std::vector<float> small(256, 1.5f), big(1 << 16, 2.5f);
+  SafeTensorsWriter w1;
+  w1.add("w", {256}, small.data());
+  w1.write(ckpt);
+  const std::string msg = message_of_write_under_limit(64 * 1024, [&] {
+    SafeTensorsWriter w2;
+    w2.add("w", {1 << 16}, big.data());  // 256 KiB > the 64 KiB limit
+    w2.write(ckpt);
+  });
+  CAPTURE(msg);
+  CHECK(msg.find(ckpt.string()) != std::string::npos);
+  CHECK(msg.find(std::strerror(EFBIG)) != std::string::npos);
+  CHECK(msg.find("previous file is unchanged") != std::string::npos);
+  CHECK(SafeTensors::read(ckpt).get<float>("w") == small);  // intact and loadable
+  CHECK_FALSE(std::filesystem::exists(ckpt.string() + ".tmp"));
+
+  // A token shard the same way.
+  const auto shard = dir / "train.bin";
+  std::vector<std::vector<std::int32_t>> docs(1, std::vector<std::int32_t>(100000, 7));
+  const std::string smsg = message_of_write_under_limit(64 * 1024, [&] { write_shard(shard, docs, 260, 257); });
+  CAPTURE(smsg);
+  CHECK(smsg.find(shard.string()) != std::string::npos);
+  CHECK(smsg.find(std::strerror(EFBIG)) != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(shard));
+  CHECK_FALSE(std::filesystem::exists(shard.string() + ".tmp"));
   std::filesystem::remove_all(dir);
 }

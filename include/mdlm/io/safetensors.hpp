@@ -9,9 +9,13 @@
 // Supported dtypes: F64, F32, BF16, F16, I64, I32, U8. get<T>() converts between float types
 // (F64/F32/BF16/F16 -> double/float/bf16) and between integer types (with a range check).
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -331,16 +335,27 @@ class SafeTensorsWriter {
   // file is removed, `path` is left as it was, and mdlm::Error names the path.
   void write(const std::filesystem::path& path) const { write_file_atomically(path, serialize()); }
 
+  // Writes `bytes` to path.tmp, flushes it to the disk (fsync), then renames it over `path`: a
+  // reader, or a process killed at any moment, sees the old file or the new one, never a
+  // partial one. A failed write (a full disk: ENOSPC; a file-size limit: EFBIG) removes the
+  // temporary file, leaves `path` as it was and throws an Error naming the file and the cause.
   static void write_file_atomically(const std::filesystem::path& path, const std::string& bytes) {
     const std::filesystem::path tmp = path.string() + ".tmp";
     std::FILE* f = std::fopen(tmp.string().c_str(), "wb");
     if (f == nullptr) MDLM_FAIL("cannot create '", tmp.string(), "': ", std::strerror(errno));
-    const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0;
-    const int err = errno;
-    const bool closed = std::fclose(f) == 0;
-    if (!ok || !closed) {
+    int err = 0;
+    if (std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size() || std::fflush(f) != 0) {
+      err = errno != 0 ? errno : EIO;
+#if defined(__unix__) || defined(__APPLE__)
+    } else if (::fsync(::fileno(f)) != 0) {
+      err = errno;
+#endif
+    }
+    if (std::fclose(f) != 0 && err == 0) err = errno != 0 ? errno : EIO;
+    if (err != 0) {
       std::remove(tmp.string().c_str());
-      MDLM_FAIL("writing '", path.string(), "' failed (", std::strerror(err), "); the previous file is unchanged");
+      MDLM_FAIL("writing '", path.string(), "' failed: ", std::strerror(err), " (", bytes.size(),
+                " bytes); the previous file is unchanged");
     }
     std::error_code ec;
     std::filesystem::rename(tmp, path, ec);

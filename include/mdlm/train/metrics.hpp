@@ -25,19 +25,61 @@ struct MetricPoint {
 
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::filesystem::path& dir, bool append) : dir_(dir) {
-    const auto mode = append ? std::ios::app : std::ios::trunc;
-    jsonl_.open(dir / "metrics.jsonl", mode);
-    const bool csv_new = !append || !std::filesystem::exists(dir / "metrics.csv");
-    csv_.open(dir / "metrics.csv", mode);
+  // A new log (resume_step < 0: the files start empty), or the log of a run resumed from a
+  // checkpoint of step `resume_step`: the rows the files hold up to that step are kept (and
+  // plotted again), the rows after it (written by the run that died after its last checkpoint
+  // and will be written again now) are cut, so no step appears twice. Both files are rewritten
+  // atomically from metrics.jsonl before the run appends to them.
+  explicit MetricsLog(const std::filesystem::path& dir, std::int64_t resume_step = -1) : dir_(dir) {
+    const auto jsonl_path = dir / "metrics.jsonl", csv_path = dir / "metrics.csv";
+    if (resume_step >= 0 && std::filesystem::exists(jsonl_path)) {
+      std::string kept_jsonl, kept_csv = kCsvHeader;
+      std::ifstream in(jsonl_path);
+      std::string line;
+      std::int64_t line_no = 0;
+      while (std::getline(in, line)) {
+        ++line_no;
+        if (line.empty()) continue;
+        nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+        if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer() ||
+            !j.contains("split") || !j.contains("loss")) {
+          // A torn last line (the process died mid-write) is dropped; anything else is an error.
+          MDLM_CHECK(in.peek() == std::char_traits<char>::eof(), jsonl_path.string(), ": line ", line_no,
+                     " is not a metrics row: ", line.substr(0, 80));
+          continue;
+        }
+        const std::int64_t step = j["step"].get<std::int64_t>();
+        if (step > resume_step) continue;
+        const std::string split = j["split"].is_string() ? j["split"].get<std::string>() : "";
+        auto num = [&](const char* key) { return j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN; };
+        const double loss = num("loss");
+        kept_jsonl += j.dump() + "\n";
+        if (split == "train") {
+          kept_csv += csv_train_row(step, loss, num("lr"), num("grad_norm"), num("tokens_per_s"));
+          train_.push_back({step, loss});
+        } else {
+          kept_csv += csv_valid_row(step, loss, num("ppl"));
+          valid_.push_back({step, loss});
+        }
+      }
+      in.close();
+      SafeTensorsWriter::write_file_atomically(jsonl_path, kept_jsonl);
+      SafeTensorsWriter::write_file_atomically(csv_path, kept_csv);
+      jsonl_.open(jsonl_path, std::ios::app);
+      csv_.open(csv_path, std::ios::app);
+    } else {
+      jsonl_.open(jsonl_path, std::ios::trunc);
+      csv_.open(csv_path, std::ios::trunc);
+      csv_ << kCsvHeader;
+    }
     if (!jsonl_ || !csv_) MDLM_FAIL("cannot write metrics in '", dir.string(), "'");
-    if (csv_new) csv_ << "step,split,loss,ppl,lr,grad_norm,tokens_per_s\n";
+    csv_.flush();
   }
   void train(std::int64_t step, double loss, double lr, double grad_norm, double tokens_per_s) {
     nlohmann::json j{{"step", step}, {"split", "train"}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                      {"tokens_per_s", tokens_per_s}};
     jsonl_ << j.dump() << "\n";
-    csv_ << step << ",train," << loss << ",," << lr << "," << grad_norm << "," << tokens_per_s << "\n";
+    csv_ << csv_train_row(step, loss, lr, grad_norm, tokens_per_s);
     jsonl_.flush();
     csv_.flush();
     train_.push_back({step, loss});
@@ -45,7 +87,7 @@ class MetricsLog {
   void valid(std::int64_t step, double nats, double ppl) {
     nlohmann::json j{{"step", step}, {"split", "valid"}, {"loss", nats}, {"ppl", ppl}};
     jsonl_ << j.dump() << "\n";
-    csv_ << step << ",valid," << nats << "," << ppl << ",,,\n";
+    csv_ << csv_valid_row(step, nats, ppl);
     jsonl_.flush();
     csv_.flush();
     valid_.push_back({step, nats});
@@ -55,6 +97,17 @@ class MetricsLog {
   void write_plot(const std::string& title) const;
 
  private:
+  static constexpr const char* kCsvHeader = "step,split,loss,ppl,lr,grad_norm,tokens_per_s\n";
+  static std::string csv_train_row(std::int64_t step, double loss, double lr, double grad_norm, double tokens_per_s) {
+    std::ostringstream o;
+    o << step << ",train," << loss << ",," << lr << "," << grad_norm << "," << tokens_per_s << "\n";
+    return o.str();
+  }
+  static std::string csv_valid_row(std::int64_t step, double nats, double ppl) {
+    std::ostringstream o;
+    o << step << ",valid," << nats << "," << ppl << ",,,\n";
+    return o.str();
+  }
   std::filesystem::path dir_;
   std::ofstream jsonl_, csv_;
   std::vector<MetricPoint> train_, valid_;

@@ -252,7 +252,7 @@ class Trainer {
         static_cast<long long>(train_set.size()), static_cast<long long>(valid_set.size()), static_cast<long long>(cfg.seq_len));
     say(cfg, "unigram baseline (validation tokens under the train unigram): %.4f nats/token\n", result.unigram_nats);
 
-    MetricsLog metrics(cfg.out_dir, /*append=*/start > 0);
+    MetricsLog metrics(cfg.out_dir, start > 0 ? start : -1);  // resumed: rows after the checkpoint are cut
     TrainStep<B, T, G> stepper(ctx, store, opt);
     DiffusionOptions dopt;
     dopt.mask_id = meta.specials.mask;
