@@ -153,11 +153,4 @@ BENCHMARK(BM_naive_gemm<float>)->Arg(128)->Arg(512)->UseRealTime();
 BENCHMARK(BM_mdlm_gemm<double>)->Arg(128)->Arg(512)->UseRealTime();
 BENCHMARK(BM_naive_gemm<double>)->Arg(128)->Arg(512)->UseRealTime();
 
-int main(int argc, char** argv) {
-  mdlm::host_retain_freed_memory();  // as the mdlm program does (backend/host.hpp)
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+#include "host_bench_main.hpp"

@@ -70,11 +70,4 @@ BENCHMARK(BM_batched_cached)->UseManualTime()->Iterations(1)->Unit(benchmark::kM
 BENCHMARK(BM_batched_confidence)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_batched_first_hit)->UseManualTime()->Iterations(1)->Unit(benchmark::kMillisecond);
 
-int main(int argc, char** argv) {
-  mdlm::host_retain_freed_memory();  // as the mdlm program does (backend/host.hpp)
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+#include "host_bench_main.hpp"

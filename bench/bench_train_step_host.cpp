@@ -44,11 +44,4 @@ BENCHMARK(BM_train_step_tiny_preset)->Arg(1)->Arg(0)->Unit(benchmark::kMilliseco
 BENCHMARK(BM_train_step_main_job)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_train_step_micro)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-int main(int argc, char** argv) {
-  mdlm::host_retain_freed_memory();  // as the mdlm program does (backend/host.hpp)
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+#include "host_bench_main.hpp"

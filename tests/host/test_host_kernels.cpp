@@ -163,20 +163,28 @@ TEST_CASE("gated residual with dropout across several row chunks: gradients and 
   const std::uint64_t offset = 0;  // the first site of a fresh tape
   auto out = GatedResidualOp<Host, double>::forward(tape, x, y, Var<double, Host>{}, seq, 0.4f);
   DropoutSite drop{0.4f, Philox{11}, 2, offset};
-  std::int64_t wrong = 0;
+  // Dropped elements are x exactly; kept ones x + y / (1 - p) (to rounding: the compiler may fuse
+  // the multiply-add).
+  std::int64_t wrong = 0, dropped = 0;
   for (std::int64_t i = 0; i < batches * seq * cols; ++i) {
-    const double want = xv[static_cast<std::size_t>(i)] +
-                        (drop.keep(static_cast<std::uint64_t>(i)) ? yv[static_cast<std::size_t>(i)] * drop.scale<double>() : 0.0);
-    wrong += out.value.data[i] != want;
+    const double x = xv[static_cast<std::size_t>(i)], y = yv[static_cast<std::size_t>(i)], got = out.value.data[i];
+    if (drop.keep(static_cast<std::uint64_t>(i))) {
+      const double want = x + y * drop.scale<double>();
+      wrong += std::abs(got - want) > 1e-15 * std::max(1.0, std::abs(want));
+    } else {
+      ++dropped;
+      wrong += got != x;
+    }
   }
   CHECK(wrong == 0);
+  CHECK(std::abs(static_cast<double>(dropped) / static_cast<double>(batches * seq * cols) - 0.4) < 0.05);
 }
 
 TEST_CASE("host_retain_freed_memory takes effect on glibc, and memory stays usable") {
-#if defined(__GLIBC__)
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
   CHECK(host_retain_freed_memory());
 #else
-  CHECK_FALSE(host_retain_freed_memory());
+  (void)host_retain_freed_memory();  // AddressSanitizer's allocator ignores mallopt
 #endif
   std::vector<float> big(1 << 22, 1.0f);  // 16 MiB: from the heap now, not its own mmap
   big.back() = 2.0f;

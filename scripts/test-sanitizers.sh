@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The Host test suite under AddressSanitizer + UndefinedBehaviorSanitizer (g++): an
+# out-of-bounds access, a use after free, a leak or undefined behaviour in any test fails it.
+# Run by CI after scripts/test.sh; build-asan/ is its own build directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+bash scripts/install-deps.sh
+BUILD=${MDLM_ASAN_BUILD_DIR:-build-asan}
+flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMDLM_CUDA=OFF -DMDLM_BUILD_BENCH=OFF \
+  -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
+cmake --build "$BUILD" -j "$MDLM_JOBS" --target mdlm_tests_host
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+"$BUILD/tests/mdlm_tests_host"
+echo "sanitizers: the Host test suite passed under -fsanitize=address,undefined"
