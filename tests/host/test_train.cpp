@@ -104,6 +104,14 @@ TEST_CASE("shards: round trip in uint16 and uint32, validation of header and ids
   ver[8] = 9;
   write(d / "ver.bin", ver);
   CHECK_THROWS_WITH_AS(Shard::read(d / "ver.bin"), doctest::Contains("shard version 9"), Error);
+  // A count whose byte size wraps around 2^64 (2^63 + 7 tokens of 2 bytes = 14 bytes mod 2^64):
+  // before the check divided, this header matched the 78-byte file and resize(2^63 + 7) threw
+  // std::length_error instead of mdlm::Error.
+  std::string wrap = bytes;
+  const std::uint64_t count = (1ULL << 63) + 7;
+  std::memcpy(wrap.data() + 16, &count, sizeof count);
+  CHECK_THROWS_WITH_AS(Shard::parse(wrap, "wrap.bin"), doctest::Contains("wrap.bin: header says 9223372036854775815 tokens"),
+                       Error);
 }
 
 TEST_CASE("batching: wrap frames chunks of L-2 with BOS/EOS; pad pads documents and masks PAD") {

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -79,7 +80,11 @@ struct Shard {
     std::ifstream in(path, std::ios::binary);
     if (!in) MDLM_FAIL("cannot open shard '", path.string(), "'");
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const std::string p = path.string();
+    return parse(bytes, path.string());
+  }
+
+  // A shard from its bytes; `p` names it in errors (the file's path).
+  static Shard parse(const std::string& bytes, const std::string& p) {
     if (bytes.size() < ShardHeader::kBytes) MDLM_FAIL(p, ": ", bytes.size(), " bytes is too short for a shard header");
     if (std::memcmp(bytes.data(), ShardHeader::kMagic, 8) != 0) MDLM_FAIL(p, ": not a token shard (bad magic)");
     auto get = [&](std::size_t at, auto& v) { std::memcpy(&v, bytes.data() + at, sizeof v); };
@@ -93,10 +98,14 @@ struct Shard {
     get(40, s.header.documents);
     if (version != ShardHeader::kVersion) MDLM_FAIL(p, ": shard version ", version, " (this build reads version 1)");
     if (s.header.width != 2 && s.header.width != 4) MDLM_FAIL(p, ": token width ", s.header.width, " (expected 2 or 4)");
-    const std::uint64_t want = ShardHeader::kBytes + s.header.count * s.header.width;
+    // The count is compared by division first: count * width must not wrap around 2^64.
+    const std::uint64_t payload = bytes.size() - ShardHeader::kBytes;
+    const std::uint64_t want = s.header.count <= payload / s.header.width
+                                   ? ShardHeader::kBytes + s.header.count * s.header.width
+                                   : std::numeric_limits<std::uint64_t>::max();
     if (bytes.size() != want) {
-      MDLM_FAIL(p, ": header says ", s.header.count, " tokens (", want, " bytes) but the file has ", bytes.size(),
-                " bytes (truncated or corrupt)");
+      MDLM_FAIL(p, ": header says ", s.header.count, " tokens of ", s.header.width, " bytes but the file has ",
+                bytes.size(), " bytes (truncated or corrupt)");
     }
     if (s.header.vocab_size == 0) MDLM_FAIL(p, ": vocabulary size 0");
     s.tokens.resize(s.header.count);
