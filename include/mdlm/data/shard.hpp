@@ -107,7 +107,14 @@ struct Shard {
       MDLM_FAIL(p, ": header says ", s.header.count, " tokens of ", s.header.width, " bytes but the file has ",
                 bytes.size(), " bytes (truncated or corrupt)");
     }
-    if (s.header.vocab_size == 0) MDLM_FAIL(p, ": vocabulary size 0");
+    // Ids are int32 in memory: a vocabulary past 2^31 would let an id through the range check
+    // and turn it negative (found by fuzz/fuzz_shard.cpp).
+    if (s.header.vocab_size == 0 || s.header.vocab_size > (1ULL << 31)) {
+      MDLM_FAIL(p, ": vocabulary size ", s.header.vocab_size, " (expected 1 to 2^31: ids are int32)");
+    }
+    if (s.header.eos < 0 || static_cast<std::uint64_t>(s.header.eos) >= s.header.vocab_size) {
+      MDLM_FAIL(p, ": EOS id ", s.header.eos, " is outside the vocabulary of ", s.header.vocab_size);
+    }
     s.tokens.resize(s.header.count);
     for (std::uint64_t i = 0; i < s.header.count; ++i) {
       std::uint32_t v = 0;
