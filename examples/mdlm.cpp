@@ -438,6 +438,23 @@ double real(const Args& a, const std::string& f) {
   }
 }
 
+// Trains with the objective type `obj` on the chosen backend.
+template <class Obj>
+TrainResult run_trainer(const std::string& backend, TrainConfig& cfg, const Obj& obj) {
+  if (backend == "host") {
+    Host host = host_context();
+    return Trainer<Host, float, float, Obj>{obj}.run(host, cfg);
+  }
+#if MDLM_WITH_CUDA
+  MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+  Cuda ctx;
+  cfg.peak_tflops = 989.4;
+  return Trainer<Cuda, bf16, float, Obj>{obj}.run(ctx, cfg);
+#else
+  MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
+#endif
+}
+
 int train(const Args& args) {
   TrainConfig cfg;
   cfg.data_dir = args.str("--data");
@@ -452,7 +469,8 @@ int train(const Args& args) {
   }
   cfg.model.dropout = static_cast<float>(real(args, "--dropout"));
   cfg.model.time_conditioning = args.integer("--time-conditioning") != 0;
-  cfg.objective = args.str("--objective");
+  const std::string objective = args.str("--objective");
+  MDLM_CHECK(objective == "mdlm" || objective == "ar", "--objective: unknown objective '", objective, "' (expected mdlm or ar)");
   cfg.style = args.str("--style");
   cfg.seq_len = args.integer("--seq-len");
   cfg.batch = args.integer("--batch");
@@ -475,23 +493,12 @@ int train(const Args& args) {
   cfg.resume = args.integer("--resume") != 0;
   const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
-  TrainResult r;
-  if (backend == "host") {
-    Host host = host_context();
-    r = Trainer<Host, float, float>{}.run(host, cfg);
-  } else {
-#if MDLM_WITH_CUDA
-    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
-    Cuda ctx;
-    cfg.peak_tflops = 989.4;
-    r = Trainer<Cuda, bf16, float>{}.run(ctx, cfg);
-#else
-    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
-#endif
-  }
+  // The names become types here, once: the objective (and, for mdlm, the schedule).
+  const TrainResult r = objective == "ar" ? run_trainer(backend, cfg, Autoregressive{})
+                                          : run_trainer(backend, cfg, MaskedDiffusion<LogLinearSchedule>{});
   if (r.valid.tokens > 0) {
     std::printf("final validation: %.4f nats/token, %s %.3f (unigram baseline %.4f nats/token)\n", r.valid.nats,
-                cfg.objective == "ar" ? "perplexity" : "perplexity bound", r.valid.ppl, r.unigram_nats);
+                objective == "ar" ? "perplexity" : "perplexity bound", r.valid.ppl, r.unigram_nats);
   }
   return 0;
 }
@@ -513,8 +520,11 @@ int eval(const Args& args) {
   const auto& weights = args.integer("--ema") != 0 ? c.tensors.ema : c.tensors.master;
   std::copy(weights.begin(), weights.end(), store.values().data());
   Host host = host_context();
-  EvalResult r = evaluate(host, model, store.params(), set, meta.specials.mask, args.integer("--batch"), args.integer("--batches"),
-                          c.training_state.value("seed", std::uint64_t{0}) + 1);
+  const std::int64_t batch = args.integer("--batch"), batches = args.integer("--batches");
+  const std::uint64_t seed = c.training_state.value("seed", std::uint64_t{0}) + 1;
+  const EvalResult r = c.model.ar ? evaluate(host, Autoregressive{}, model, store.params(), set, batch, batches, seed)
+                                  : evaluate(host, MaskedDiffusion<LogLinearSchedule>{}.with_mask_id(meta.specials.mask), model,
+                                             store.params(), set, batch, batches, seed);
   std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", \"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
               path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm", static_cast<long long>(r.tokens), r.nats,
               c.model.ar ? "perplexity" : "perplexity_bound", r.ppl);
