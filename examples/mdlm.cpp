@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -92,6 +93,8 @@ void apply_threads(std::vector<char*>& args) {
 // --flag value pairs after the subcommand; unknown flags are errors.
 struct Args {
   std::map<std::string, std::string> values;
+  std::vector<std::string> given;  // the flags on the command line
+  bool was_given(const std::string& f) const { return std::find(given.begin(), given.end(), f) != given.end(); }
   // `switches` are flags without a value: present means "1" (an explicit 0/1 may follow).
   Args(int argc, char** argv, int first, const std::map<std::string, std::string>& defaults,
        const std::vector<std::string>& switches = {})
@@ -100,6 +103,7 @@ struct Args {
     for (int i = first; i < argc; ++i) {
       std::string flag = argv[i];
       MDLM_CHECK(values.count(flag) == 1, "unknown flag '", flag, "'");
+      given.push_back(flag);
       const bool is_switch = std::find(switches.begin(), switches.end(), flag) != switches.end();
       if (is_switch) {
         const bool explicit_value = i + 1 < argc && (std::string(argv[i + 1]) == "0" || std::string(argv[i + 1]) == "1");
@@ -428,7 +432,8 @@ const std::map<std::string, std::string> kTrainDefaults = {
     {"--steps", "300"}, {"--lr", "1e-3"}, {"--warmup", "50"}, {"--lr-schedule", "constant"}, {"--weight-decay", "0"},
     {"--clip", "1.0"}, {"--ema", "0.9999"}, {"--seed", "0"}, {"--backend", ""}, {"--objective", "mdlm"},
     {"--style", "wrap"}, {"--dropout", "0.1"}, {"--log-every", "10"}, {"--eval-every", "100"},
-    {"--eval-batches", "16"}, {"--save-every", "100"}, {"--stop-after", "0"}};
+    {"--eval-batches", "16"}, {"--save-every", "100"}, {"--stop-after", "0"}, {"--schedule", "loglinear"},
+    {"--schedule-eps", ""}, {"--sigma-min", ""}, {"--sigma-max", ""}, {"--schedule-w", ""}};
 
 double real(const Args& a, const std::string& f) {
   try {
@@ -437,6 +442,31 @@ double real(const Args& a, const std::string& f) {
     MDLM_FAIL("flag '", f, "' expects a number, got '", a.str(f), "'");
   }
 }
+
+// ---- schedules: the one place where a name becomes a schedule type ----------------------
+// A record is the checkpoint's {"name": ..., parameters} (diffusion/schedule_json.hpp); a
+// checkpoint without one (written before schedules were recorded) means log-linear.
+template <class F>
+auto with_schedule(const nlohmann::json& rec, F&& f) {
+  const std::string name = rec.value("name", std::string("loglinear"));
+  if (name == "loglinear") return f(rec.get<LogLinearSchedule>());
+  if (name == "cosine") return f(rec.get<CosineSchedule>());
+  if (name == "linear") return f(rec.get<LinearSchedule>());
+  if (name == "geometric") return f(rec.get<GeometricSchedule>());
+  if (name == "polynomial") return f(rec.get<PolynomialSchedule>());
+  MDLM_FAIL("unknown schedule '", name, "' (expected loglinear, cosine, linear, geometric or polynomial)");
+}
+
+// The checkpoint's schedule with every parameter (log-linear for a checkpoint without one).
+nlohmann::json schedule_of(const nlohmann::json& training_state) {
+  const nlohmann::json rec = training_state.value("schedule", nlohmann::json{{"name", "loglinear"}});
+  return with_schedule(rec, [](auto sched) { return schedule_record(sched); });
+}
+
+// --schedule NAME and its parameters (--schedule-eps, --sigma-min, --sigma-max, --schedule-w)
+// as a record; a parameter the schedule does not have, or a value out of range, is an error
+// naming the flag.
+nlohmann::json schedule_from_flags(const Args& args, bool ar);
 
 // Trains with the objective type `obj` on the chosen backend.
 template <class Obj>
@@ -453,6 +483,49 @@ TrainResult run_trainer(const std::string& backend, TrainConfig& cfg, const Obj&
 #else
   MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
 #endif
+}
+
+nlohmann::json schedule_from_flags(const Args& args, bool ar) {
+  const std::string name = args.str("--schedule");
+  const std::map<std::string, std::vector<std::string>> params = {
+      {"loglinear", {"--schedule-eps"}}, {"cosine", {"--schedule-eps"}}, {"linear", {"--sigma-min", "--sigma-max"}},
+      {"geometric", {"--sigma-min", "--sigma-max"}}, {"polynomial", {"--schedule-w", "--schedule-eps"}}};
+  MDLM_CHECK(params.count(name) == 1, "--schedule: unknown schedule '", name,
+             "' (expected loglinear, cosine, linear, geometric or polynomial)");
+  for (const char* f : {"--schedule", "--schedule-eps", "--sigma-min", "--sigma-max", "--schedule-w"}) {
+    MDLM_CHECK(!ar || !args.was_given(f), "flag '", f, "' applies to --objective mdlm only");
+  }
+  // The flag -> JSON key of each parameter; absent flags keep the schedule's defaults.
+  const std::map<std::string, std::string> key = {
+      {"--schedule-eps", "eps"}, {"--sigma-min", "sigma_min"}, {"--sigma-max", "sigma_max"}, {"--schedule-w", "w"}};
+  nlohmann::json rec{{"name", name}};
+  for (const auto& [flag, k] : key) {
+    if (args.str(flag).empty()) continue;
+    const auto& own = params.at(name);
+    MDLM_CHECK(std::find(own.begin(), own.end(), flag) != own.end(), "flag '", flag, "' does not apply to --schedule ", name,
+               " (its parameters: ", [&] {
+                 std::string l;
+                 for (const auto& o : own) l += (l.empty() ? "" : ", ") + o;
+                 return l;
+               }(), ")");
+    const double v = real(args, flag);
+    MDLM_CHECK(std::isfinite(v), "flag '", flag, "' expects a finite number, got '", args.str(flag), "'");
+    rec[k] = v;
+  }
+  // The resulting schedule's parameters must give a valid process.
+  with_schedule(rec, [&](auto sched) {
+    using S = decltype(sched);
+    if constexpr (std::is_same_v<S, LinearSchedule> || std::is_same_v<S, GeometricSchedule>) {
+      MDLM_CHECK(sched.sigma_max > sched.sigma_min, "--sigma-max ", sched.sigma_max, " must exceed --sigma-min ", sched.sigma_min);
+      MDLM_CHECK(sched.sigma_min >= 0, "--sigma-min ", sched.sigma_min, " must be >= 0");
+      if constexpr (std::is_same_v<S, GeometricSchedule>) MDLM_CHECK(sched.sigma_min > 0, "--sigma-min must be > 0 for --schedule geometric");
+    } else {
+      MDLM_CHECK(sched.eps >= 0 && sched.eps < 1, "--schedule-eps ", sched.eps, " must be in [0, 1)");
+      if constexpr (std::is_same_v<S, PolynomialSchedule>) MDLM_CHECK(sched.w > 0, "--schedule-w ", sched.w, " must be > 0");
+    }
+    return 0;
+  });
+  return with_schedule(rec, [](auto sched) { return schedule_record(sched); });  // every parameter, defaults too
 }
 
 int train(const Args& args) {
@@ -494,8 +567,11 @@ int train(const Args& args) {
   const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
   // The names become types here, once: the objective (and, for mdlm, the schedule).
+  const nlohmann::json schedule = schedule_from_flags(args, objective == "ar");
   const TrainResult r = objective == "ar" ? run_trainer(backend, cfg, Autoregressive{})
-                                          : run_trainer(backend, cfg, MaskedDiffusion<LogLinearSchedule>{});
+                                          : with_schedule(schedule, [&](auto sched) {
+                                              return run_trainer(backend, cfg, MaskedDiffusion<decltype(sched)>{sched});
+                                            });
   if (r.valid.tokens > 0) {
     std::printf("final validation: %.4f nats/token, %s %.3f (unigram baseline %.4f nats/token)\n", r.valid.nats,
                 objective == "ar" ? "perplexity" : "perplexity bound", r.valid.ppl, r.unigram_nats);
@@ -522,11 +598,16 @@ int eval(const Args& args) {
   Host host = host_context();
   const std::int64_t batch = args.integer("--batch"), batches = args.integer("--batches");
   const std::uint64_t seed = c.training_state.value("seed", std::uint64_t{0}) + 1;
+  // MDLM: the schedule the checkpoint was trained with.
+  const nlohmann::json schedule = c.model.ar ? nlohmann::json() : schedule_of(c.training_state);
   const EvalResult r = c.model.ar ? evaluate(host, Autoregressive{}, model, store.params(), set, batch, batches, seed)
-                                  : evaluate(host, MaskedDiffusion<LogLinearSchedule>{}.with_mask_id(meta.specials.mask), model,
-                                             store.params(), set, batch, batches, seed);
-  std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", \"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
-              path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm", static_cast<long long>(r.tokens), r.nats,
+                                  : with_schedule(schedule, [&](auto sched) {
+                                      return evaluate(host, MaskedDiffusion<decltype(sched)>{sched}.with_mask_id(meta.specials.mask),
+                                                      model, store.params(), set, batch, batches, seed);
+                                    });
+  std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", %s\"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
+              path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm",
+              c.model.ar ? "" : ("\"schedule\": " + schedule.dump() + ", ").c_str(), static_cast<long long>(r.tokens), r.nats,
               c.model.ar ? "perplexity" : "perplexity_bound", r.ppl);
   return 0;
 }
@@ -559,7 +640,9 @@ struct Generated {
   std::string note;
 };
 
-Generated generate(LoadedModel& m, const Args& args, Host& host) {
+// Samples with the schedule the checkpoint was trained with (`sched`).
+template <class Schedule>
+Generated generate_with(LoadedModel& m, const Args& args, Host& host, const Schedule& sched) {
   MDLM_CHECK(!m.model.config().ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
   SamplerConfig cfg;
   cfg.kind = parse_sampler(args.str("--sampler"));
@@ -616,7 +699,7 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
       const auto values = cast_vector<T>(host);
       upload_into(ctx, values.data(), m.model.layout().buffer_elements(), dev.values().data());
       auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
-        return sample_on_device(ctx, m.model, dev, m.mask_id, LogLinearSchedule{}, c, z0, n, span);
+        return sample_on_device(ctx, m.model, dev, m.mask_id, sched, c, z0, n, span);
       };
       return semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
     };
@@ -630,13 +713,18 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
     // The batch shares each forward pass (the GPU path's loop on the Host kernels); it gives
     // the per-sequence sample()'s tokens (tests/host/test_sampling.cpp).
     auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
-      return sample_batched(host, m.model, m.store, m.mask_id, LogLinearSchedule{}, c, z0, n, span);
+      return sample_batched(host, m.model, m.store, m.mask_id, sched, c, z0, n, span);
     };
     r = semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
   } else {
-    r = semi_ar ? sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, n, len, window, stride) : sample(d, LogLinearSchedule{}, cfg, init, n, len);
+    r = semi_ar ? sample_semi_ar(d, sched, cfg, prompt, n, len, window, stride) : sample(d, sched, cfg, init, n, len);
   }
   return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "host", false, ""};
+}
+
+Generated generate(LoadedModel& m, const Args& args, Host& host) {
+  MDLM_CHECK(!m.model.config().ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
+  return with_schedule(schedule_of(m.ckpt.training_state), [&](auto sched) { return generate_with(m, args, host, sched); });
 }
 
 const std::map<std::string, std::string> kSampleDefaults = {

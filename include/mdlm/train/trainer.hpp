@@ -266,6 +266,7 @@ class Trainer {
         static_cast<long long>(cfg.model.heads), static_cast<long long>(cfg.model.vocab),
         std::to_string(layout.parameter_count()).c_str(), cfg.data_dir.string().c_str(), meta.tokenizer.c_str(),
         static_cast<long long>(train_set.size()), static_cast<long long>(valid_set.size()), static_cast<long long>(cfg.seq_len));
+    say(cfg, "objective: %s\n", objective_record(objective).dump().c_str());
     say(cfg, "unigram baseline (validation tokens under the train unigram): %.4f nats/token\n", result.unigram_nats);
 
     MetricsLog metrics(cfg.out_dir, /*append=*/start > 0);
