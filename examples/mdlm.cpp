@@ -90,6 +90,33 @@ void apply_threads(std::vector<char*>& args) {
 #endif
 }
 
+// Levenshtein distance, for "did you mean" on an unknown flag.
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0u : 1u)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// "unknown flag '--stpes' (nearest known flag: '--steps'; see mdlm CMD --help)"
+[[noreturn]] void unknown_flag(const std::string& cmd, const std::string& flag, const std::vector<std::string>& known) {
+  std::string best;
+  std::size_t best_d = static_cast<std::size_t>(-1);
+  for (const std::string& k : known) {
+    const std::size_t d = edit_distance(flag, k);
+    if (d < best_d) best_d = d, best = k;
+  }
+  MDLM_FAIL("unknown flag '", flag, "' (nearest known flag: '", best, "'; see mdlm ", cmd, " --help)");
+}
+
 // --flag value pairs after the subcommand; unknown flags are errors.
 struct Args {
   std::map<std::string, std::string> values;
@@ -102,7 +129,11 @@ struct Args {
     for (const auto& sw : switches) values.emplace(sw, "0");
     for (int i = first; i < argc; ++i) {
       std::string flag = argv[i];
-      MDLM_CHECK(values.count(flag) == 1, "unknown flag '", flag, "'");
+      if (values.count(flag) != 1) {
+        std::vector<std::string> known{"--threads", "--help"};
+        for (const auto& [k, v] : values) known.push_back(k);
+        unknown_flag(argc > 1 ? argv[1] : "", flag, known);
+      }
       given.push_back(flag);
       const bool is_switch = std::find(switches.begin(), switches.end(), flag) != switches.end();
       if (is_switch) {
@@ -128,6 +159,14 @@ struct Args {
     return x;
   }
 };
+
+// The flags of a command (command_spec below, with the help text of each).
+struct CommandSpec {
+  std::map<std::string, std::string> defaults;  // value flags (and "" where there is none)
+  std::vector<std::string> switches;            // flags without a value (present = 1)
+  std::string synopsis;                         // positional arguments
+};
+CommandSpec command_spec(const std::string& cmd, bool gen_ppl = false);
 
 std::string default_backend() {
 #if MDLM_WITH_CUDA
@@ -263,7 +302,7 @@ int info(const Args& args) {
 int check_fixture(int argc, char** argv) {
   MDLM_CHECK(argc >= 3 && argv[2][0] != '-', "check-fixture needs a fixture file (mdlm check-fixture FILE.safetensors)");
   const std::string path = argv[2];
-  Args args(argc, argv, 3, {{"--backend", "host"}, {"--dtype", "f64"}});
+  Args args(argc, argv, 3, command_spec("check-fixture").defaults);
   const std::string backend = args.str("--backend"), dtype = args.str("--dtype");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
   MDLM_CHECK(dtype == "f64" || dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (expected f64, f32 or bf16)");
@@ -308,7 +347,7 @@ int check_fixture(int argc, char** argv) {
 int check_trajectory(int argc, char** argv) {
   MDLM_CHECK(argc >= 3 && argv[2][0] != '-', "check-trajectory needs a trajectory file (mdlm check-trajectory FILE.safetensors)");
   const std::string path = argv[2];
-  Args args(argc, argv, 3, {{"--backend", "host"}, {"--dtype", "f64"}});
+  Args args(argc, argv, 3, command_spec("check-trajectory").defaults);
   const std::string backend = args.str("--backend"), dtype = args.str("--dtype");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
   MDLM_CHECK(dtype == "f64" || dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (expected f64, f32 or bf16)");
@@ -413,7 +452,7 @@ int prepare(int argc, char** argv) {
     else if (flag == "--valid-fraction") valid_fraction = std::stod(value());
     else if (flag == "--input") {
       while (i + 1 < argc && argv[i + 1][0] != '-') inputs.emplace_back(argv[++i]);
-    } else MDLM_FAIL("unknown flag '", flag, "'");
+    } else unknown_flag("prepare", flag, {"--tokenizer", "--input", "--out", "--valid-fraction", "--threads", "--help"});
   }
   MDLM_CHECK(!tokenizer.empty() && !out.empty() && !inputs.empty(),
              "usage: mdlm prepare --tokenizer SPEC --input FILE... --out DIR [--valid-fraction F]");
@@ -786,6 +825,138 @@ int gen_ppl(const Args& args) {
   return 0;
 }
 
+// ---- flags of every command: defaults, switches and one line of meaning each -------------
+CommandSpec command_spec(const std::string& cmd, bool gen_ppl) {
+  if (cmd == "train") return {kTrainDefaults, {"--resume", "--time-conditioning"}, ""};
+  if (cmd == "sample") return {kSampleDefaults, {"--json", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}, ""};
+  if (cmd == "eval" && gen_ppl) {
+    auto d = kSampleDefaults;
+    d["--scorer"] = "";
+    return {d, {"--gen-ppl", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}, ""};
+  }
+  if (cmd == "eval") {
+    return {{{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"}, {"--batch", "16"}, {"--ema", "1"}},
+            {},
+            ""};
+  }
+  if (cmd == "info") return {{{"--preset", "small"}, {"--vocab", "50258"}, {"--ar", "0"}, {"--verbose", "0"}}, {}, ""};
+  if (cmd == "tokenize") return {{{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}, ""};
+  if (cmd == "demo") return {{{"--backend", default_backend()}, {"--size", "512"}, {"--seed", "0"}}, {}, ""};
+  if (cmd == "check-fixture") return {{{"--backend", "host"}, {"--dtype", "f64"}}, {}, " FILE.safetensors"};
+  if (cmd == "check-trajectory") return {{{"--backend", "host"}, {"--dtype", "f64"}}, {}, " FILE.safetensors"};
+  if (cmd == "prepare") return {{{"--tokenizer", ""}, {"--input", ""}, {"--out", ""}, {"--valid-fraction", "0.05"}}, {}, ""};
+  if (cmd == "version") return {};
+  MDLM_FAIL("unknown command '", cmd, "' (try mdlm --help)");
+}
+
+// The meaning of a flag: "cmd --flag" first, then "--flag" (same meaning in every command).
+const std::map<std::string, std::string>& flag_meanings() {
+  static const std::map<std::string, std::string> m = {
+      {"--threads", "CPU threads of the Host backend, OpenMP and BLAS (or MDLM_NUM_THREADS; default: all cores)"},
+      {"--help", "print this list and exit"},
+      {"--seed", "seed of every random draw"},
+      {"--backend", "host or cuda"},
+      {"train --backend", "host or cuda (empty: cuda where a GPU is present, else host)"},
+      {"train --data", "prepared data directory (mdlm prepare)"},
+      {"train --out", "output directory: checkpoint.safetensors, metrics.jsonl/csv, loss.svg"},
+      {"train --preset", "model preset tiny|small|medium (empty: use --hidden/--blocks/--heads/--cond-dim)"},
+      {"train --hidden", "model width d"},
+      {"train --blocks", "transformer blocks"},
+      {"train --heads", "attention heads"},
+      {"train --cond-dim", "width of the time conditioning"},
+      {"train --seq-len", "tokens per sequence"},
+      {"train --batch", "sequences per micro-batch"},
+      {"train --accum", "micro-batches per optimizer step (gradient accumulation)"},
+      {"train --steps", "optimizer steps of the whole run"},
+      {"train --lr", "peak learning rate (AdamW)"},
+      {"train --warmup", "linear learning-rate warmup steps"},
+      {"train --lr-schedule", "constant or cosine after the warmup"},
+      {"train --weight-decay", "AdamW weight decay"},
+      {"train --clip", "global gradient-norm clipping threshold"},
+      {"train --ema", "EMA decay of the weights used for validation"},
+      {"train --objective", "mdlm (masked diffusion) or ar (the autoregressive baseline)"},
+      {"train --style", "wrap (concatenate, cut, frame with BOS/EOS) or pad (a document per row, padded)"},
+      {"train --dropout", "dropout on the residual branches"},
+      {"train --log-every", "steps between progress lines"},
+      {"train --eval-every", "steps between validations with the EMA weights (0: only at the end)"},
+      {"train --eval-batches", "validation batches (0: the whole split)"},
+      {"train --save-every", "steps between checkpoints (0: only at the end)"},
+      {"train --stop-after", "stop with a checkpoint after this many steps of this run (0: never)"},
+      {"train --schedule", "noise schedule: loglinear, cosine, linear, geometric or polynomial (recorded in the checkpoint)"},
+      {"train --schedule-eps", "eps of loglinear, cosine and polynomial (empty: 1e-3)"},
+      {"train --sigma-min", "sigma_min of linear and geometric (empty: 0 and 1e-3)"},
+      {"train --sigma-max", "sigma_max of linear and geometric (empty: 10 and 1)"},
+      {"train --schedule-w", "exponent w of polynomial (empty: 1)"},
+      {"train --resume", "continue from OUT/checkpoint.safetensors (same config and schedule)"},
+      {"train --time-conditioning", "feed sigma(t) to the model (off: a time-agnostic denoiser)"},
+      {"eval --checkpoint", "checkpoint directory or file (with --gen-ppl: the MDLM one that samples)"},
+      {"eval --data", "data directory (empty: the one recorded in the checkpoint)"},
+      {"eval --split", "valid or train"},
+      {"eval --batches", "batches to evaluate (0: the whole split)"},
+      {"eval --batch", "sequences per batch"},
+      {"eval --ema", "1: the EMA weights, 0: the raw weights"},
+      {"eval --gen-ppl", "generative perplexity: score samples with the AR checkpoint --scorer (takes sample's flags)"},
+      {"eval --scorer", "AR checkpoint that scores the samples (with --gen-ppl)"},
+      {"--checkpoint", "MDLM checkpoint directory or file"},
+      {"--steps", "sampler steps"},
+      {"--sampler", "ancestral, cached, confidence, remdm or first-hit"},
+      {"--length", "tokens per sample"},
+      {"--stride", "semi-autoregressive stride (0: half the window)"},
+      {"--window", "semi-autoregressive window (0: the training sequence length)"},
+      {"--prompt", "text every sample starts with"},
+      {"--temperature", "logit temperature"},
+      {"--top-p", "nucleus probability mass (1: off)"},
+      {"--top-k", "keep the k most likely tokens (0: off)"},
+      {"--threshold", "confidence sampler: unmask every position above this probability (0: k per step)"},
+      {"--num-samples", "samples to draw"},
+      {"--dtype", "network precision with --backend cuda: f32 or bf16"},
+      {"--json", "print JSON lines: ids, text, evaluations, time, unigram entropy"},
+      {"--paper-fp32-draws", "the official code's fp32 Gumbel draws (a Host reproduction mode)"},
+      {"--no-cuda-graph", "do not replay the sampling loop as a CUDA graph"},
+      {"--allow-unseen", "let tokens the training data never contained be sampled"},
+      {"info --preset", "model preset: tiny, small or medium"},
+      {"info --vocab", "vocabulary size"},
+      {"info --ar", "1: the AR variant"},
+      {"info --verbose", "1: list every parameter tensor"},
+      {"tokenize --tokenizer", "gpt2:DIR, wordpiece:FILE or bytes"},
+      {"tokenize --jsonl", "input lines are JSON objects with \"text\""},
+      {"tokenize --special", "gpt2: encode special tokens such as <|endoftext|>"},
+      {"demo --size", "GEMM size N"},
+      {"check-fixture --dtype", "f64, f32 or bf16"},
+      {"check-trajectory --dtype", "f64, f32 or bf16"},
+      {"prepare --tokenizer", "gpt2:DIR, wordpiece:FILE or bytes (required)"},
+      {"prepare --input", "FILE... corpus files, a document per line (required)"},
+      {"prepare --out", "output directory for train.bin, valid.bin, meta.json (required)"},
+      {"prepare --valid-fraction", "the last fraction of the documents kept for validation"},
+  };
+  return m;
+}
+
+std::string flag_meaning(const std::string& cmd, const std::string& flag) {
+  const auto& m = flag_meanings();
+  if (auto it = m.find(cmd + " " + flag); it != m.end()) return it->second;
+  if (auto it = m.find(flag); it != m.end()) return it->second;
+  return "(undocumented)";
+}
+
+// `mdlm CMD --help`: every flag with its default and meaning.
+void command_help(const std::string& cmd) {
+  std::vector<CommandSpec> specs{command_spec(cmd)};
+  if (cmd == "eval") specs.push_back(command_spec(cmd, /*gen_ppl=*/true));
+  std::printf("usage: mdlm %s%s [flags]\n", cmd.c_str(), specs[0].synopsis.c_str());
+  for (std::size_t k = 0; k < specs.size(); ++k) {
+    if (k == 1) std::printf("with --gen-ppl (samples scored by an AR checkpoint):\n");
+    for (const auto& [flag, def] : specs[k].defaults) {
+      if (k == 1 && specs[0].defaults.count(flag) && flag != "--checkpoint") continue;
+      std::printf("  %-22s %s (default: %s)\n", flag.c_str(), flag_meaning(cmd, flag).c_str(), def.empty() ? "none" : def.c_str());
+    }
+    for (const auto& flag : specs[k].switches) {
+      std::printf("  %-22s %s (a switch; default: off)\n", flag.c_str(), flag_meaning(cmd, flag).c_str());
+    }
+  }
+  std::printf("  %-22s %s\n  %-22s %s\n", "--threads", flag_meaning(cmd, "--threads").c_str(), "--help", flag_meaning(cmd, "--help").c_str());
+}
+
 void usage() {
   std::printf(
       "usage: mdlm <command> [flags]\n"
@@ -818,7 +989,8 @@ void usage() {
       "  check-trajectory FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       replay a training trajectory (mdlm-trajectory-v1) through\n"
       "                                       the trainer's step; JSON report; exit 0 only within tolerance\n"
-      "every command: --threads N (or MDLM_NUM_THREADS=N) CPU threads of the Host backend and BLAS\n");
+      "every command: --threads N (or MDLM_NUM_THREADS=N) CPU threads of the Host backend and BLAS;\n"
+      "  mdlm <command> --help lists its flags with their defaults and meanings\n");
 }
 
 }  // namespace
@@ -836,36 +1008,42 @@ int main(int argc_in, char** argv_in) {
       return argc < 2 ? 2 : 0;
     }
     const std::string cmd = argv[1];
+    if (std::any_of(argv + 2, argv + argc, [](const char* a) { return std::string(a) == "--help" || std::string(a) == "-h"; })) {
+      command_help(cmd);
+      return 0;
+    }
     if (cmd == "version") {
       std::printf("mdlm %s (%s backend%s)\n", kVersion, MDLM_WITH_CUDA ? "host + cuda" : "host",
                   MDLM_WITH_CUDA ? "s" : "");
       return 0;
     }
     if (cmd == "info") {
-      return info(Args(argc, argv, 2, {{"--preset", "small"}, {"--vocab", "50258"}, {"--ar", "0"}, {"--verbose", "0"}}));
+      const CommandSpec c = command_spec(cmd);
+      return info(Args(argc, argv, 2, c.defaults, c.switches));
     }
     if (cmd == "check-fixture") return check_fixture(argc, argv);
     if (cmd == "check-trajectory") return check_trajectory(argc, argv);
     if (cmd == "prepare") return prepare(argc, argv);
-    if (cmd == "train") return train(Args(argc, argv, 2, kTrainDefaults, {"--resume", "--time-conditioning"}));
+    if (cmd == "train") {
+      const CommandSpec c = command_spec(cmd);
+      return train(Args(argc, argv, 2, c.defaults, c.switches));
+    }
     if (cmd == "eval") {
       const bool gen = std::find_if(argv + 2, argv + argc, [](const char* a) { return std::string(a) == "--gen-ppl"; }) != argv + argc;
-      if (gen) {
-        auto defaults = kSampleDefaults;
-        defaults["--scorer"] = "";
-        return gen_ppl(Args(argc, argv, 2, defaults, {"--gen-ppl", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}));
-      }
-      return eval(Args(argc, argv, 2, {{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"},
-                                       {"--batch", "16"}, {"--ema", "1"}}));
+      const CommandSpec c = command_spec(cmd, gen);
+      return gen ? gen_ppl(Args(argc, argv, 2, c.defaults, c.switches)) : eval(Args(argc, argv, 2, c.defaults, c.switches));
     }
     if (cmd == "sample") {
-      return sample_cmd(Args(argc, argv, 2, kSampleDefaults, {"--json", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}));
+      const CommandSpec c = command_spec(cmd);
+      return sample_cmd(Args(argc, argv, 2, c.defaults, c.switches));
     }
     if (cmd == "tokenize") {
-      return tokenize(Args(argc, argv, 2, {{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}));
+      const CommandSpec c = command_spec(cmd);
+      return tokenize(Args(argc, argv, 2, c.defaults, c.switches));
     }
     if (cmd == "demo") {
-      return demo(Args(argc, argv, 2, {{"--backend", default_backend()}, {"--size", "512"}, {"--seed", "0"}}));
+      const CommandSpec c = command_spec(cmd);
+      return demo(Args(argc, argv, 2, c.defaults, c.switches));
     }
     MDLM_FAIL("unknown command '", cmd, "' (try mdlm --help)");
   } catch (const mdlm::Error& e) {
