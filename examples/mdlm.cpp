@@ -619,6 +619,10 @@ int train(const Args& args) {
 }
 
 int eval(const Args& args) {
+  const std::string backend = args.str("--backend"), dtype = args.str("--dtype");
+  MDLM_CHECK(backend == "host" || backend == "cuda", "--backend: unknown backend '", backend, "' (expected host or cuda)");
+  MDLM_CHECK(dtype == "f32" || dtype == "bf16", "--dtype: unknown dtype '", dtype, "' (expected f32 or bf16)");
+  MDLM_CHECK(backend == "cuda" || dtype == "f32", "--dtype ", dtype, " needs --backend cuda (the Host evaluates in f32)");
   const std::filesystem::path ckpt = args.str("--checkpoint");
   const std::filesystem::path path = std::filesystem::is_directory(ckpt) ? ckpt / "checkpoint.safetensors" : ckpt;
   LoadedCheckpoint c = load_checkpoint(path, /*with_optimizer=*/false);
@@ -639,13 +643,35 @@ int eval(const Args& args) {
   const std::uint64_t seed = c.training_state.value("seed", std::uint64_t{0}) + 1;
   // MDLM: the schedule the checkpoint was trained with.
   const nlohmann::json schedule = c.model.ar ? nlohmann::json() : schedule_of(c.training_state);
-  const EvalResult r = c.model.ar ? evaluate(host, Autoregressive{}, model, store.params(), set, batch, batches, seed)
-                                  : with_schedule(schedule, [&](auto sched) {
-                                      return evaluate(host, MaskedDiffusion<decltype(sched)>{sched}.with_mask_id(meta.specials.mask),
-                                                      model, store.params(), set, batch, batches, seed);
-                                    });
-  std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", %s\"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
-              path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm",
+  auto run = [&](auto& ctx, const auto& params) {
+    return c.model.ar ? evaluate(ctx, Autoregressive{}, model, params, set, batch, batches, seed)
+                      : with_schedule(schedule, [&](auto sched) {
+                          return evaluate(ctx, MaskedDiffusion<decltype(sched)>{sched}.with_mask_id(meta.specials.mask), model,
+                                          params, set, batch, batches, seed);
+                        });
+  };
+  EvalResult r;
+  if (backend == "host") {
+    r = run(host, store.params());
+  } else {
+#if MDLM_WITH_CUDA
+    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+    Cuda ctx;
+    auto on_device = [&](auto tag) {  // the weights as T on the GPU (bf16: values rounded, compute in fp32)
+      using T = decltype(tag);
+      ParamStore<Cuda, T, float> dev(model.layout());
+      const auto values = cast_vector<T>(weights);
+      upload_into(ctx, values.data(), model.layout().buffer_elements(), dev.values().data());
+      return run(ctx, dev.params());
+    };
+    r = dtype == "bf16" ? on_device(bf16{}) : on_device(float{});
+#else
+    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
+#endif
+  }
+  const std::string device = backend == "host" ? "" : "\"backend\": \"cuda\", \"dtype\": \"" + dtype + "\", ";
+  std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", %s%s\"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
+              path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm", device.c_str(),
               c.model.ar ? "" : ("\"schedule\": " + schedule.dump() + ", ").c_str(), static_cast<long long>(r.tokens), r.nats,
               c.model.ar ? "perplexity" : "perplexity_bound", r.ppl);
   return 0;
@@ -835,7 +861,8 @@ CommandSpec command_spec(const std::string& cmd, bool gen_ppl) {
     return {d, {"--gen-ppl", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}, ""};
   }
   if (cmd == "eval") {
-    return {{{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"}, {"--batch", "16"}, {"--ema", "1"}},
+    return {{{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"}, {"--batch", "16"}, {"--ema", "1"},
+             {"--backend", "host"}, {"--dtype", "f32"}},
             {},
             ""};
   }
@@ -897,6 +924,7 @@ const std::map<std::string, std::string>& flag_meanings() {
       {"eval --ema", "1: the EMA weights, 0: the raw weights"},
       {"eval --gen-ppl", "generative perplexity: score samples with the AR checkpoint --scorer (takes sample's flags)"},
       {"eval --scorer", "AR checkpoint that scores the samples (with --gen-ppl)"},
+      {"eval --backend", "host or cuda (cuda: the network on the GPU, --dtype f32 or bf16)"},
       {"--checkpoint", "MDLM checkpoint directory or file"},
       {"--steps", "sampler steps"},
       {"--sampler", "ancestral, cached, confidence, remdm or first-hit"},
@@ -975,6 +1003,7 @@ void usage() {
       "        [--ema D] [--seed S] [--backend host|cuda] [--objective mdlm|ar] [--style wrap|pad]\n"
       "        [--dropout P] [--time-conditioning] [--eval-every N] [--save-every N] [--resume]\n"
       "  eval --checkpoint DIR|FILE [--data DIR] [--split valid|train] [--batches N] [--batch B] [--ema 0|1]\n"
+      "       [--backend host|cuda] [--dtype f32|bf16]\n"
       "                                       the perplexity bound (MDLM) or perplexity (AR)\n"
       "  sample --checkpoint DIR [--steps N] [--sampler ancestral|cached|confidence|remdm|first-hit]\n"
       "         [--length L] [--stride S] [--window W] [--prompt TEXT] [--temperature T] [--top-p P]\n"
