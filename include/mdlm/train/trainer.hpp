@@ -1,8 +1,9 @@
 #pragma once
 // The training loop (`mdlm train`): data shards -> shuffled batches -> objective (a type:
-// MaskedDiffusion<Schedule, Subs> with any NoiseSchedule, or Autoregressive) -> backward -> global-norm clipping -> AdamW on master weights -> EMA, with
-// gradient accumulation, periodic validation with the EMA weights, NaN/Inf detection, metrics
-// (JSON lines, CSV, SVG plot), a progress line, and atomic checkpoints that resume bit-exactly:
+// MaskedDiffusion<Schedule, Subs> with any NoiseSchedule, or Autoregressive) -> backward ->
+// global-norm clipping -> AdamW on master weights -> EMA, with gradient accumulation, periodic
+// validation with the EMA weights, NaN/Inf detection, metrics (JSON lines, CSV, SVG plot), a
+// progress line, and atomic checkpoints that resume bit-exactly:
 // every random draw is keyed by (seed, step), and the loader position, optimizer state and EMA
 // are in the checkpoint.
 
