@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -89,9 +90,38 @@ void apply_threads(std::vector<char*>& args) {
 #endif
 }
 
+// Levenshtein distance, for "did you mean" on an unknown flag.
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0u : 1u)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// "unknown flag '--stpes' (nearest known flag: '--steps'; see mdlm CMD --help)"
+[[noreturn]] void unknown_flag(const std::string& cmd, const std::string& flag, const std::vector<std::string>& known) {
+  std::string best;
+  std::size_t best_d = static_cast<std::size_t>(-1);
+  for (const std::string& k : known) {
+    const std::size_t d = edit_distance(flag, k);
+    if (d < best_d) best_d = d, best = k;
+  }
+  MDLM_FAIL("unknown flag '", flag, "' (nearest known flag: '", best, "'; see mdlm ", cmd, " --help)");
+}
+
 // --flag value pairs after the subcommand; unknown flags are errors.
 struct Args {
   std::map<std::string, std::string> values;
+  std::vector<std::string> given;  // the flags on the command line
+  bool was_given(const std::string& f) const { return std::find(given.begin(), given.end(), f) != given.end(); }
   // `switches` are flags without a value: present means "1" (an explicit 0/1 may follow).
   Args(int argc, char** argv, int first, const std::map<std::string, std::string>& defaults,
        const std::vector<std::string>& switches = {})
@@ -99,7 +129,12 @@ struct Args {
     for (const auto& sw : switches) values.emplace(sw, "0");
     for (int i = first; i < argc; ++i) {
       std::string flag = argv[i];
-      MDLM_CHECK(values.count(flag) == 1, "unknown flag '", flag, "'");
+      if (values.count(flag) != 1) {
+        std::vector<std::string> known{"--threads", "--help"};
+        for (const auto& [k, v] : values) known.push_back(k);
+        unknown_flag(argc > 1 ? argv[1] : "", flag, known);
+      }
+      given.push_back(flag);
       const bool is_switch = std::find(switches.begin(), switches.end(), flag) != switches.end();
       if (is_switch) {
         const bool explicit_value = i + 1 < argc && (std::string(argv[i + 1]) == "0" || std::string(argv[i + 1]) == "1");
@@ -124,6 +159,14 @@ struct Args {
     return x;
   }
 };
+
+// The flags of a command (command_spec below, with the help text of each).
+struct CommandSpec {
+  std::map<std::string, std::string> defaults;  // value flags (and "" where there is none)
+  std::vector<std::string> switches;            // flags without a value (present = 1)
+  std::string synopsis;                         // positional arguments
+};
+CommandSpec command_spec(const std::string& cmd, bool gen_ppl = false);
 
 std::string default_backend() {
 #if MDLM_WITH_CUDA
@@ -259,7 +302,7 @@ int info(const Args& args) {
 int check_fixture(int argc, char** argv) {
   MDLM_CHECK(argc >= 3 && argv[2][0] != '-', "check-fixture needs a fixture file (mdlm check-fixture FILE.safetensors)");
   const std::string path = argv[2];
-  Args args(argc, argv, 3, {{"--backend", "host"}, {"--dtype", "f64"}});
+  Args args(argc, argv, 3, command_spec("check-fixture").defaults);
   const std::string backend = args.str("--backend"), dtype = args.str("--dtype");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
   MDLM_CHECK(dtype == "f64" || dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (expected f64, f32 or bf16)");
@@ -304,7 +347,7 @@ int check_fixture(int argc, char** argv) {
 int check_trajectory(int argc, char** argv) {
   MDLM_CHECK(argc >= 3 && argv[2][0] != '-', "check-trajectory needs a trajectory file (mdlm check-trajectory FILE.safetensors)");
   const std::string path = argv[2];
-  Args args(argc, argv, 3, {{"--backend", "host"}, {"--dtype", "f64"}});
+  Args args(argc, argv, 3, command_spec("check-trajectory").defaults);
   const std::string backend = args.str("--backend"), dtype = args.str("--dtype");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
   MDLM_CHECK(dtype == "f64" || dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (expected f64, f32 or bf16)");
@@ -409,7 +452,7 @@ int prepare(int argc, char** argv) {
     else if (flag == "--valid-fraction") valid_fraction = std::stod(value());
     else if (flag == "--input") {
       while (i + 1 < argc && argv[i + 1][0] != '-') inputs.emplace_back(argv[++i]);
-    } else MDLM_FAIL("unknown flag '", flag, "'");
+    } else unknown_flag("prepare", flag, {"--tokenizer", "--input", "--out", "--valid-fraction", "--threads", "--help"});
   }
   MDLM_CHECK(!tokenizer.empty() && !out.empty() && !inputs.empty(),
              "usage: mdlm prepare --tokenizer SPEC --input FILE... --out DIR [--valid-fraction F]");
@@ -428,7 +471,8 @@ const std::map<std::string, std::string> kTrainDefaults = {
     {"--steps", "300"}, {"--lr", "1e-3"}, {"--warmup", "50"}, {"--lr-schedule", "constant"}, {"--weight-decay", "0"},
     {"--clip", "1.0"}, {"--ema", "0.9999"}, {"--seed", "0"}, {"--backend", ""}, {"--objective", "mdlm"},
     {"--style", "wrap"}, {"--dropout", "0.1"}, {"--log-every", "10"}, {"--eval-every", "100"},
-    {"--eval-batches", "16"}, {"--save-every", "100"}, {"--stop-after", "0"}};
+    {"--eval-batches", "16"}, {"--save-every", "100"}, {"--stop-after", "0"}, {"--schedule", "loglinear"},
+    {"--schedule-eps", ""}, {"--sigma-min", ""}, {"--sigma-max", ""}, {"--schedule-w", ""}};
 
 double real(const Args& a, const std::string& f) {
   try {
@@ -436,6 +480,91 @@ double real(const Args& a, const std::string& f) {
   } catch (const std::exception&) {
     MDLM_FAIL("flag '", f, "' expects a number, got '", a.str(f), "'");
   }
+}
+
+// ---- schedules: the one place where a name becomes a schedule type ----------------------
+// A record is the checkpoint's {"name": ..., parameters} (diffusion/schedule_json.hpp); a
+// checkpoint without one (written before schedules were recorded) means log-linear.
+template <class F>
+auto with_schedule(const nlohmann::json& rec, F&& f) {
+  const std::string name = rec.value("name", std::string("loglinear"));
+  if (name == "loglinear") return f(rec.get<LogLinearSchedule>());
+  if (name == "cosine") return f(rec.get<CosineSchedule>());
+  if (name == "linear") return f(rec.get<LinearSchedule>());
+  if (name == "geometric") return f(rec.get<GeometricSchedule>());
+  if (name == "polynomial") return f(rec.get<PolynomialSchedule>());
+  MDLM_FAIL("unknown schedule '", name, "' (expected loglinear, cosine, linear, geometric or polynomial)");
+}
+
+// The checkpoint's schedule with every parameter (log-linear for a checkpoint without one).
+nlohmann::json schedule_of(const nlohmann::json& training_state) {
+  const nlohmann::json rec = training_state.value("schedule", nlohmann::json{{"name", "loglinear"}});
+  return with_schedule(rec, [](auto sched) { return schedule_record(sched); });
+}
+
+// --schedule NAME and its parameters (--schedule-eps, --sigma-min, --sigma-max, --schedule-w)
+// as a record; a parameter the schedule does not have, or a value out of range, is an error
+// naming the flag.
+nlohmann::json schedule_from_flags(const Args& args, bool ar);
+
+// Trains with the objective type `obj` on the chosen backend.
+template <class Obj>
+TrainResult run_trainer(const std::string& backend, TrainConfig& cfg, const Obj& obj) {
+  if (backend == "host") {
+    Host host = host_context();
+    return Trainer<Host, float, float, Obj>{obj}.run(host, cfg);
+  }
+#if MDLM_WITH_CUDA
+  MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+  Cuda ctx;
+  cfg.peak_tflops = 989.4;
+  return Trainer<Cuda, bf16, float, Obj>{obj}.run(ctx, cfg);
+#else
+  MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
+#endif
+}
+
+nlohmann::json schedule_from_flags(const Args& args, bool ar) {
+  const std::string name = args.str("--schedule");
+  const std::map<std::string, std::vector<std::string>> params = {
+      {"loglinear", {"--schedule-eps"}}, {"cosine", {"--schedule-eps"}}, {"linear", {"--sigma-min", "--sigma-max"}},
+      {"geometric", {"--sigma-min", "--sigma-max"}}, {"polynomial", {"--schedule-w", "--schedule-eps"}}};
+  MDLM_CHECK(params.count(name) == 1, "--schedule: unknown schedule '", name,
+             "' (expected loglinear, cosine, linear, geometric or polynomial)");
+  for (const char* f : {"--schedule", "--schedule-eps", "--sigma-min", "--sigma-max", "--schedule-w"}) {
+    MDLM_CHECK(!ar || !args.was_given(f), "flag '", f, "' applies to --objective mdlm only");
+  }
+  // The flag -> JSON key of each parameter; absent flags keep the schedule's defaults.
+  const std::map<std::string, std::string> key = {
+      {"--schedule-eps", "eps"}, {"--sigma-min", "sigma_min"}, {"--sigma-max", "sigma_max"}, {"--schedule-w", "w"}};
+  nlohmann::json rec{{"name", name}};
+  for (const auto& [flag, k] : key) {
+    if (args.str(flag).empty()) continue;
+    const auto& own = params.at(name);
+    MDLM_CHECK(std::find(own.begin(), own.end(), flag) != own.end(), "flag '", flag, "' does not apply to --schedule ", name,
+               " (its parameters: ", [&] {
+                 std::string l;
+                 for (const auto& o : own) l += (l.empty() ? "" : ", ") + o;
+                 return l;
+               }(), ")");
+    const double v = real(args, flag);
+    MDLM_CHECK(std::isfinite(v), "flag '", flag, "' expects a finite number, got '", args.str(flag), "'");
+    rec[k] = v;
+  }
+  // The resulting schedule's parameters must give a valid process.
+  with_schedule(rec, [&](auto sched) {
+    using S = decltype(sched);
+    if constexpr (std::is_same_v<S, LinearSchedule> || std::is_same_v<S, GeometricSchedule>) {
+      MDLM_CHECK(sched.sigma_max > sched.sigma_min, "--sigma-max ", sched.sigma_max, " must exceed --sigma-min ", sched.sigma_min);
+      MDLM_CHECK(sched.sigma_min >= 0, "--sigma-min ", sched.sigma_min, " must be >= 0");
+      if constexpr (std::is_same_v<S, GeometricSchedule>) MDLM_CHECK(sched.sigma_min > 0, "--sigma-min must be > 0 for --schedule geometric");
+    } else {
+      MDLM_CHECK(sched.eps >= 0 && sched.eps < 1, "--schedule-eps ", sched.eps, " must be in [0, 1)");
+      if constexpr (std::is_same_v<S, PolynomialSchedule>) MDLM_CHECK(sched.w > 0, "--schedule-w ", sched.w, " must be > 0");
+    }
+    return 0;
+  });
+  return with_schedule(rec, [](auto sched) { return schedule_record(sched); });  // every parameter, defaults too
 }
 
 int train(const Args& args) {
@@ -452,7 +581,8 @@ int train(const Args& args) {
   }
   cfg.model.dropout = static_cast<float>(real(args, "--dropout"));
   cfg.model.time_conditioning = args.integer("--time-conditioning") != 0;
-  cfg.objective = args.str("--objective");
+  const std::string objective = args.str("--objective");
+  MDLM_CHECK(objective == "mdlm" || objective == "ar", "--objective: unknown objective '", objective, "' (expected mdlm or ar)");
   cfg.style = args.str("--style");
   cfg.seq_len = args.integer("--seq-len");
   cfg.batch = args.integer("--batch");
@@ -475,28 +605,24 @@ int train(const Args& args) {
   cfg.resume = args.integer("--resume") != 0;
   const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
-  TrainResult r;
-  if (backend == "host") {
-    Host host = host_context();
-    r = Trainer<Host, float, float>{}.run(host, cfg);
-  } else {
-#if MDLM_WITH_CUDA
-    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
-    Cuda ctx;
-    cfg.peak_tflops = 989.4;
-    r = Trainer<Cuda, bf16, float>{}.run(ctx, cfg);
-#else
-    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
-#endif
-  }
+  // The names become types here, once: the objective (and, for mdlm, the schedule).
+  const nlohmann::json schedule = schedule_from_flags(args, objective == "ar");
+  const TrainResult r = objective == "ar" ? run_trainer(backend, cfg, Autoregressive{})
+                                          : with_schedule(schedule, [&](auto sched) {
+                                              return run_trainer(backend, cfg, MaskedDiffusion<decltype(sched)>{sched});
+                                            });
   if (r.valid.tokens > 0) {
     std::printf("final validation: %.4f nats/token, %s %.3f (unigram baseline %.4f nats/token)\n", r.valid.nats,
-                cfg.objective == "ar" ? "perplexity" : "perplexity bound", r.valid.ppl, r.unigram_nats);
+                objective == "ar" ? "perplexity" : "perplexity bound", r.valid.ppl, r.unigram_nats);
   }
   return 0;
 }
 
 int eval(const Args& args) {
+  const std::string backend = args.str("--backend"), dtype = args.str("--dtype");
+  MDLM_CHECK(backend == "host" || backend == "cuda", "--backend: unknown backend '", backend, "' (expected host or cuda)");
+  MDLM_CHECK(dtype == "f32" || dtype == "bf16", "--dtype: unknown dtype '", dtype, "' (expected f32 or bf16)");
+  MDLM_CHECK(backend == "cuda" || dtype == "f32", "--dtype ", dtype, " needs --backend cuda (the Host evaluates in f32)");
   const std::filesystem::path ckpt = args.str("--checkpoint");
   const std::filesystem::path path = std::filesystem::is_directory(ckpt) ? ckpt / "checkpoint.safetensors" : ckpt;
   LoadedCheckpoint c = load_checkpoint(path, /*with_optimizer=*/false);
@@ -513,10 +639,40 @@ int eval(const Args& args) {
   const auto& weights = args.integer("--ema") != 0 ? c.tensors.ema : c.tensors.master;
   std::copy(weights.begin(), weights.end(), store.values().data());
   Host host = host_context();
-  EvalResult r = evaluate(host, model, store.params(), set, meta.specials.mask, args.integer("--batch"), args.integer("--batches"),
-                          c.training_state.value("seed", std::uint64_t{0}) + 1);
-  std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", \"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
-              path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm", static_cast<long long>(r.tokens), r.nats,
+  const std::int64_t batch = args.integer("--batch"), batches = args.integer("--batches");
+  const std::uint64_t seed = c.training_state.value("seed", std::uint64_t{0}) + 1;
+  // MDLM: the schedule the checkpoint was trained with.
+  const nlohmann::json schedule = c.model.ar ? nlohmann::json() : schedule_of(c.training_state);
+  auto run = [&](auto& ctx, const auto& params) {
+    return c.model.ar ? evaluate(ctx, Autoregressive{}, model, params, set, batch, batches, seed)
+                      : with_schedule(schedule, [&](auto sched) {
+                          return evaluate(ctx, MaskedDiffusion<decltype(sched)>{sched}.with_mask_id(meta.specials.mask), model,
+                                          params, set, batch, batches, seed);
+                        });
+  };
+  EvalResult r;
+  if (backend == "host") {
+    r = run(host, store.params());
+  } else {
+#if MDLM_WITH_CUDA
+    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+    Cuda ctx;
+    auto on_device = [&](auto tag) {  // the weights as T on the GPU (bf16: values rounded, compute in fp32)
+      using T = decltype(tag);
+      ParamStore<Cuda, T, float> dev(model.layout());
+      const auto values = cast_vector<T>(weights);
+      upload_into(ctx, values.data(), model.layout().buffer_elements(), dev.values().data());
+      return run(ctx, dev.params());
+    };
+    r = dtype == "bf16" ? on_device(bf16{}) : on_device(float{});
+#else
+    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
+#endif
+  }
+  const std::string device = backend == "host" ? "" : "\"backend\": \"cuda\", \"dtype\": \"" + dtype + "\", ";
+  std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", %s%s\"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
+              path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm", device.c_str(),
+              c.model.ar ? "" : ("\"schedule\": " + schedule.dump() + ", ").c_str(), static_cast<long long>(r.tokens), r.nats,
               c.model.ar ? "perplexity" : "perplexity_bound", r.ppl);
   return 0;
 }
@@ -549,7 +705,9 @@ struct Generated {
   std::string note;
 };
 
-Generated generate(LoadedModel& m, const Args& args, Host& host) {
+// Samples with the schedule the checkpoint was trained with (`sched`).
+template <class Schedule>
+Generated generate_with(LoadedModel& m, const Args& args, Host& host, const Schedule& sched) {
   MDLM_CHECK(!m.model.config().ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
   SamplerConfig cfg;
   cfg.kind = parse_sampler(args.str("--sampler"));
@@ -606,7 +764,7 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
       const auto values = cast_vector<T>(host);
       upload_into(ctx, values.data(), m.model.layout().buffer_elements(), dev.values().data());
       auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
-        return sample_on_device(ctx, m.model, dev, m.mask_id, LogLinearSchedule{}, c, z0, n, span);
+        return sample_on_device(ctx, m.model, dev, m.mask_id, sched, c, z0, n, span);
       };
       return semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
     };
@@ -620,13 +778,18 @@ Generated generate(LoadedModel& m, const Args& args, Host& host) {
     // The batch shares each forward pass (the GPU path's loop on the Host kernels); it gives
     // the per-sequence sample()'s tokens (tests/host/test_sampling.cpp).
     auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
-      return sample_batched(host, m.model, m.store, m.mask_id, LogLinearSchedule{}, c, z0, n, span);
+      return sample_batched(host, m.model, m.store, m.mask_id, sched, c, z0, n, span);
     };
     r = semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
   } else {
-    r = semi_ar ? sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, n, len, window, stride) : sample(d, LogLinearSchedule{}, cfg, init, n, len);
+    r = semi_ar ? sample_semi_ar(d, sched, cfg, prompt, n, len, window, stride) : sample(d, sched, cfg, init, n, len);
   }
   return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "host", false, ""};
+}
+
+Generated generate(LoadedModel& m, const Args& args, Host& host) {
+  MDLM_CHECK(!m.model.config().ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
+  return with_schedule(schedule_of(m.ckpt.training_state), [&](auto sched) { return generate_with(m, args, host, sched); });
 }
 
 const std::map<std::string, std::string> kSampleDefaults = {
@@ -688,6 +851,140 @@ int gen_ppl(const Args& args) {
   return 0;
 }
 
+// ---- flags of every command: defaults, switches and one line of meaning each -------------
+CommandSpec command_spec(const std::string& cmd, bool gen_ppl) {
+  if (cmd == "train") return {kTrainDefaults, {"--resume", "--time-conditioning"}, ""};
+  if (cmd == "sample") return {kSampleDefaults, {"--json", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}, ""};
+  if (cmd == "eval" && gen_ppl) {
+    auto d = kSampleDefaults;
+    d["--scorer"] = "";
+    return {d, {"--gen-ppl", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}, ""};
+  }
+  if (cmd == "eval") {
+    return {{{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"}, {"--batch", "16"}, {"--ema", "1"},
+             {"--backend", "host"}, {"--dtype", "f32"}},
+            {},
+            ""};
+  }
+  if (cmd == "info") return {{{"--preset", "small"}, {"--vocab", "50258"}, {"--ar", "0"}, {"--verbose", "0"}}, {}, ""};
+  if (cmd == "tokenize") return {{{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}, ""};
+  if (cmd == "demo") return {{{"--backend", default_backend()}, {"--size", "512"}, {"--seed", "0"}}, {}, ""};
+  if (cmd == "check-fixture") return {{{"--backend", "host"}, {"--dtype", "f64"}}, {}, " FILE.safetensors"};
+  if (cmd == "check-trajectory") return {{{"--backend", "host"}, {"--dtype", "f64"}}, {}, " FILE.safetensors"};
+  if (cmd == "prepare") return {{{"--tokenizer", ""}, {"--input", ""}, {"--out", ""}, {"--valid-fraction", "0.05"}}, {}, ""};
+  if (cmd == "version") return {};
+  MDLM_FAIL("unknown command '", cmd, "' (try mdlm --help)");
+}
+
+// The meaning of a flag: "cmd --flag" first, then "--flag" (same meaning in every command).
+const std::map<std::string, std::string>& flag_meanings() {
+  static const std::map<std::string, std::string> m = {
+      {"--threads", "CPU threads of the Host backend, OpenMP and BLAS (or MDLM_NUM_THREADS; default: all cores)"},
+      {"--help", "print this list and exit"},
+      {"--seed", "seed of every random draw"},
+      {"--backend", "host or cuda"},
+      {"train --backend", "host or cuda (empty: cuda where a GPU is present, else host)"},
+      {"train --data", "prepared data directory (mdlm prepare)"},
+      {"train --out", "output directory: checkpoint.safetensors, metrics.jsonl/csv, loss.svg"},
+      {"train --preset", "model preset tiny|small|medium (empty: use --hidden/--blocks/--heads/--cond-dim)"},
+      {"train --hidden", "model width d"},
+      {"train --blocks", "transformer blocks"},
+      {"train --heads", "attention heads"},
+      {"train --cond-dim", "width of the time conditioning"},
+      {"train --seq-len", "tokens per sequence"},
+      {"train --batch", "sequences per micro-batch"},
+      {"train --accum", "micro-batches per optimizer step (gradient accumulation)"},
+      {"train --steps", "optimizer steps of the whole run"},
+      {"train --lr", "peak learning rate (AdamW)"},
+      {"train --warmup", "linear learning-rate warmup steps"},
+      {"train --lr-schedule", "constant or cosine after the warmup"},
+      {"train --weight-decay", "AdamW weight decay"},
+      {"train --clip", "global gradient-norm clipping threshold"},
+      {"train --ema", "EMA decay of the weights used for validation"},
+      {"train --objective", "mdlm (masked diffusion) or ar (the autoregressive baseline)"},
+      {"train --style", "wrap (concatenate, cut, frame with BOS/EOS) or pad (a document per row, padded)"},
+      {"train --dropout", "dropout on the residual branches"},
+      {"train --log-every", "steps between progress lines"},
+      {"train --eval-every", "steps between validations with the EMA weights (0: only at the end)"},
+      {"train --eval-batches", "validation batches (0: the whole split)"},
+      {"train --save-every", "steps between checkpoints (0: only at the end)"},
+      {"train --stop-after", "stop with a checkpoint after this many steps of this run (0: never)"},
+      {"train --schedule", "noise schedule: loglinear, cosine, linear, geometric or polynomial (recorded in the checkpoint)"},
+      {"train --schedule-eps", "eps of loglinear, cosine and polynomial (empty: 1e-3)"},
+      {"train --sigma-min", "sigma_min of linear and geometric (empty: 0 and 1e-3)"},
+      {"train --sigma-max", "sigma_max of linear and geometric (empty: 10 and 1)"},
+      {"train --schedule-w", "exponent w of polynomial (empty: 1)"},
+      {"train --resume", "continue from OUT/checkpoint.safetensors (same config and schedule)"},
+      {"train --time-conditioning", "feed sigma(t) to the model (off: a time-agnostic denoiser)"},
+      {"eval --checkpoint", "checkpoint directory or file (with --gen-ppl: the MDLM one that samples)"},
+      {"eval --data", "data directory (empty: the one recorded in the checkpoint)"},
+      {"eval --split", "valid or train"},
+      {"eval --batches", "batches to evaluate (0: the whole split)"},
+      {"eval --batch", "sequences per batch"},
+      {"eval --ema", "1: the EMA weights, 0: the raw weights"},
+      {"eval --gen-ppl", "generative perplexity: score samples with the AR checkpoint --scorer (takes sample's flags)"},
+      {"eval --scorer", "AR checkpoint that scores the samples (with --gen-ppl)"},
+      {"eval --backend", "host or cuda (cuda: the network on the GPU, --dtype f32 or bf16)"},
+      {"--checkpoint", "MDLM checkpoint directory or file"},
+      {"--steps", "sampler steps"},
+      {"--sampler", "ancestral, cached, confidence, remdm or first-hit"},
+      {"--length", "tokens per sample"},
+      {"--stride", "semi-autoregressive stride (0: half the window)"},
+      {"--window", "semi-autoregressive window (0: the training sequence length)"},
+      {"--prompt", "text every sample starts with"},
+      {"--temperature", "logit temperature"},
+      {"--top-p", "nucleus probability mass (1: off)"},
+      {"--top-k", "keep the k most likely tokens (0: off)"},
+      {"--threshold", "confidence sampler: unmask every position above this probability (0: k per step)"},
+      {"--num-samples", "samples to draw"},
+      {"--dtype", "network precision with --backend cuda: f32 or bf16"},
+      {"--json", "print JSON lines: ids, text, evaluations, time, unigram entropy"},
+      {"--paper-fp32-draws", "the official code's fp32 Gumbel draws (a Host reproduction mode)"},
+      {"--no-cuda-graph", "do not replay the sampling loop as a CUDA graph"},
+      {"--allow-unseen", "let tokens the training data never contained be sampled"},
+      {"info --preset", "model preset: tiny, small or medium"},
+      {"info --vocab", "vocabulary size"},
+      {"info --ar", "1: the AR variant"},
+      {"info --verbose", "1: list every parameter tensor"},
+      {"tokenize --tokenizer", "gpt2:DIR, wordpiece:FILE or bytes"},
+      {"tokenize --jsonl", "input lines are JSON objects with \"text\""},
+      {"tokenize --special", "gpt2: encode special tokens such as <|endoftext|>"},
+      {"demo --size", "GEMM size N"},
+      {"check-fixture --dtype", "f64, f32 or bf16"},
+      {"check-trajectory --dtype", "f64, f32 or bf16"},
+      {"prepare --tokenizer", "gpt2:DIR, wordpiece:FILE or bytes (required)"},
+      {"prepare --input", "FILE... corpus files, a document per line (required)"},
+      {"prepare --out", "output directory for train.bin, valid.bin, meta.json (required)"},
+      {"prepare --valid-fraction", "the last fraction of the documents kept for validation"},
+  };
+  return m;
+}
+
+std::string flag_meaning(const std::string& cmd, const std::string& flag) {
+  const auto& m = flag_meanings();
+  if (auto it = m.find(cmd + " " + flag); it != m.end()) return it->second;
+  if (auto it = m.find(flag); it != m.end()) return it->second;
+  return "(undocumented)";
+}
+
+// `mdlm CMD --help`: every flag with its default and meaning.
+void command_help(const std::string& cmd) {
+  std::vector<CommandSpec> specs{command_spec(cmd)};
+  if (cmd == "eval") specs.push_back(command_spec(cmd, /*gen_ppl=*/true));
+  std::printf("usage: mdlm %s%s [flags]\n", cmd.c_str(), specs[0].synopsis.c_str());
+  for (std::size_t k = 0; k < specs.size(); ++k) {
+    if (k == 1) std::printf("with --gen-ppl (samples scored by an AR checkpoint):\n");
+    for (const auto& [flag, def] : specs[k].defaults) {
+      if (k == 1 && specs[0].defaults.count(flag) && flag != "--checkpoint") continue;
+      std::printf("  %-22s %s (default: %s)\n", flag.c_str(), flag_meaning(cmd, flag).c_str(), def.empty() ? "none" : def.c_str());
+    }
+    for (const auto& flag : specs[k].switches) {
+      std::printf("  %-22s %s (a switch; default: off)\n", flag.c_str(), flag_meaning(cmd, flag).c_str());
+    }
+  }
+  std::printf("  %-22s %s\n  %-22s %s\n", "--threads", flag_meaning(cmd, "--threads").c_str(), "--help", flag_meaning(cmd, "--help").c_str());
+}
+
 void usage() {
   std::printf(
       "usage: mdlm <command> [flags]\n"
@@ -706,6 +1003,7 @@ void usage() {
       "        [--ema D] [--seed S] [--backend host|cuda] [--objective mdlm|ar] [--style wrap|pad]\n"
       "        [--dropout P] [--time-conditioning] [--eval-every N] [--save-every N] [--resume]\n"
       "  eval --checkpoint DIR|FILE [--data DIR] [--split valid|train] [--batches N] [--batch B] [--ema 0|1]\n"
+      "       [--backend host|cuda] [--dtype f32|bf16]\n"
       "                                       the perplexity bound (MDLM) or perplexity (AR)\n"
       "  sample --checkpoint DIR [--steps N] [--sampler ancestral|cached|confidence|remdm|first-hit]\n"
       "         [--length L] [--stride S] [--window W] [--prompt TEXT] [--temperature T] [--top-p P]\n"
@@ -720,7 +1018,8 @@ void usage() {
       "  check-trajectory FILE.safetensors [--backend host|cuda] [--dtype f64|f32|bf16]\n"
       "                                       replay a training trajectory (mdlm-trajectory-v1) through\n"
       "                                       the trainer's step; JSON report; exit 0 only within tolerance\n"
-      "every command: --threads N (or MDLM_NUM_THREADS=N) CPU threads of the Host backend and BLAS\n");
+      "every command: --threads N (or MDLM_NUM_THREADS=N) CPU threads of the Host backend and BLAS;\n"
+      "  mdlm <command> --help lists its flags with their defaults and meanings\n");
 }
 
 }  // namespace
@@ -738,36 +1037,42 @@ int main(int argc_in, char** argv_in) {
       return argc < 2 ? 2 : 0;
     }
     const std::string cmd = argv[1];
+    if (std::any_of(argv + 2, argv + argc, [](const char* a) { return std::string(a) == "--help" || std::string(a) == "-h"; })) {
+      command_help(cmd);
+      return 0;
+    }
     if (cmd == "version") {
       std::printf("mdlm %s (%s backend%s)\n", kVersion, MDLM_WITH_CUDA ? "host + cuda" : "host",
                   MDLM_WITH_CUDA ? "s" : "");
       return 0;
     }
     if (cmd == "info") {
-      return info(Args(argc, argv, 2, {{"--preset", "small"}, {"--vocab", "50258"}, {"--ar", "0"}, {"--verbose", "0"}}));
+      const CommandSpec c = command_spec(cmd);
+      return info(Args(argc, argv, 2, c.defaults, c.switches));
     }
     if (cmd == "check-fixture") return check_fixture(argc, argv);
     if (cmd == "check-trajectory") return check_trajectory(argc, argv);
     if (cmd == "prepare") return prepare(argc, argv);
-    if (cmd == "train") return train(Args(argc, argv, 2, kTrainDefaults, {"--resume", "--time-conditioning"}));
+    if (cmd == "train") {
+      const CommandSpec c = command_spec(cmd);
+      return train(Args(argc, argv, 2, c.defaults, c.switches));
+    }
     if (cmd == "eval") {
       const bool gen = std::find_if(argv + 2, argv + argc, [](const char* a) { return std::string(a) == "--gen-ppl"; }) != argv + argc;
-      if (gen) {
-        auto defaults = kSampleDefaults;
-        defaults["--scorer"] = "";
-        return gen_ppl(Args(argc, argv, 2, defaults, {"--gen-ppl", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}));
-      }
-      return eval(Args(argc, argv, 2, {{"--checkpoint", "out/run"}, {"--data", ""}, {"--split", "valid"}, {"--batches", "0"},
-                                       {"--batch", "16"}, {"--ema", "1"}}));
+      const CommandSpec c = command_spec(cmd, gen);
+      return gen ? gen_ppl(Args(argc, argv, 2, c.defaults, c.switches)) : eval(Args(argc, argv, 2, c.defaults, c.switches));
     }
     if (cmd == "sample") {
-      return sample_cmd(Args(argc, argv, 2, kSampleDefaults, {"--json", "--paper-fp32-draws", "--no-cuda-graph", "--allow-unseen"}));
+      const CommandSpec c = command_spec(cmd);
+      return sample_cmd(Args(argc, argv, 2, c.defaults, c.switches));
     }
     if (cmd == "tokenize") {
-      return tokenize(Args(argc, argv, 2, {{"--tokenizer", "gpt2:data/gpt2"}}, {"--jsonl", "--special"}));
+      const CommandSpec c = command_spec(cmd);
+      return tokenize(Args(argc, argv, 2, c.defaults, c.switches));
     }
     if (cmd == "demo") {
-      return demo(Args(argc, argv, 2, {{"--backend", default_backend()}, {"--size", "512"}, {"--seed", "0"}}));
+      const CommandSpec c = command_spec(cmd);
+      return demo(Args(argc, argv, 2, c.defaults, c.switches));
     }
     MDLM_FAIL("unknown command '", cmd, "' (try mdlm --help)");
   } catch (const mdlm::Error& e) {

@@ -12,6 +12,7 @@
 // Autoregressive is the AR baseline's token-mean NLL on the same backbone interface.
 
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <vector>
 
@@ -83,20 +84,44 @@ struct LossOutput {
   Buffer<double, B> coef;
 };
 
+// An objective the Trainer and evaluate() take as a type: MaskedDiffusion<Schedule, Subs> or
+// Autoregressive. `autoregressive` says which backbone it trains (causal AR or the DiT);
+// name() is what checkpoints record; with_mask_id() returns the objective for the data's mask id.
+template <class O>
+concept Objective = std::copy_constructible<O> && requires(const O& o, std::int64_t id) {
+  { O::autoregressive } -> std::convertible_to<bool>;
+  { O::name() } -> std::convertible_to<const char*>;
+  { o.with_mask_id(id) } -> std::same_as<O>;
+};
+
 template <class Schedule, class Parameterization = Subs>
 class MaskedDiffusion {
+  static_assert(check_schedule<Schedule>(), "MaskedDiffusion<Schedule>: Schedule must satisfy mdlm::NoiseSchedule");
+
  public:
+  using schedule_type = Schedule;
+  static constexpr bool autoregressive = false;
+  static constexpr const char* name() { return "mdlm"; }
+
+  // Without options the mask id is left unset: the Trainer takes it from the data (with_mask_id).
+  explicit MaskedDiffusion(Schedule schedule = Schedule{}) : schedule_(schedule) {}
   MaskedDiffusion(Schedule schedule, DiffusionOptions options) : schedule_(schedule), opt_(options) {
     MDLM_CHECK(opt_.mask_id >= 0, "MaskedDiffusion needs a mask id");
     MDLM_CHECK(opt_.t_eps >= 0 && opt_.t_eps < 1, "t_eps ", opt_.t_eps, " must be in [0, 1)");
   }
   const Schedule& schedule() const { return schedule_; }
   const DiffusionOptions& options() const { return opt_; }
+  MaskedDiffusion with_mask_id(std::int64_t mask_id) const {
+    DiffusionOptions o = opt_;
+    o.mask_id = mask_id;
+    return MaskedDiffusion(schedule_, o);
+  }
 
   // Draws t and z_t for `step` and returns the NELBO on the tape.
   template <class B, class T, class G>
   LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch,
                         Philox rng, std::uint32_t step) const {
+    MDLM_CHECK(opt_.mask_id >= 0, "MaskedDiffusion needs a mask id");
     std::vector<double> t = sample_times(rng, step, batch.batch, opt_.sampling, opt_.t_eps, opt_.discrete_steps);
     const std::int64_t n = batch.batch * batch.seq_len;
     std::vector<double> move(t.size());
@@ -112,6 +137,7 @@ class MaskedDiffusion {
   template <class B, class T, class G>
   LossOutput<B, T> loss_at(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch,
                            std::vector<double> t, std::vector<std::int32_t> zt) const {
+    MDLM_CHECK(opt_.mask_id >= 0, "MaskedDiffusion needs a mask id");
     const std::int64_t n = batch.batch * batch.seq_len;
     MDLM_CHECK(t.size() == static_cast<std::size_t>(batch.batch) && zt.size() == static_cast<std::size_t>(n),
                "loss: ", t.size(), " times and ", zt.size(), " tokens for a batch of ", batch.batch, " x ", batch.seq_len);
@@ -170,6 +196,17 @@ class MaskedDiffusion {
 
 // The AR baseline: token-mean NLL of x[1:] given x[:-1] with a causal backbone.
 struct Autoregressive {
+  static constexpr bool autoregressive = true;
+  static constexpr const char* name() { return "ar"; }
+  Autoregressive with_mask_id(std::int64_t) const { return *this; }
+
+  // The objectives' common signature: AR draws nothing, so rng and step are unused.
+  template <class B, class T, class G>
+  LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch, Philox,
+                        std::uint32_t) const {
+    return loss(tape, model, p, batch);
+  }
+
   template <class B, class T, class G>
   LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch) const {
     MDLM_CHECK(model.config().ar, "Autoregressive needs the AR (causal) backbone");
@@ -190,5 +227,7 @@ struct Autoregressive {
     return out;
   }
 };
+
+static_assert(Objective<MaskedDiffusion<LogLinearSchedule>> && Objective<Autoregressive>);
 
 }  // namespace mdlm

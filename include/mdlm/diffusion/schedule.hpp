@@ -9,6 +9,7 @@
 // All are finite on t in [0, 1] (loss_weight on (0, 1]: it diverges like 1/t at 0).
 
 #include <cmath>
+#include <concepts>
 
 #include "mdlm/core/config.hpp"
 
@@ -16,6 +17,45 @@ namespace mdlm {
 
 namespace schedule_detail {
 inline constexpr double kPi = 3.14159265358979323846;
+}
+
+// What a schedule type must provide (a user's own too): six `double f(double) const` members.
+// `NoiseSchedule<S>` is the concept; `check_schedule<S>()` asserts it member by member, so a
+// schedule that misses one fails with a message naming that member. MaskedDiffusion, the
+// trainer, evaluation and the samplers all check their Schedule this way.
+// Optional: `static const char* name()` (recorded in checkpoints; "custom" without it).
+namespace schedule_detail {
+template <class S> concept has_sigma = requires(const S& s, double t) { { s.sigma(t) } -> std::convertible_to<double>; };
+template <class S> concept has_dsigma = requires(const S& s, double t) { { s.dsigma(t) } -> std::convertible_to<double>; };
+template <class S> concept has_alpha = requires(const S& s, double t) { { s.alpha(t) } -> std::convertible_to<double>; };
+template <class S> concept has_move_chance = requires(const S& s, double t) { { s.move_chance(t) } -> std::convertible_to<double>; };
+template <class S> concept has_loss_weight = requires(const S& s, double t) { { s.loss_weight(t) } -> std::convertible_to<double>; };
+template <class S> concept has_t_of_alpha = requires(const S& s, double a) { { s.t_of_alpha(a) } -> std::convertible_to<double>; };
+}  // namespace schedule_detail
+
+template <class S>
+concept NoiseSchedule = std::copy_constructible<S> && schedule_detail::has_sigma<S> && schedule_detail::has_dsigma<S> &&
+                        schedule_detail::has_alpha<S> && schedule_detail::has_move_chance<S> &&
+                        schedule_detail::has_loss_weight<S> && schedule_detail::has_t_of_alpha<S>;
+
+template <class S>
+constexpr bool check_schedule() {
+  static_assert(schedule_detail::has_sigma<S>, "mdlm schedule: missing member `double sigma(double t) const` (total noise)");
+  static_assert(schedule_detail::has_dsigma<S>, "mdlm schedule: missing member `double dsigma(double t) const` (d sigma / dt)");
+  static_assert(schedule_detail::has_alpha<S>, "mdlm schedule: missing member `double alpha(double t) const` (exp(-sigma))");
+  static_assert(schedule_detail::has_move_chance<S>, "mdlm schedule: missing member `double move_chance(double t) const` (1 - alpha)");
+  static_assert(schedule_detail::has_loss_weight<S>,
+                "mdlm schedule: missing member `double loss_weight(double t) const` (sigma' / expm1(sigma))");
+  static_assert(schedule_detail::has_t_of_alpha<S>, "mdlm schedule: missing member `double t_of_alpha(double a) const` (inverse of alpha)");
+  static_assert(std::copy_constructible<S>, "mdlm schedule: a schedule must be copy constructible");
+  return NoiseSchedule<S>;
+}
+
+// The schedule's name as recorded in a checkpoint: S::name() where it has one, else "custom".
+template <class S>
+constexpr const char* schedule_name() {
+  if constexpr (requires { { S::name() } -> std::convertible_to<const char*>; }) return S::name();
+  else return "custom";
 }
 
 // Log-linear (MDLM's default): 1 - alpha_t = (1 - eps) t.
@@ -100,5 +140,8 @@ MDLM_HD double discrete_loss_weight(const Schedule& sched, double t, int steps) 
   const double s = t - 1.0 / steps;
   return steps * (sched.alpha(s) - sched.alpha(t)) / sched.move_chance(t);
 }
+
+static_assert(NoiseSchedule<LogLinearSchedule> && NoiseSchedule<CosineSchedule> && NoiseSchedule<LinearSchedule> &&
+              NoiseSchedule<GeometricSchedule> && NoiseSchedule<PolynomialSchedule>);
 
 }  // namespace mdlm

@@ -91,6 +91,7 @@ template <class B, class Schedule, class T, class G>
 SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store, std::int64_t mask_id,
                               const Schedule& sched, const SamplerConfig& cfg, std::vector<std::int32_t> init, std::int64_t n,
                               std::int64_t len) {
+  static_assert(check_schedule<Schedule>(), "sample_batched(): the schedule must satisfy mdlm::NoiseSchedule");
   using namespace sampling_detail;
   const auto t0 = std::chrono::steady_clock::now();
   const std::int64_t rows = n * len, vocab = model.config().vocab;

@@ -29,6 +29,7 @@
 
 #include "mdlm/core/error.hpp"
 #include "mdlm/core/philox.hpp"
+#include "mdlm/diffusion/schedule.hpp"
 #include "mdlm/sampling/categorical.hpp"
 
 namespace mdlm {
@@ -156,6 +157,7 @@ inline void evaluate(const Denoiser& d, const std::vector<std::int32_t>& z, std:
 template <class Schedule>
 SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfig& cfg, std::vector<std::int32_t> init,
                     std::int64_t n, std::int64_t len) {
+  static_assert(check_schedule<Schedule>(), "sample(): the schedule must satisfy mdlm::NoiseSchedule");
   using namespace sampling_detail;
   const auto t_start = std::chrono::steady_clock::now();
   MDLM_CHECK(d.mask_id >= 0 && d.mask_id < d.vocab, "sampler: mask id ", d.mask_id, " outside the vocabulary");

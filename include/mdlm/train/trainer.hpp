@@ -1,8 +1,9 @@
 #pragma once
-// The training loop (`mdlm train`): data shards -> shuffled batches -> objective (MDLM NELBO or
-// AR NLL) -> backward -> global-norm clipping -> AdamW on master weights -> EMA, with
-// gradient accumulation, periodic validation with the EMA weights, NaN/Inf detection, metrics
-// (JSON lines, CSV, SVG plot), a progress line, and atomic checkpoints that resume bit-exactly:
+// The training loop (`mdlm train`): data shards -> shuffled batches -> objective (a type:
+// MaskedDiffusion<Schedule, Subs> with any NoiseSchedule, or Autoregressive) -> backward ->
+// global-norm clipping -> AdamW on master weights -> EMA, with gradient accumulation, periodic
+// validation with the EMA weights, NaN/Inf detection, metrics (JSON lines, CSV, SVG plot), a
+// progress line, and atomic checkpoints that resume bit-exactly:
 // every random draw is keyed by (seed, step), and the loader position, optimizer state and EMA
 // are in the checkpoint.
 
@@ -22,6 +23,7 @@
 #include "mdlm/data/prepare.hpp"
 #include "mdlm/data/shard.hpp"
 #include "mdlm/diffusion/masked_diffusion.hpp"
+#include "mdlm/diffusion/schedule_json.hpp"
 #include "mdlm/io/checkpoint.hpp"
 #include "mdlm/nn/dit.hpp"
 #include "mdlm/nn/params.hpp"
@@ -32,8 +34,7 @@ namespace mdlm {
 
 struct TrainConfig {
   std::filesystem::path data_dir, out_dir;
-  DiTConfig model;                 // vocab is taken from the data
-  std::string objective = "mdlm";  // mdlm | ar
+  DiTConfig model;                 // vocab is taken from the data; ar from the objective type
   std::string style = "wrap";      // wrap | pad
   std::int64_t seq_len = 128, batch = 16, accum = 1, steps = 300;
   AdamWConfig adam{};
@@ -48,7 +49,7 @@ struct TrainConfig {
   double peak_tflops = 0;       // for MFU on the progress line (0: not shown)
 
   nlohmann::json to_json() const {
-    return {{"objective", objective}, {"style", style}, {"seq_len", seq_len}, {"batch", batch}, {"accum", accum},
+    return {{"style", style}, {"seq_len", seq_len}, {"batch", batch}, {"accum", accum},
             {"steps", steps}, {"lr", lr.peak}, {"warmup", lr.warmup}, {"lr_schedule", lr.kind == LrSchedule::Kind::Cosine ? "cosine" : "constant"},
             {"beta1", adam.beta1}, {"beta2", adam.beta2}, {"adam_eps", adam.eps}, {"weight_decay", adam.weight_decay},
             {"clip", clip}, {"ema", ema}, {"seed", seed}, {"data", data_dir.string()}};
@@ -95,11 +96,23 @@ inline std::vector<std::int32_t> unseen_ids(const Shard& train, std::int64_t voc
   return out;
 }
 
-// Validation over the first `batches` batches of `set` in order (0: all), with fixed draws
-// (seed, step = batch index) so every evaluation sees the same t and z_t.
-template <class B, class T, class G>
-EvalResult evaluate(B& ctx, const DiT& model, const Params<B, T, G>& p, const SequenceSet& set, std::int64_t mask_id,
+// What a checkpoint records about the objective: {"objective": "mdlm"|"ar"} and, for masked
+// diffusion, {"schedule": {"name": ..., parameters...}} (diffusion/schedule_json.hpp).
+template <Objective O>
+nlohmann::json objective_record(const O& objective) {
+  nlohmann::json j{{"objective", O::name()}};
+  if constexpr (!O::autoregressive) j["schedule"] = schedule_record(objective.schedule());
+  return j;
+}
+
+// Validation with `objective` (the one the model was trained with; its mask id set) over the
+// first `batches` batches of `set` in order (0: all), with fixed draws (seed, step = batch
+// index) so every evaluation sees the same t and z_t.
+template <Objective O, class B, class T, class G>
+EvalResult evaluate(B& ctx, const O& objective, const DiT& model, const Params<B, T, G>& p, const SequenceSet& set,
                     std::int64_t batch, std::int64_t batches, std::uint64_t seed) {
+  MDLM_CHECK(model.config().ar == O::autoregressive, "evaluate: the ", O::name(), " objective needs ",
+             O::autoregressive ? "the AR (causal) backbone" : "a DiT backbone, not the AR variant");
   Loader loader(set, seed, /*shuffle=*/false);
   const std::int64_t available = set.size() / batch;
   MDLM_CHECK(available > 0, "validation needs at least ", batch, " sequences, the set has ", set.size());
@@ -114,15 +127,7 @@ EvalResult evaluate(B& ctx, const DiT& model, const Params<B, T, G>& p, const Se
     tape.reset();
     loader.next(batch, ids, mask);
     TokenBatch tb{ids.data(), batch, set.seq_len(), mask.data()};
-    LossOutput<B, T> out;
-    if (model.config().ar) {
-      out = Autoregressive{}.loss(tape, model, p, tb);
-    } else {
-      DiffusionOptions opt;
-      opt.mask_id = mask_id;
-      out = MaskedDiffusion<LogLinearSchedule>(LogLinearSchedule{}, opt)
-                .loss(tape, model, p, tb, Philox{seed ^ 0x5eed5eed5eedull}, static_cast<std::uint32_t>(k));
-    }
+    LossOutput<B, T> out = objective.loss(tape, model, p, tb, Philox{seed ^ 0x5eed5eed5eedull}, static_cast<std::uint32_t>(k));
     const double v = static_cast<double>(to_compute(download(ctx, MatrixView<const T, B>(out.loss.value))[0]));
     sum += v * static_cast<double>(out.loss_tokens);
     tokens += out.loss_tokens;
@@ -188,18 +193,24 @@ class TrainStep {
   std::int64_t seed_accum_ = 0;
 };
 
-template <class B, class T, class G = float>
+// Objective: MaskedDiffusion<Schedule, Subs> (any NoiseSchedule, a user's own too; its mask id
+// is taken from the data) or Autoregressive. Validation uses the same objective.
+template <class B, class T, class G = float, Objective Obj = MaskedDiffusion<LogLinearSchedule>>
 class Trainer {
  public:
+  Trainer() = default;
+  explicit Trainer(Obj objective) : objective_(std::move(objective)) {}
+  const Obj& objective() const { return objective_; }
+
   TrainResult run(B& ctx, TrainConfig cfg) {
     using clock = std::chrono::steady_clock;
     const DataMeta meta = DataMeta::read(cfg.data_dir);
     const Shard train = Shard::read(cfg.data_dir / "train.bin");
     const Shard valid = Shard::read(cfg.data_dir / "valid.bin");
-    MDLM_CHECK(cfg.objective == "mdlm" || cfg.objective == "ar", "unknown objective '", cfg.objective, "' (expected mdlm or ar)");
     MDLM_CHECK(cfg.batch > 0 && cfg.accum > 0 && cfg.steps > 0, "batch, accum and steps must be positive");
     cfg.model.vocab = meta.vocab_size;
-    cfg.model.ar = cfg.objective == "ar";
+    cfg.model.ar = Obj::autoregressive;
+    const Obj objective = objective_.with_mask_id(meta.specials.mask);
     if (cfg.model.ar) cfg.model.time_conditioning = false;
     std::filesystem::create_directories(cfg.out_dir);
     const std::filesystem::path ckpt_path = cfg.out_dir / "checkpoint.safetensors";
@@ -224,6 +235,12 @@ class Trainer {
       MDLM_CHECK(model_config_json(c.model) == model_config_json(cfg.model), ckpt_path.string(),
                  ": the checkpoint's model config ", model_config_json(c.model).dump(), " differs from this run's ",
                  model_config_json(cfg.model).dump());
+      const nlohmann::json rec = objective_record(objective);
+      for (const char* key : {"objective", "schedule"}) {
+        MDLM_CHECK(!c.training_state.contains(key) || c.training_state.at(key) == rec.value(key, nlohmann::json()), ckpt_path.string(),
+                   ": the checkpoint's ", key, " ", c.training_state.at(key).dump(), " differs from this run's ",
+                   rec.value(key, nlohmann::json()).dump());
+      }
       start = c.training_state.at("step").get<std::int64_t>();
       loader.set_position({c.training_state.at("loader_epoch").get<std::uint64_t>(),
                            c.training_state.at("loader_index").get<std::uint64_t>()});
@@ -250,13 +267,11 @@ class Trainer {
         static_cast<long long>(cfg.model.heads), static_cast<long long>(cfg.model.vocab),
         std::to_string(layout.parameter_count()).c_str(), cfg.data_dir.string().c_str(), meta.tokenizer.c_str(),
         static_cast<long long>(train_set.size()), static_cast<long long>(valid_set.size()), static_cast<long long>(cfg.seq_len));
+    say(cfg, "objective: %s\n", objective_record(objective).dump().c_str());
     say(cfg, "unigram baseline (validation tokens under the train unigram): %.4f nats/token\n", result.unigram_nats);
 
     MetricsLog metrics(cfg.out_dir, start > 0 ? start : -1);  // resumed: rows after the checkpoint are cut
     TrainStep<B, T, G> stepper(ctx, store, opt);
-    DiffusionOptions dopt;
-    dopt.mask_id = meta.specials.mask;
-    const MaskedDiffusion<LogLinearSchedule> diffusion(LogLinearSchedule{}, dopt);
     std::vector<std::int32_t> ids;
     std::vector<double> mask;
     std::int64_t last_saved = start;
@@ -274,6 +289,7 @@ class Trainer {
       t.m = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.m(), 1, n)));
       t.v = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.v(), 1, n)));
       nlohmann::json state = cfg.to_json();
+      state.update(objective_record(objective));
       const LoaderPosition pos = loader.position();
       state["step"] = step;
       state["loader_epoch"] = pos.epoch;
@@ -290,7 +306,7 @@ class Trainer {
       std::vector<T> values(static_cast<std::size_t>(n));
       cast_from_master(Host{}, n, ema.data(), values.data());
       upload_into(ctx, values.data(), n, ema_store.values().data());
-      EvalResult r = evaluate(ctx, model, ema_store.params(), valid_set, meta.specials.mask, cfg.batch, cfg.eval_batches, cfg.seed + 1);
+      EvalResult r = evaluate(ctx, objective, model, ema_store.params(), valid_set, cfg.batch, cfg.eval_batches, cfg.seed + 1);
       metrics.valid(step, r.nats, r.ppl);
       say(cfg, "step %lld | validation (EMA) %s %.4f nats/token | %s %.3f | unigram %.4f\n", static_cast<long long>(step),
           cfg.model.ar ? "NLL" : "NELBO", r.nats, cfg.model.ar ? "perplexity" : "perplexity bound", r.ppl, result.unigram_nats);
@@ -305,8 +321,7 @@ class Trainer {
         tape.options = {true, cfg.seed, draw};
         loader.next(cfg.batch, ids, mask);
         TokenBatch tb{ids.data(), cfg.batch, cfg.seq_len, mask.data()};
-        return cfg.model.ar ? Autoregressive{}.loss(tape, model, store.params(), tb)
-                            : diffusion.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
+        return objective.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
       });
       const double loss = grad.loss, norm = grad.norm;
       if (!std::isfinite(loss) || !std::isfinite(norm)) {
@@ -363,6 +378,8 @@ class Trainer {
   }
 
  private:
+  Obj objective_{};
+
   template <class... A>
   static void say(const TrainConfig& cfg, const char* fmt, A... a) {
     if (cfg.quiet) return;
