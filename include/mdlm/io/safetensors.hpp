@@ -252,7 +252,15 @@ class SafeTensors {
       bad("data_offsets [" + std::to_string(ti.begin) + ", " + std::to_string(ti.end) +
           "] fall outside the data section of " + std::to_string(data_size) + " bytes (truncated or corrupt)");
     }
-    const auto want = static_cast<std::size_t>(ti.numel()) * dtype_size(ti.dtype);
+    // The element count and byte size, checked for overflow: a shape whose product wraps around
+    // 2^64 must not match the data it points at.
+    std::uint64_t want = dtype_size(ti.dtype);
+    for (std::int64_t d : ti.shape) {
+      if (__builtin_mul_overflow(want, static_cast<std::uint64_t>(d), &want) ||
+          want > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+        bad("shape " + shape_str(ti.shape) + " of " + dt + " is too large");
+      }
+    }
     if (ti.end - ti.begin != want) {
       bad("holds " + std::to_string(ti.end - ti.begin) + " bytes but shape " + shape_str(ti.shape) + " of " + dt +
           " needs " + std::to_string(want));
