@@ -50,6 +50,26 @@ Host host_context() {
   return h;
 }
 
+// The checking commands' one dispatch from --backend / --dtype to types: calls
+// fn.operator()<B, T, G>(ctx) with Host fp64 / fp32, or CUDA fp32 / bf16 (fp32 gradients).
+template <class R, class F>
+R on_backend_and_dtype(const std::string& backend, const std::string& dtype, F&& fn) {
+  if (backend == "host") {
+    MDLM_CHECK(dtype != "bf16", "--dtype bf16 runs on the CUDA backend only");
+    Host host = host_context();
+    return dtype == "f64" ? fn.template operator()<Host, double, double>(host)
+                          : fn.template operator()<Host, float, float>(host);
+  }
+#if MDLM_WITH_CUDA
+  MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
+  MDLM_CHECK(dtype != "f64", "--backend cuda runs f32 or bf16 (fp64 is the Host reference)");
+  Cuda ctx;
+  return dtype == "f32" ? fn.template operator()<Cuda, float, float>(ctx) : fn.template operator()<Cuda, bf16, float>(ctx);
+#else
+  MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
+#endif
+}
+
 int parse_threads(const std::string& v, const char* what) {
   std::size_t used = 0;
   long long n = 0;
@@ -311,21 +331,8 @@ int check_fixture(int argc, char** argv) {
   // block and a softmax: errors of a few 1e-3 are expected; 5e-2 separates rounding from bugs.
   const double tol = dtype == "f64" ? 1e-10 : dtype == "f32" ? 1e-5 : 5e-2;
   GoldenFixture g = GoldenFixture::load(path);
-  GoldenReport rep;
-  if (backend == "host") {
-    MDLM_CHECK(dtype != "bf16", "--dtype bf16 runs on the CUDA backend only");
-    Host host = host_context();
-    rep = dtype == "f64" ? check_golden<Host, double>(host, g) : check_golden<Host, float>(host, g);
-  } else {
-#if MDLM_WITH_CUDA
-    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
-    MDLM_CHECK(dtype != "f64", "--backend cuda runs f32 or bf16 (fp64 is the Host reference)");
-    Cuda ctx;
-    rep = dtype == "f32" ? check_golden<Cuda, float>(ctx, g) : check_golden<Cuda, bf16, float>(ctx, g);
-#else
-    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
-#endif
-  }
+  const GoldenReport rep = on_backend_and_dtype<GoldenReport>(
+      backend, dtype, [&]<class B, class T, class G>(B& ctx) { return check_golden<B, T, G>(ctx, g); });
   bool ok = true;
   std::printf("{\n  \"fixture\": \"%s\",\n  \"backend\": \"%s\",\n  \"dtype\": \"%s\",\n", path.c_str(),
               backend.c_str(), dtype.c_str());
@@ -353,21 +360,8 @@ int check_trajectory(int argc, char** argv) {
   MDLM_CHECK(dtype == "f64" || dtype == "f32" || dtype == "bf16", "unknown dtype '", dtype, "' (expected f64, f32 or bf16)");
   const Trajectory tr = Trajectory::load(path);
   const auto t0 = std::chrono::steady_clock::now();
-  TrajectoryReport rep;
-  if (backend == "host") {
-    MDLM_CHECK(dtype != "bf16", "--dtype bf16 runs on the CUDA backend only");
-    Host host = host_context();
-    rep = dtype == "f64" ? replay_trajectory<Host, double>(host, tr) : replay_trajectory<Host, float>(host, tr);
-  } else {
-#if MDLM_WITH_CUDA
-    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
-    MDLM_CHECK(dtype != "f64", "--backend cuda runs f32 or bf16 (fp64 is the Host reference)");
-    Cuda ctx;
-    rep = dtype == "f32" ? replay_trajectory<Cuda, float>(ctx, tr) : replay_trajectory<Cuda, bf16, float>(ctx, tr);
-#else
-    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
-#endif
-  }
+  const TrajectoryReport rep = on_backend_and_dtype<TrajectoryReport>(
+      backend, dtype, [&]<class B, class T, class G>(B& ctx) { return replay_trajectory<B, T, G>(ctx, tr); });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::json j = rep.to_json();
   j["trajectory"] = path;
