@@ -17,6 +17,27 @@
 
 namespace mdlm {
 
+// The model of a golden-format config, the keys the golden fixtures and the training
+// trajectories (io/trajectory.hpp) share: vocab_size, hidden, n_heads, n_blocks, cond_dim,
+// mlp_ratio, time_conditioning, causal, layer_norm_eps, rope_base and an optional dropout.
+// `at(key)` returns the key's JSON value (throwing, or noting the key, as its caller needs).
+template <class At>
+DiTConfig fixture_model_config(const nlohmann::json& config, At&& at) {
+  DiTConfig m;
+  m.vocab = at("vocab_size").template get<std::int64_t>();
+  m.hidden = at("hidden").template get<std::int64_t>();
+  m.heads = at("n_heads").template get<std::int64_t>();
+  m.blocks = at("n_blocks").template get<std::int64_t>();
+  m.cond_dim = at("cond_dim").template get<std::int64_t>();
+  m.mlp_ratio = at("mlp_ratio").template get<std::int64_t>();
+  m.time_conditioning = at("time_conditioning").template get<bool>();
+  m.ar = at("causal").template get<bool>();
+  m.layer_norm_eps = at("layer_norm_eps").template get<double>();
+  m.rope_base = at("rope_base").template get<double>();
+  m.dropout = static_cast<float>(config.value("dropout", 0.0));
+  return m;
+}
+
 struct GoldenFixture {
   SafeTensors file;
   nlohmann::json config;
@@ -34,17 +55,7 @@ struct GoldenFixture {
     try {
       g.config = nlohmann::json::parse(it->second);
       auto get_int = [&](const char* k) { return g.config.at(k).get<std::int64_t>(); };
-      g.model.vocab = get_int("vocab_size");
-      g.model.hidden = get_int("hidden");
-      g.model.heads = get_int("n_heads");
-      g.model.blocks = get_int("n_blocks");
-      g.model.cond_dim = get_int("cond_dim");
-      g.model.mlp_ratio = get_int("mlp_ratio");
-      g.model.time_conditioning = g.config.at("time_conditioning").get<bool>();
-      g.model.ar = g.config.at("causal").get<bool>();
-      g.model.layer_norm_eps = g.config.at("layer_norm_eps").get<double>();
-      g.model.rope_base = g.config.at("rope_base").get<double>();
-      g.model.dropout = g.config.value("dropout", 0.0f);
+      g.model = fixture_model_config(g.config, [&](const char* k) -> const nlohmann::json& { return g.config.at(k); });
       g.batch = get_int("batch");
       g.seq_len = get_int("seq_len");
       if (g.config.contains("mask_id") && !g.config.at("mask_id").is_null()) g.mask_id = get_int("mask_id");

@@ -96,17 +96,7 @@ struct Trajectory {
       };
       auto integer = [&](const char* k) { return at(k).get<std::int64_t>(); };
       auto number = [&](const char* k) { return at(k).get<double>(); };
-      tr.model.vocab = integer("vocab_size");
-      tr.model.hidden = integer("hidden");
-      tr.model.heads = integer("n_heads");
-      tr.model.blocks = integer("n_blocks");
-      tr.model.cond_dim = integer("cond_dim");
-      tr.model.mlp_ratio = integer("mlp_ratio");
-      tr.model.time_conditioning = at("time_conditioning").get<bool>();
-      tr.model.ar = at("causal").get<bool>();
-      tr.model.layer_norm_eps = number("layer_norm_eps");
-      tr.model.rope_base = number("rope_base");
-      tr.model.dropout = static_cast<float>(tr.config.value("dropout", 0.0));
+      tr.model = fixture_model_config(tr.config, at);
       tr.seq_len = integer("seq_len");
       if (tr.config.contains("mask_id") && !tr.config.at("mask_id").is_null()) tr.mask_id = integer("mask_id");
       const std::string loss = at("loss").get<std::string>();
