@@ -45,9 +45,8 @@ int run_eval(const CommandLine& cl) {
   MDLM_CHECK(backend == "host" || backend == "cuda", "--backend: unknown backend '", backend, "' (expected host or cuda)");
   MDLM_CHECK(dtype == "f32" || dtype == "bf16", "--dtype: unknown dtype '", dtype, "' (expected f32 or bf16)");
   MDLM_CHECK(backend == "cuda" || dtype == "f32", "--dtype ", dtype, " needs --backend cuda (the Host evaluates in f32)");
-  const std::filesystem::path ckpt = args.str("--checkpoint");
-  const std::filesystem::path path = std::filesystem::is_directory(ckpt) ? ckpt / "checkpoint.safetensors" : ckpt;
-  LoadedCheckpoint c = load_checkpoint(path, /*with_optimizer=*/false);
+  const std::filesystem::path path = checkpoint_file(args.str("--checkpoint"));
+  const LoadedCheckpoint c = load_checkpoint(path, /*with_optimizer=*/false);
   const std::filesystem::path data = args.str("--data").empty() ? std::filesystem::path(c.training_state.value("data", std::string()))
                                                                   : std::filesystem::path(args.str("--data"));
   const DataMeta meta = DataMeta::read(data);
@@ -56,41 +55,21 @@ int run_eval(const CommandLine& cl) {
   const Shard shard = Shard::read(data / (args.str("--split") + ".bin"));
   const std::int64_t seq_len = c.training_state.value("seq_len", std::int64_t{128});
   SequenceSet set(shard, parse_batch_style(c.training_state.value("style", std::string("wrap"))), seq_len, meta.specials);
-  DiT model(c.model);
-  ParamStore<Host, float> store(model.layout());
-  const auto& weights = args.integer("--ema") != 0 ? c.tensors.ema : c.tensors.master;
-  std::copy(weights.begin(), weights.end(), store.values().data());
-  Host host = cl.host();
+  const CheckpointWeights weights = args.integer("--ema") != 0 ? CheckpointWeights::Ema : CheckpointWeights::Raw;
   const std::int64_t batch = args.integer("--batch"), batches = args.integer("--batches");
   const std::uint64_t seed = c.training_state.value("seed", std::uint64_t{0}) + 1;
   // MDLM: the schedule the checkpoint was trained with.
   const nlohmann::json schedule = c.model.ar ? nlohmann::json() : schedule_of(c.training_state);
-  auto run = [&](auto& ctx, const auto& params) {
-    return c.model.ar ? evaluate(ctx, Autoregressive{}, model, params, set, batch, batches, seed)
-                      : with_schedule(schedule, [&](auto sched) {
-                          return evaluate(ctx, MaskedDiffusion<decltype(sched)>{sched}.with_mask_id(meta.specials.mask), model,
-                                          params, set, batch, batches, seed);
-                        });
-  };
-  EvalResult r;
-  if (backend == "host") {
-    r = run(host, store.params());
-  } else {
-#if MDLM_WITH_CUDA
-    MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
-    Cuda ctx;
-    auto on_device = [&](auto tag) {  // the weights as T on the GPU (bf16: values rounded, compute in fp32)
-      using T = decltype(tag);
-      ParamStore<Cuda, T, float> dev(model.layout());
-      const auto values = cast_vector<T>(weights);
-      upload_into(ctx, values.data(), model.layout().buffer_elements(), dev.values().data());
-      return run(ctx, dev.params());
-    };
-    r = dtype == "bf16" ? on_device(bf16{}) : on_device(float{});
-#else
-    MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
-#endif
-  }
+  // The network as T on the backend (Host f32; CUDA f32 or bf16: values rounded, compute in fp32).
+  const EvalResult r = on_backend_and_dtype<EvalResult>(cl, backend, dtype, [&]<class B, class T, class G>(B& ctx) {
+    TrainedModel<B, T> m = to_backend<T>(ctx, c, weights);
+    const auto params = m.store.params();
+    if (c.model.ar) return evaluate(ctx, Autoregressive{}, m.model, params, set, batch, batches, seed);
+    return with_schedule(schedule, [&](auto sched) {
+      return evaluate(ctx, MaskedDiffusion<decltype(sched)>{sched}.with_mask_id(meta.specials.mask), m.model, params, set,
+                      batch, batches, seed);
+    });
+  });
   const std::string device = backend == "host" ? "" : "\"backend\": \"cuda\", \"dtype\": \"" + dtype + "\", ";
   std::printf("{\"checkpoint\": \"%s\", \"split\": \"%s\", \"objective\": \"%s\", %s%s\"tokens\": %lld, \"nats_per_token\": %.6f, \"%s\": %.6f}\n",
               path.string().c_str(), args.str("--split").c_str(), c.model.ar ? "ar" : "mdlm", device.c_str(),

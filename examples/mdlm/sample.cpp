@@ -35,24 +35,15 @@ CommandSpec sample_spec() {
 
 namespace {
 
-// Loads a checkpoint's EMA (or raw) weights into a Host fp32 store.
-struct LoadedModel {
-  LoadedCheckpoint ckpt;
-  DiT model;
-  ParamStore<Host, float> store;
-  std::int64_t mask_id;
-  std::string tokenizer;
-  explicit LoadedModel(const std::filesystem::path& dir_or_file, bool ema = true)
-      : ckpt(load_checkpoint(std::filesystem::is_directory(dir_or_file) ? dir_or_file / "checkpoint.safetensors" : dir_or_file,
-                             false)),
-        model(ckpt.model),
-        store(model.layout()),
-        mask_id(ckpt.training_state.value("mask_id", ckpt.model.vocab - 1)),
-        tokenizer(ckpt.training_state.value("tokenizer", std::string("bytes"))) {
-    const auto& w = ema ? ckpt.tensors.ema : ckpt.tensors.master;
-    std::copy(w.begin(), w.end(), store.values().data());
-  }
-};
+// The checkpoint that samples. Tokens the training data never contained stay out of samples
+// (the model can only have learned that they are rare; lower_unseen_token_bias); --allow-unseen
+// keeps the model as trained.
+LoadedCheckpoint read_sampling_checkpoint(const Args& args) {
+  LoadedCheckpoint c = load_checkpoint(checkpoint_file(args.str("--checkpoint")), /*with_optimizer=*/false);
+  MDLM_CHECK(!c.model.ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
+  if (args.integer("--allow-unseen") == 0) lower_unseen_token_bias(c);
+  return c;
+}
 
 struct Generated {
   std::vector<std::int32_t> ids;
@@ -65,8 +56,8 @@ struct Generated {
 
 // Samples with the schedule the checkpoint was trained with (`sched`).
 template <class Schedule>
-Generated generate_with(LoadedModel& m, const Args& args, Host& host, const Schedule& sched) {
-  MDLM_CHECK(!m.model.config().ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
+Generated generate_with(const LoadedCheckpoint& c, const Args& args, Host& host, const Schedule& sched) {
+  const std::int64_t mask_id = c.mask_id();
   SamplerConfig cfg;
   cfg.kind = parse_sampler(args.str("--sampler"));
   cfg.steps = args.integer("--steps");
@@ -78,25 +69,14 @@ Generated generate_with(LoadedModel& m, const Args& args, Host& host, const Sche
   cfg.draw = args.integer("--paper-fp32-draws") != 0 ? DrawMode::PaperFp32 : DrawMode::Exact;
   const std::int64_t n = args.integer("--num-samples"), len = args.integer("--length");
   const std::int64_t window = args.integer("--window") > 0 ? args.integer("--window")
-                                                            : m.ckpt.training_state.value("seq_len", std::int64_t{128});
+                                                            : c.training_state.value("seq_len", std::int64_t{128});
   std::vector<std::int32_t> prompt;
-  with_tokenizer(m.tokenizer, [&](const auto& tok) {
+  with_tokenizer(c.tokenizer(), [&](const auto& tok) {
     const SpecialTokens sp = tok.specials();
     if (sp.bos >= 0) prompt.push_back(sp.bos);
     for (std::int32_t id : tok.encode(args.str("--prompt"))) prompt.push_back(id);
     return 0;
   });
-  // Tokens the training data never contained stay out of samples (the model can only have
-  // learned that they are rare): their output bias is lowered by 1e4, which leaves every other
-  // token's probability as the renormalized rest. --allow-unseen keeps the model as trained.
-  if (args.integer("--allow-unseen") == 0 && m.ckpt.training_state.contains("unseen_ids")) {
-    auto bias = m.store.value("output_layer.linear.bias");
-    for (std::int32_t id : m.ckpt.training_state.at("unseen_ids").get<std::vector<std::int32_t>>()) {
-      MDLM_CHECK(id >= 0 && id < bias.rows * bias.cols, "checkpoint: unseen id ", id, " outside the vocabulary");
-      bias.data[id] -= 1e4f;
-    }
-  }
-  Denoiser d = model_denoiser(host, m.model, m.store, m.mask_id);
   SampleResult r;
   const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
@@ -106,7 +86,7 @@ Generated generate_with(LoadedModel& m, const Args& args, Host& host, const Sche
   const std::int64_t span = semi_ar ? window : len;
   MDLM_CHECK(static_cast<std::int64_t>(prompt.size()) < span, "the prompt (", prompt.size(), " tokens) must be shorter than ",
              semi_ar ? "the window " : "--length ", span);
-  std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(m.mask_id));
+  std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(mask_id));
   for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * len);
   // the paper-era fp32 draw is a Host reproduction mode: it runs on the Host whatever the backend
   if (backend == "cuda" && cfg.draw == DrawMode::Exact) {
@@ -116,15 +96,11 @@ Generated generate_with(LoadedModel& m, const Args& args, Host& host, const Sche
     MDLM_CHECK(dtype == "f32" || dtype == "bf16", "--dtype '", dtype, "' (expected f32 or bf16 with --backend cuda)");
     Cuda ctx;
     auto on_device = [&](auto tag) {  // the weights as T on the GPU (bf16: values rounded, compute in fp32)
-      using T = decltype(tag);
-      ParamStore<Cuda, T, float> dev(m.model.layout());
-      const std::vector<float> host(m.store.values().data(), m.store.values().data() + m.model.layout().buffer_elements());
-      const auto values = cast_vector<T>(host);
-      upload_into(ctx, values.data(), m.model.layout().buffer_elements(), dev.values().data());
-      auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
-        return sample_on_device(ctx, m.model, dev, m.mask_id, sched, c, z0, n, span);
+      TrainedModel<Cuda, decltype(tag)> m = to_backend<decltype(tag)>(ctx, c);
+      auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& sc) {
+        return sample_on_device(ctx, m.model, m.store, mask_id, sched, sc, z0, n, span);
       };
-      return semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
+      return semi_ar ? sample_semi_ar(run, mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
     };
     r = dtype == "bf16" ? on_device(bf16{}) : on_device(float{});
     return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "cuda", r.cuda_graph, r.note};
@@ -132,31 +108,33 @@ Generated generate_with(LoadedModel& m, const Args& args, Host& host, const Sche
     MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
 #endif
   }
+  TrainedModel<Host> m = to_backend(host, c);
   if (cfg.draw == DrawMode::Exact) {
     // The batch shares each forward pass (the GPU path's loop on the Host kernels); it gives
     // the per-sequence sample()'s tokens (tests/host/test_sampling.cpp).
-    auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& c) {
-      return sample_batched(host, m.model, m.store, m.mask_id, sched, c, z0, n, span);
+    auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& sc) {
+      return sample_batched(host, m.model, m.store, mask_id, sched, sc, z0, n, span);
     };
-    r = semi_ar ? sample_semi_ar(run, m.mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
+    r = semi_ar ? sample_semi_ar(run, mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
   } else {
+    Denoiser d = model_denoiser(host, m.model, m.store, mask_id);
     r = semi_ar ? sample_semi_ar(d, sched, cfg, prompt, n, len, window, stride) : sample(d, sched, cfg, init, n, len);
   }
   return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "host", false, ""};
 }
 
-Generated generate(LoadedModel& m, const Args& args, Host& host) {
-  MDLM_CHECK(!m.model.config().ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
-  return with_schedule(schedule_of(m.ckpt.training_state), [&](auto sched) { return generate_with(m, args, host, sched); });
+// Samples with the schedule the checkpoint was trained with.
+Generated generate(const LoadedCheckpoint& c, const Args& args, Host& host) {
+  return with_schedule(schedule_of(c.training_state), [&](auto sched) { return generate_with(c, args, host, sched); });
 }
 
 int run_sample(const CommandLine& cl) {
   const Args args = cl.flags(sample_spec());
-  LoadedModel m(args.str("--checkpoint"));
+  const LoadedCheckpoint c = read_sampling_checkpoint(args);
   Host host = cl.host();
-  Generated g = generate(m, args, host);
+  Generated g = generate(c, args, host);
   const bool json = args.integer("--json") != 0;
-  with_tokenizer(m.tokenizer, [&](const auto& tok) {
+  with_tokenizer(c.tokenizer(), [&](const auto& tok) {
     for (std::int64_t b = 0; b < g.n; ++b) {
       std::vector<std::int32_t> ids(g.ids.begin() + b * g.len, g.ids.begin() + (b + 1) * g.len);
       std::vector<std::int32_t> text_ids;
@@ -184,19 +162,20 @@ int run_sample(const CommandLine& cl) {
   return 0;
 }
 
+}  // namespace
+
 // Generative perplexity: samples from an MDLM checkpoint scored by an AR checkpoint of the same
 // tokenizer (mean NLL of the samples' tokens after the first under the AR model).
-}  // namespace
 
 int gen_ppl(const CommandLine& cl, const CommandSpec& spec) {
   const Args args = cl.flags(spec);
-  LoadedModel m(args.str("--checkpoint"));
-  LoadedModel scorer(args.str("--scorer"));
-  MDLM_CHECK(scorer.model.config().ar, "--scorer must be an AR checkpoint");
-  MDLM_CHECK(scorer.tokenizer == m.tokenizer && scorer.model.config().vocab == m.model.config().vocab,
-             "the scorer's tokenizer (", scorer.tokenizer, ") differs from the sampler's (", m.tokenizer, ")");
   Host host = cl.host();
-  Generated g = generate(m, args, host);
+  const LoadedCheckpoint c = read_sampling_checkpoint(args);
+  TrainedModel<Host> scorer = load_trained_model(host, args.str("--scorer"));
+  MDLM_CHECK(scorer.config().ar, "--scorer must be an AR checkpoint");
+  MDLM_CHECK(scorer.tokenizer() == c.tokenizer() && scorer.config().vocab == c.model.vocab,
+             "the scorer's tokenizer (", scorer.tokenizer(), ") differs from the sampler's (", c.tokenizer(), ")");
+  Generated g = generate(c, args, host);
   Tape<Host, float> tape(host);
   auto out = Autoregressive{}.loss(tape, scorer.model, scorer.store.params(), TokenBatch{g.ids.data(), g.n, g.len, nullptr});
   const double nll = out.loss.value.data[0];

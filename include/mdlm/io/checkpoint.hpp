@@ -76,10 +76,21 @@ inline void save_checkpoint(const std::filesystem::path& path, const DiTConfig& 
   w.write(path);
 }
 
+// What a run records about its data: the mask token (older checkpoints: the last id) and the
+// tokenizer spec the data was prepared with (tokenizers/all.hpp, with_tokenizer).
+inline std::int64_t recorded_mask_id(const nlohmann::json& training_state, const DiTConfig& model) {
+  return training_state.value("mask_id", model.vocab - 1);
+}
+inline std::string recorded_tokenizer(const nlohmann::json& training_state) {
+  return training_state.value("tokenizer", std::string("bytes"));
+}
+
 struct LoadedCheckpoint {
   DiTConfig model;
   nlohmann::json training_state;
   CheckpointTensors tensors;
+  std::int64_t mask_id() const { return recorded_mask_id(training_state, model); }
+  std::string tokenizer() const { return recorded_tokenizer(training_state); }
 };
 
 // Reads a checkpoint; every tensor is checked for presence and shape (mdlm::Error otherwise).
