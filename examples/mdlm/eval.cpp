@@ -13,7 +13,7 @@ namespace {
 
 CommandSpec eval_spec() {
   return {"",
-          {{"--checkpoint", "out/run", "checkpoint directory or file (with --gen-ppl: the MDLM one that samples)"},
+          {{"--checkpoint", "out/run", "checkpoint directory or file, or a Hugging Face MDLM directory (with --gen-ppl: the MDLM one that samples)"},
            {"--data", "", "data directory (empty: the one recorded in the checkpoint)"},
            {"--split", "valid", "valid or train"},
            {"--batches", "0", "batches to evaluate (0: the whole split)"},
@@ -45,10 +45,11 @@ int run_eval(const CommandLine& cl) {
   MDLM_CHECK(backend == "host" || backend == "cuda", "--backend: unknown backend '", backend, "' (expected host or cuda)");
   MDLM_CHECK(dtype == "f32" || dtype == "bf16", "--dtype: unknown dtype '", dtype, "' (expected f32 or bf16)");
   MDLM_CHECK(backend == "cuda" || dtype == "f32", "--dtype ", dtype, " needs --backend cuda (the Host evaluates in f32)");
-  const std::filesystem::path path = checkpoint_file(args.str("--checkpoint"));
-  const LoadedCheckpoint c = load_checkpoint(path, /*with_optimizer=*/false);
+  const std::filesystem::path path = is_hf_model_dir(args.str("--checkpoint")) ? args.str("--checkpoint") : checkpoint_file(args.str("--checkpoint"));
+  const LoadedCheckpoint c = read_checkpoint(path);
   const std::filesystem::path data = args.str("--data").empty() ? std::filesystem::path(c.training_state.value("data", std::string()))
                                                                   : std::filesystem::path(args.str("--data"));
+  MDLM_CHECK(!data.empty(), "--data: ", path.string(), " records no data directory (a Hugging Face model); give --data DIR");
   const DataMeta meta = DataMeta::read(data);
   MDLM_CHECK(meta.vocab_size == c.model.vocab, "the data's vocabulary (", meta.vocab_size, ") differs from the checkpoint's (",
              c.model.vocab, ")");

@@ -12,7 +12,7 @@ namespace mdlm::cli {
 
 CommandSpec sample_spec() {
   return {"",
-          {{"--checkpoint", "out/kjv-mdlm", "MDLM checkpoint directory or file"},
+          {{"--checkpoint", "out/kjv-mdlm", "MDLM checkpoint directory or file, or a Hugging Face MDLM directory (config.json)"},
            {"--steps", "128", "sampler steps"},
            {"--sampler", "cached", "ancestral, cached, confidence, remdm or first-hit"},
            {"--length", "128", "tokens per sample"},
@@ -35,11 +35,21 @@ CommandSpec sample_spec() {
 
 namespace {
 
+// The one place where a sampler's name (--sampler) becomes the library's sampler.
+SamplerKind sampler_named(const std::string& s) {
+  if (s == "ancestral") return SamplerKind::Ancestral;
+  if (s == "cached") return SamplerKind::Cached;
+  if (s == "confidence") return SamplerKind::Confidence;
+  if (s == "remdm") return SamplerKind::ReMdm;
+  if (s == "first-hit") return SamplerKind::FirstHit;
+  MDLM_FAIL("--sampler: unknown sampler '", s, "' (expected ancestral, cached, confidence, remdm or first-hit)");
+}
+
 // The checkpoint that samples. Tokens the training data never contained stay out of samples
 // (the model can only have learned that they are rare; lower_unseen_token_bias); --allow-unseen
 // keeps the model as trained.
 LoadedCheckpoint read_sampling_checkpoint(const Args& args) {
-  LoadedCheckpoint c = load_checkpoint(checkpoint_file(args.str("--checkpoint")), /*with_optimizer=*/false);
+  LoadedCheckpoint c = read_checkpoint(args.str("--checkpoint"));
   MDLM_CHECK(!c.model.ar, "mdlm sample needs an MDLM checkpoint (this one is the AR baseline)");
   if (args.integer("--allow-unseen") == 0) lower_unseen_token_bias(c);
   return c;
@@ -59,7 +69,7 @@ template <class Schedule>
 Generated generate_with(const LoadedCheckpoint& c, const Args& args, Host& host, const Schedule& sched) {
   const std::int64_t mask_id = c.mask_id();
   SamplerConfig cfg;
-  cfg.kind = parse_sampler(args.str("--sampler"));
+  cfg.kind = sampler_named(args.str("--sampler"));
   cfg.steps = args.integer("--steps");
   cfg.seed = static_cast<std::uint64_t>(args.integer("--seed"));
   cfg.filters.temperature = args.real("--temperature");

@@ -44,6 +44,7 @@
 #include "mdlm/data/prepare.hpp"
 #include "mdlm/data/shard.hpp"
 #include "mdlm/io/checkpoint.hpp"
+#include "mdlm/io/hf_checkpoint.hpp"
 #include "mdlm/io/trained_model.hpp"
 #include "mdlm/optim/adamw.hpp"
 #include "mdlm/train/metrics.hpp"

@@ -4,7 +4,7 @@
 // in fp32), and the run's training state (schedule, sequence length, tokenizer, mask id).
 // Evaluation, sampling and the examples load checkpoints through this one place:
 //
-//   LoadedCheckpoint c = load_checkpoint(checkpoint_file("out/run"), /*with_optimizer=*/false);
+//   LoadedCheckpoint c = read_checkpoint("out/run");   // or a Hugging Face MDLM directory
 //   TrainedModel<Cuda, bf16> m = to_backend<bf16>(ctx, c);     // or <float> on Host
 //   evaluate(ctx, objective, m.model, m.store.params(), ...);  // sample_batched(ctx, m.model, m.store, ...)
 
@@ -20,6 +20,7 @@
 
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/io/checkpoint.hpp"
+#include "mdlm/io/hf_checkpoint.hpp"
 #include "mdlm/nn/dit.hpp"
 #include "mdlm/nn/params.hpp"
 
@@ -31,6 +32,13 @@ enum class CheckpointWeights { Ema, Raw };
 // A checkpoint file as given, or checkpoint.safetensors inside a run directory.
 inline std::filesystem::path checkpoint_file(const std::filesystem::path& dir_or_file) {
   return std::filesystem::is_directory(dir_or_file) ? dir_or_file / "checkpoint.safetensors" : dir_or_file;
+}
+
+// The weights and training state of a run directory or checkpoint file of ours, or of a
+// Hugging Face MDLM directory (config.json + model.safetensors; io/hf_checkpoint.hpp).
+inline LoadedCheckpoint read_checkpoint(const std::filesystem::path& path) {
+  if (is_hf_model_dir(path)) return load_hf_checkpoint(path);
+  return load_checkpoint(checkpoint_file(path), /*with_optimizer=*/false);
 }
 
 // Gradients of a model that only runs forward: fp32 for bf16 values, else T.
@@ -67,11 +75,11 @@ TrainedModel<B, T> to_backend(B& ctx, const LoadedCheckpoint& c, CheckpointWeigh
   return m;
 }
 
-// Reads a checkpoint (a file or a run directory) and puts its EMA (or raw) weights on B as T.
+// Reads a checkpoint (read_checkpoint: a file, a run directory or a Hugging Face directory) and
+// puts its EMA (or raw) weights on B as T.
 template <class T = float, class B>
-TrainedModel<B, T> load_trained_model(B& ctx, const std::filesystem::path& dir_or_file,
-                                      CheckpointWeights which = CheckpointWeights::Ema) {
-  return to_backend<T>(ctx, load_checkpoint(checkpoint_file(dir_or_file), /*with_optimizer=*/false), which);
+TrainedModel<B, T> load_trained_model(B& ctx, const std::filesystem::path& path, CheckpointWeights which = CheckpointWeights::Ema) {
+  return to_backend<T>(ctx, read_checkpoint(path), which);
 }
 
 // Keeps tokens the training data never contained out of samples: the trainer records them as

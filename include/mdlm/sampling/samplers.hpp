@@ -46,15 +46,6 @@ struct Denoiser {
 
 enum class SamplerKind { Ancestral, Cached, Confidence, ReMdm, FirstHit };
 
-inline SamplerKind parse_sampler(const std::string& s) {
-  if (s == "ancestral") return SamplerKind::Ancestral;
-  if (s == "cached") return SamplerKind::Cached;
-  if (s == "confidence") return SamplerKind::Confidence;
-  if (s == "remdm") return SamplerKind::ReMdm;
-  if (s == "first-hit") return SamplerKind::FirstHit;
-  MDLM_FAIL("unknown sampler '", s, "' (expected ancestral, cached, confidence, remdm or first-hit)");
-}
-
 struct SamplerConfig {
   SamplerKind kind = SamplerKind::Ancestral;
   std::int64_t steps = 128;
