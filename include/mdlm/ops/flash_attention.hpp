@@ -36,6 +36,7 @@
 
 #include "mdlm/autograd/tape.hpp"
 #include "mdlm/backend/host.hpp"
+#include "mdlm/core/config.hpp"
 #include "mdlm/core/math.hpp"
 #include "mdlm/ops/attention.hpp"
 #include "mdlm/ops/gemm.hpp"
@@ -47,22 +48,25 @@ namespace mdlm {
 inline constexpr std::int64_t kFlashQueryBlock = 64;
 inline constexpr std::int64_t kFlashKeyBlock = 64;
 
-// Blocks of `block` rows covering n rows.
-inline constexpr std::int64_t flash_block_count(std::int64_t n, std::int64_t block) { return (n + block - 1) / block; }
+// Blocks of `block` rows covering n rows. (These helpers run in the CUDA kernels too.)
+MDLM_HD inline constexpr std::int64_t flash_block_count(std::int64_t n, std::int64_t block) {
+  return (n + block - 1) / block;
+}
 
 // Keys of block [j0, j0 + n) that query row i may see: n, or (causal) those with j <= i.
-inline constexpr std::int64_t flash_visible_keys(std::int64_t i, std::int64_t j0, std::int64_t n, bool causal) {
-  return causal ? std::max<std::int64_t>(0, std::min(n, i + 1 - j0)) : n;
+MDLM_HD inline constexpr std::int64_t flash_visible_keys(std::int64_t i, std::int64_t j0, std::int64_t n, bool causal) {
+  return !causal ? n : (i + 1 - j0 < 0 ? 0 : (i + 1 - j0 < n ? i + 1 - j0 : n));
 }
 
 // Key blocks a query block starting at i0 with m rows reads: all, or (causal) up to the one
 // holding its last row.
-inline constexpr std::int64_t flash_key_blocks_for(std::int64_t i0, std::int64_t m, std::int64_t seq, bool causal) {
+MDLM_HD inline constexpr std::int64_t flash_key_blocks_for(std::int64_t i0, std::int64_t m, std::int64_t seq,
+                                                           bool causal) {
   return flash_block_count(causal ? i0 + m : seq, kFlashKeyBlock);
 }
 
 // The first query block that sees key block starting at j0 (causal: the one holding row j0).
-inline constexpr std::int64_t flash_first_query_block(std::int64_t j0, bool causal) {
+MDLM_HD inline constexpr std::int64_t flash_first_query_block(std::int64_t j0, bool causal) {
   return causal ? j0 / kFlashQueryBlock : 0;
 }
 
