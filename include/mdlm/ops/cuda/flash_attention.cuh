@@ -38,7 +38,11 @@ namespace mdlm {
 template <>
 inline constexpr bool kFlashAttentionDefault<Cuda> = true;
 
-inline constexpr std::int64_t kFlashMaxHeadDim = 128;  // the SIMT kernels' largest register bucket
+// The SIMT kernels' largest register bucket; their K and V (or Q and dO) tiles must fit the
+// 48 KiB of shared memory a block has without opt-in, so 4-byte elements stop at 64.
+inline constexpr std::int64_t kFlashMaxHeadDim = 128;
+template <class T>
+inline constexpr std::int64_t kFlashMaxHeadDimFor = sizeof(T) <= 2 ? kFlashMaxHeadDim : kFlashMaxHeadDim / 2;
 inline constexpr std::int64_t kFlashMmaHeadDim = 64;   // the tensor-core forward's head dimension
 
 namespace cuda_kernels {
@@ -414,22 +418,32 @@ namespace cuda_detail {
 // The tensor-core forward takes bf16 at head dimension 64 from a qkv buffer whose rows are
 // 4-byte aligned (its fragments are 32-bit loads); everything else the SIMT kernels.
 template <class T>
+constexpr bool flash_uses_mma_head_dim(std::int64_t d) {
+  return std::is_same_v<T, bf16> && d == kFlashMmaHeadDim;
+}
+template <class T>
 bool flash_uses_mma(std::int64_t d, MatrixView<const T, Cuda> qkv) {
-  return std::is_same_v<T, bf16> && d == kFlashMmaHeadDim && qkv.ld % 2 == 0 &&
-         reinterpret_cast<std::uintptr_t>(qkv.data) % 4 == 0;
+  return flash_uses_mma_head_dim<T>(d) && qkv.ld % 2 == 0 && reinterpret_cast<std::uintptr_t>(qkv.data) % 4 == 0;
 }
 
-// Rejects head dimensions the kernels have no register bucket for.
-inline void flash_check_head_dim(const char* kernel, std::int64_t d) {
-  MDLM_CHECK(d >= 1 && d <= kFlashMaxHeadDim, "flash attention (", kernel, "): head dimension ", d,
-             " is not supported (1 to ", kFlashMaxHeadDim, ")");
+// Rejects head dimensions the SIMT kernels cannot take for element type T.
+template <class T>
+void flash_check_head_dim(const char* kernel, std::int64_t d) {
+  MDLM_CHECK(d >= 1 && d <= kFlashMaxHeadDimFor<T>, "flash attention (", kernel, "): head dimension ", d,
+             " is not supported for ", sizeof(T), "-byte elements (1 to ", kFlashMaxHeadDimFor<T>, ")");
 }
 
-// Runs f(std::integral_constant<int, kMaxD>) with the register bucket for head dimension d.
-template <class F>
+// Runs f(std::integral_constant<int, kMaxD>) with the register bucket for head dimension d
+// (checked by the launch configurations first): 64, or 128 for 2-byte elements.
+template <class T, class F>
 void with_flash_head_dim_bucket(std::int64_t d, F&& f) {
-  if (d <= 64) f(std::integral_constant<int, 64>{});
-  else f(std::integral_constant<int, static_cast<int>(kFlashMaxHeadDim)>{});
+  if constexpr (kFlashMaxHeadDimFor<T> > 64) {
+    if (d > 64) {
+      f(std::integral_constant<int, static_cast<int>(kFlashMaxHeadDimFor<T>)>{});
+      return;
+    }
+  }
+  f(std::integral_constant<int, 64>{});
 }
 
 // A flash launch: (b*H + h) on x, blocks of 64 rows of the sequence on y.
@@ -456,7 +470,7 @@ LaunchConfig flash_attention_forward(const cuda_kernels::AttentionShape& s, bool
   if (tensor_cores)
     return cuda_detail::flash_grid("flash_forward_mma_d64", s, cuda_kernels::kFlashMmaThreads,
                                    sizeof(cuda_kernels::FlashMmaShared), 0);
-  cuda_detail::flash_check_head_dim("flash_forward_simt", s.d);
+  cuda_detail::flash_check_head_dim<T>("flash_forward_simt", s.d);
   return cuda_detail::flash_grid("flash_forward_simt", s, cuda_kernels::kFlashSimtThreads, 0,
                                  static_cast<std::size_t>(kFlashKeyBlock * kFlashQueryBlock) * sizeof(float) +
                                      2 * static_cast<std::size_t>(kFlashKeyBlock * s.d) * sizeof(T));
@@ -467,7 +481,7 @@ inline LaunchConfig flash_attention_backward_delta(const cuda_kernels::Attention
 // dK, dV: one block per key block; Q and dO tiles of T, row statistics static.
 template <class T>
 LaunchConfig flash_attention_backward_dkdv(const cuda_kernels::AttentionShape& s) {
-  cuda_detail::flash_check_head_dim("flash_backward_dkdv_simt", s.d);
+  cuda_detail::flash_check_head_dim<T>("flash_backward_dkdv_simt", s.d);
   return cuda_detail::flash_grid("flash_backward_dkdv_simt", s, cuda_kernels::kFlashSimtThreads,
                                  sizeof(cuda_kernels::FlashRowStats),
                                  2 * static_cast<std::size_t>(kFlashQueryBlock * s.d) * sizeof(T));
@@ -475,7 +489,7 @@ LaunchConfig flash_attention_backward_dkdv(const cuda_kernels::AttentionShape& s
 // dQ: one block per query block; K and V tiles of T.
 template <class T>
 LaunchConfig flash_attention_backward_dq(const cuda_kernels::AttentionShape& s) {
-  cuda_detail::flash_check_head_dim("flash_backward_dq_simt", s.d);
+  cuda_detail::flash_check_head_dim<T>("flash_backward_dq_simt", s.d);
   return cuda_detail::flash_grid("flash_backward_dq_simt", s, cuda_kernels::kFlashSimtThreads, 0,
                                  2 * static_cast<std::size_t>(kFlashKeyBlock * s.d) * sizeof(T));
 }
@@ -495,7 +509,7 @@ void flash_attention_forward(Cuda& ctx, MatrixView<const T, Cuda> qkv, std::int6
       return;
     }
   }
-  cuda_detail::with_flash_head_dim_bucket(s.d, [&](auto bucket) {
+  cuda_detail::with_flash_head_dim_bucket<T>(s.d, [&](auto bucket) {
     launch(ctx, c, cuda_kernels::flash_forward_simt<T, decltype(bucket)::value>, qkv, s, lse, out);
   });
 }
@@ -509,7 +523,7 @@ void flash_attention_backward(Cuda& ctx, MatrixView<const T, Cuda> dout, MatrixV
   const auto s = cuda_detail::attention_shape(qkv.rows, qkv.cols, seq_len, heads, causal);
   const LaunchConfig dkdv = launches::flash_attention_backward_dkdv<T>(s), dq = launches::flash_attention_backward_dq<T>(s);
   launch(ctx, launches::flash_attention_backward_delta(s), cuda_kernels::flash_backward_delta<T>, dout, out, s, delta);
-  cuda_detail::with_flash_head_dim_bucket(s.d, [&](auto bucket) {
+  cuda_detail::with_flash_head_dim_bucket<T>(s.d, [&](auto bucket) {
     constexpr int kMaxD = decltype(bucket)::value;
     launch(ctx, dkdv, cuda_kernels::flash_backward_dkdv_simt<T, kMaxD>, dout, qkv, s, lse, delta, dqkv, accumulate);
     launch(ctx, dq, cuda_kernels::flash_backward_dq_simt<T, kMaxD>, dout, qkv, s, lse, delta, dqkv, accumulate);
