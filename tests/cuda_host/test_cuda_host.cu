@@ -72,14 +72,16 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   l.push_back(launches::attention_backward_ds(s));
   l.push_back(launches::attention_backward_dqk(s));
   // Flash attention (what the models run): bf16 on tensor cores or SIMT, and fp32.
-  l.push_back(launches::flash_attention_forward<bf16>(s, cuda_detail::flash_uses_mma_head_dim<bf16>(s.d)));
-  l.push_back(launches::flash_attention_forward<bf16>(s, false));
+  const bool tensor_cores = cuda_detail::flash_uses_mma_head_dim<bf16>(s.d);
+  for (bool tc : {tensor_cores, false}) {
+    l.push_back(launches::flash_attention_forward<bf16>(s, tc));
+    l.push_back(launches::flash_attention_backward_dkdv<bf16>(s, tc));
+    l.push_back(launches::flash_attention_backward_dq<bf16>(s, tc));
+  }
   l.push_back(launches::flash_attention_forward<float>(s, false));
   l.push_back(launches::flash_attention_backward_delta(s));
-  l.push_back(launches::flash_attention_backward_dkdv<bf16>(s));
-  l.push_back(launches::flash_attention_backward_dkdv<float>(s));
-  l.push_back(launches::flash_attention_backward_dq<bf16>(s));
-  l.push_back(launches::flash_attention_backward_dq<float>(s));
+  l.push_back(launches::flash_attention_backward_dkdv<float>(s, false));
+  l.push_back(launches::flash_attention_backward_dq<float>(s, false));
   l.push_back(launches::absorbing_mask(rows));
   l.push_back(launches::cross_entropy_rows(rows));
   l.push_back(launches::sum_rows_ordered());
@@ -199,20 +201,20 @@ TEST_CASE("flash attention: head dimensions and lengths the kernels cannot take 
   for (std::int64_t d : {1, 8, 24, 64, 100, 128}) {
     CAPTURE(d);
     CHECK(message([&] { return launches::flash_attention_forward<bf16>(shape(1024, 12, d), false); }).empty());
-    CHECK(message([&] { return launches::flash_attention_backward_dkdv<bf16>(shape(1024, 12, d)); }).empty());
-    CHECK(message([&] { return launches::flash_attention_backward_dq<bf16>(shape(1024, 12, d)); }).empty());
+    CHECK(message([&] { return launches::flash_attention_backward_dkdv<bf16>(shape(1024, 12, d), false); }).empty());
+    CHECK(message([&] { return launches::flash_attention_backward_dq<bf16>(shape(1024, 12, d), false); }).empty());
   }
   for (std::int64_t d : {1, 32, 64}) {
     CAPTURE(d);
     CHECK(message([&] { return launches::flash_attention_forward<float>(shape(1024, 12, d), false); }).empty());
-    CHECK(message([&] { return launches::flash_attention_backward_dkdv<float>(shape(1024, 12, d)); }).empty());
+    CHECK(message([&] { return launches::flash_attention_backward_dkdv<float>(shape(1024, 12, d), false); }).empty());
   }
   const std::string wide = message([&] { return launches::flash_attention_forward<bf16>(shape(64, 2, 256), false); });
   CHECK(wide.find("head dimension 256") != std::string::npos);
   CHECK(wide.find("flash_forward_simt") != std::string::npos);
-  CHECK(message([&] { return launches::flash_attention_backward_dq<bf16>(shape(64, 2, 129)); }).find("head dimension 129") !=
+  CHECK(message([&] { return launches::flash_attention_backward_dq<bf16>(shape(64, 2, 129), false); }).find("head dimension 129") !=
         std::string::npos);
-  const std::string f32 = message([&] { return launches::flash_attention_backward_dkdv<float>(shape(64, 2, 128)); });
+  const std::string f32 = message([&] { return launches::flash_attention_backward_dkdv<float>(shape(64, 2, 128), false); });
   CHECK(f32.find("head dimension 128") != std::string::npos);
   CHECK(f32.find("4-byte") != std::string::npos);
   // The tensor-core forward: bf16 at D = 64 only; its tiles are static shared memory.
@@ -230,7 +232,14 @@ TEST_CASE("flash attention: head dimensions and lengths the kernels cannot take 
   const std::string longest = message([&] { return launches::flash_attention_forward<bf16>(shape(65535 * 64 + 1, 1, 64), true); });
   CHECK(longest.find("flash_forward_mma_d64: grid.y = 65536") != std::string::npos);
   // The SIMT backward's static row statistics are counted with its dynamic tiles.
-  const LaunchConfig dkdv = launches::flash_attention_backward_dkdv<bf16>(shape(1024, 12, 128));
+  for (bool backward_dq : {false, true}) {
+    const LaunchConfig c = backward_dq ? launches::flash_attention_backward_dq<bf16>(shape(1024, 12, 64), true)
+                                       : launches::flash_attention_backward_dkdv<bf16>(shape(1024, 12, 64), true);
+    CHECK(c.static_smem == sizeof(cuda_kernels::FlashMmaBackwardShared));
+    CHECK(c.dynamic_smem == 0);
+    CHECK_NOTHROW(check_launch(c));
+  }
+  const LaunchConfig dkdv = launches::flash_attention_backward_dkdv<bf16>(shape(1024, 12, 128), false);
   CHECK(dkdv.static_smem == sizeof(cuda_kernels::FlashRowStats));
   CHECK(dkdv.dynamic_smem == 2 * 64 * 128 * sizeof(bf16));
 }
