@@ -60,6 +60,16 @@ struct FlashRowStats {
   float delta[kFlashQueryBlock];
 };
 
+// What one flash block works on: sequence b and head h (bh = b H + h, blockIdx.x) and rows
+// [r0, r0 + rows) of the sequence (the query or key block blockIdx.y; both blocks are 64 rows).
+struct FlashBlock {
+  std::int64_t bh, b, h, r0, rows;
+};
+__device__ inline FlashBlock flash_block(const AttentionShape& s) {
+  const std::int64_t bh = blockIdx.x, r0 = static_cast<std::int64_t>(blockIdx.y) * kFlashQueryBlock;
+  return {bh, bh / s.heads, bh % s.heads, r0, min(kFlashQueryBlock, s.seq - r0)};
+}
+
 // Rows [0, rows) of one head's d columns starting at src (leading dimension ld) into a tile of
 // kFlashQueryBlock x d in shared memory (row-major); rows past `rows` are zero.
 template <class T>
@@ -111,9 +121,7 @@ __global__ void __launch_bounds__(kFlashSimtThreads)
   float* pt = reinterpret_cast<float*>(flash_dynamic_smem);
   T* kt = reinterpret_cast<T*>(pt + kFlashKeyBlock * kFlashQueryBlock);
   T* vt = kt + kFlashKeyBlock * s.d;
-  const std::int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
-  const std::int64_t i0 = static_cast<std::int64_t>(blockIdx.y) * kFlashQueryBlock;
-  const std::int64_t m = min(kFlashQueryBlock, s.seq - i0);
+  const auto [bh, b, h, i0, m] = flash_block(s);
   const int r = threadIdx.x;
   const bool active = r < m;
   const std::int64_t i = i0 + (active ? r : 0);
@@ -283,9 +291,7 @@ __global__ void __launch_bounds__(kFlashMmaThreads)
     flash_forward_mma_d64(MatrixView<const bf16, Cuda> qkv, AttentionShape s, float* lse, MatrixView<bf16, Cuda> out) {
   constexpr int kD = static_cast<int>(kFlashMmaHeadDim);
   __shared__ FlashMmaShared sh;
-  const std::int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
-  const std::int64_t i0 = static_cast<std::int64_t>(blockIdx.y) * kFlashQueryBlock;
-  const std::int64_t m = min(kFlashQueryBlock, s.seq - i0);
+  const auto [bh, b, h, i0, m] = flash_block(s);
   const int g = flash_lane_g(), row0 = flash_warp_row0();
   flash_mma_load_rows(qkv.data + (b * s.seq + i0) * qkv.ld + h * kD, qkv.ld, m, sh.q);
   __syncthreads();
@@ -371,9 +377,7 @@ __global__ void __launch_bounds__(kFlashMmaThreads)
                                 const float* lse, const float* delta, MatrixView<bf16, Cuda> dqkv, bool accumulate) {
   constexpr int kD = static_cast<int>(kFlashMmaHeadDim);
   __shared__ FlashMmaBackwardShared sh;
-  const std::int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
-  const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.y) * kFlashKeyBlock;
-  const std::int64_t n = min(kFlashKeyBlock, s.seq - j0);
+  const auto [bh, b, h, j0, n] = flash_block(s);
   const int g = flash_lane_g(), row0 = flash_warp_row0();
   const bf16* k = qkv.data + (b * s.seq + j0) * qkv.ld + s.cdim + h * kD;
   flash_mma_load_rows(k, qkv.ld, n, sh.a);
@@ -432,9 +436,7 @@ __global__ void __launch_bounds__(kFlashMmaThreads)
                               const float* lse, const float* delta, MatrixView<bf16, Cuda> dqkv, bool accumulate) {
   constexpr int kD = static_cast<int>(kFlashMmaHeadDim);
   __shared__ FlashMmaBackwardShared sh;
-  const std::int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
-  const std::int64_t i0 = static_cast<std::int64_t>(blockIdx.y) * kFlashQueryBlock;
-  const std::int64_t m = min(kFlashQueryBlock, s.seq - i0);
+  const auto [bh, b, h, i0, m] = flash_block(s);
   const int g = flash_lane_g(), row0 = flash_warp_row0();
   flash_mma_load_rows(qkv.data + (b * s.seq + i0) * qkv.ld + h * kD, qkv.ld, m, sh.a);
   flash_mma_load_rows(dout.data + (b * s.seq + i0) * dout.ld + h * kD, dout.ld, m, sh.b);
@@ -506,9 +508,7 @@ __global__ void __launch_bounds__(kFlashSimtThreads)
   __shared__ FlashRowStats stats;
   T* qt = reinterpret_cast<T*>(flash_dynamic_smem);
   T* dot_tile = qt + kFlashQueryBlock * s.d;
-  const std::int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
-  const std::int64_t j0 = static_cast<std::int64_t>(blockIdx.y) * kFlashKeyBlock;
-  const std::int64_t n = min(kFlashKeyBlock, s.seq - j0);
+  const auto [bh, b, h, j0, n] = flash_block(s);
   const int r = threadIdx.x;
   const bool active = r < n;
   const std::int64_t j = j0 + (active ? r : 0);
@@ -551,9 +551,7 @@ __global__ void __launch_bounds__(kFlashSimtThreads)
   extern __shared__ float4 flash_dynamic_smem[];
   T* kt = reinterpret_cast<T*>(flash_dynamic_smem);
   T* vt = kt + kFlashKeyBlock * s.d;
-  const std::int64_t bh = blockIdx.x, b = bh / s.heads, h = bh % s.heads;
-  const std::int64_t i0 = static_cast<std::int64_t>(blockIdx.y) * kFlashQueryBlock;
-  const std::int64_t m = min(kFlashQueryBlock, s.seq - i0);
+  const auto [bh, b, h, i0, m] = flash_block(s);
   const int r = threadIdx.x;
   const bool active = r < m;
   const std::int64_t i = i0 + (active ? r : 0);
@@ -621,14 +619,8 @@ void with_flash_head_dim_bucket(std::int64_t d, F&& f) {
 // A flash launch: (b*H + h) on x, blocks of 64 rows of the sequence on y.
 inline LaunchConfig flash_grid(const char* kernel, const cuda_kernels::AttentionShape& s, int threads,
                                std::size_t static_smem, std::size_t dynamic_smem) {
-  LaunchConfig c;
-  c.kernel = kernel;
-  c.grid.x = s.batches * s.heads;
+  LaunchConfig c = launch_detail::block_each(kernel, s.batches * s.heads, threads, static_smem, dynamic_smem);
   c.grid.y = flash_block_count(s.seq, kFlashQueryBlock);
-  c.block.x = threads;
-  c.static_smem = static_smem;
-  c.dynamic_smem = dynamic_smem;
-  c.warp_multiple = true;
   return c;
 }
 
