@@ -22,6 +22,7 @@
 #include "mdlm/nn/params.hpp"
 #include "mdlm/ops/activation.hpp"
 #include "mdlm/ops/attention.hpp"
+#include "mdlm/ops/flash_attention.hpp"
 #include "mdlm/ops/embedding.hpp"
 #include "mdlm/ops/layernorm.hpp"
 #include "mdlm/ops/linear.hpp"
@@ -274,7 +275,7 @@ class DiT {
       }
       Var<T, B> h = blk.norm1.forward(tape, p, x, shift1, scale1, L, eps);
       Var<T, B> qkv = RopeOp<B, T, G>::forward(tape, blk.attn.qkv.forward(tape, p, h), L, cfg_.heads, cfg_.rope_base);
-      Var<T, B> a = blk.attn.out.forward(tape, p, AttentionOp<B, T, G>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
+      Var<T, B> a = blk.attn.out.forward(tape, p, ModelAttentionOp<B, T, G>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
       x = GatedResidualOp<B, T, G>::forward(tape, x, a, gate1, L, cfg_.dropout);
       Var<T, B> h2 = blk.norm2.forward(tape, p, x, shift2, scale2, L, eps);
       Var<T, B> m = blk.mlp.proj.forward(tape, p, blk.mlp.fc.forward(tape, p, h2, /*gelu=*/true));
