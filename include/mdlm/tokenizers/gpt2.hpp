@@ -200,7 +200,7 @@ class Gpt2Tokenizer {
       t.add_merge(std::string(line.substr(0, sp)), std::string(line.substr(sp + 1)), rank++,
                   merges_origin + ": line " + std::to_string(line_no));
     }
-    t.finish(vocab_origin);
+    t.finish(merges_origin);
     return t;
   }
 
