@@ -323,3 +323,18 @@ TEST_CASE("sampling: prompts with ids outside the vocabulary and settings out of
   CHECK(error_of([&] { sample_semi_ar(d, LogLinearSchedule{}, cfg, long_prompt, 1, 2 * len, len, len / 2); })
             .find("the prompt (24 tokens) must be shorter than the window (24)") != std::string::npos);
 }
+
+TEST_CASE("tokenizer.json: values of the wrong JSON type are mdlm::Error, not a JSON library exception") {
+  const std::string good = read_bytes(kRepo / "fuzz" / "corpus" / "tokenizer_json" / "cut8.json");
+  CHECK_NOTHROW(Gpt2Tokenizer::from_tokenizer_json_text(good, "t.json"));
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = good;
+    REQUIRE(s.find(from) != std::string::npos);
+    s.replace(s.find(from), from.size(), to);
+    return s;
+  };
+  CHECK_THROWS_WITH_AS(Gpt2Tokenizer::from_tokenizer_json_text(with("\"type\": \"BPE\"", "\"type\": 7"), "t.json"),
+                       doctest::Contains("t.json: not a BPE tokenizer.json"), Error);
+  CHECK_THROWS_WITH_AS(Gpt2Tokenizer::from_tokenizer_json_text(with("\"content\": \"<|endoftext|>\"", "\"content\": 3"), "t.json"),
+                       doctest::Contains("t.json: added token content 3 is not a string"), Error);
+}

@@ -213,7 +213,7 @@ class Gpt2Tokenizer {
   static Gpt2Tokenizer from_tokenizer_json_text(const std::string& text, const std::string& origin) {
     const nlohmann::json j = gpt2_detail::parse_json(text, origin);
     Gpt2Tokenizer t;
-    if (!j.contains("model") || !j["model"].is_object() || j["model"].value("type", "BPE") != "BPE") {
+    if (!j.contains("model") || !j["model"].is_object() || (j["model"].contains("type") && j["model"]["type"] != "BPE")) {
       MDLM_FAIL(origin, ": not a BPE tokenizer.json (model.type must be BPE)");
     }
     const auto& model = j["model"];
@@ -221,6 +221,7 @@ class Gpt2Tokenizer {
     t.load_vocab(model["vocab"], origin + ": model.vocab");
     if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
       for (const auto& a : j["added_tokens"]) {
+        if (a.contains("content") && !a["content"].is_string()) MDLM_FAIL(origin, ": added token content ", a["content"].dump(), " is not a string");
         if (a.contains("content") && a.contains("id") && !t.token_to_id_.count(a["content"].get<std::string>())) {
           MDLM_FAIL(origin, ": added token '", a["content"].get<std::string>(), "' is not in the vocabulary");
         }
