@@ -298,9 +298,10 @@ struct FlashAttentionOp {
 
 // The attention the models (nn/dit.hpp) use on backend B: flash where kFlashAttentionDefault<B>
 // (Cuda: ops/cuda/flash_attention.cuh), else the materialized AttentionOp. On the Host the
-// materialized GEMM path stays the default: it is faster there (measured at the main job's
-// shape, B=16 T=128 H=4 D=32, one thread: forward 1.3 vs 1.8 ms, backward 2.0 vs 8.7 ms; the
-// twin's backward recomputes P and dP twice), and the Host's (B, H, T, T) fits in memory.
+// materialized GEMM path stays the default: it is faster there (bench/bench_attention_host.cpp:
+// at the main job's shape, B=16 T=128 H=4 D=32, one thread, forward 2.3 vs 2.8 ms and backward
+// 3.2 vs 6.6 ms; the twin's backward computes P and dP twice), and the Host's (B, H, T, T) fits
+// in memory.
 template <class B>
 inline constexpr bool kFlashAttentionDefault = false;
 

@@ -287,8 +287,10 @@ struct FlashMmaShared {
   bf16 vt[kFlashMmaHeadDim * kFlashMmaStride];
 };
 
+template <class T>  // bf16 (a template: a plain kernel in a header is defined again by every .cu)
 __global__ void __launch_bounds__(kFlashMmaThreads)
-    flash_forward_mma_d64(MatrixView<const bf16, Cuda> qkv, AttentionShape s, float* lse, MatrixView<bf16, Cuda> out) {
+    flash_forward_mma_d64(MatrixView<const T, Cuda> qkv, AttentionShape s, float* lse, MatrixView<T, Cuda> out) {
+  static_assert(std::is_same_v<T, bf16>, "the tensor-core kernels take bf16");
   constexpr int kD = static_cast<int>(kFlashMmaHeadDim);
   __shared__ FlashMmaShared sh;
   const auto [bh, b, h, i0, m] = flash_block(s);
@@ -372,9 +374,11 @@ struct FlashMmaBackwardShared {
 // dK, dV of one key block; warp w owns keys j0 + 16 w .. + 16. Per query block that sees it:
 //   S^T = K Q^T, P^T = exp(scale S^T - lse) (masked 0), dV += P^T dO, dP^T = V dO^T,
 //   dS^T = scale P^T o (dP^T - D), dK += dS^T Q.
+template <class T>  // bf16
 __global__ void __launch_bounds__(kFlashMmaThreads)
-    flash_backward_dkdv_mma_d64(MatrixView<const bf16, Cuda> dout, MatrixView<const bf16, Cuda> qkv, AttentionShape s,
-                                const float* lse, const float* delta, MatrixView<bf16, Cuda> dqkv, bool accumulate) {
+    flash_backward_dkdv_mma_d64(MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> qkv, AttentionShape s,
+                                const float* lse, const float* delta, MatrixView<T, Cuda> dqkv, bool accumulate) {
+  static_assert(std::is_same_v<T, bf16>, "the tensor-core kernels take bf16");
   constexpr int kD = static_cast<int>(kFlashMmaHeadDim);
   __shared__ FlashMmaBackwardShared sh;
   const auto [bh, b, h, j0, n] = flash_block(s);
@@ -431,9 +435,11 @@ __global__ void __launch_bounds__(kFlashMmaThreads)
 
 // dQ of one query block; warp w owns rows i0 + 16 w .. + 16. Per key block it sees:
 //   S = Q K^T, P = exp(scale S - lse) (masked 0), dP = dO V^T, dS = scale P o (dP - D), dQ += dS K.
+template <class T>  // bf16
 __global__ void __launch_bounds__(kFlashMmaThreads)
-    flash_backward_dq_mma_d64(MatrixView<const bf16, Cuda> dout, MatrixView<const bf16, Cuda> qkv, AttentionShape s,
-                              const float* lse, const float* delta, MatrixView<bf16, Cuda> dqkv, bool accumulate) {
+    flash_backward_dq_mma_d64(MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> qkv, AttentionShape s,
+                              const float* lse, const float* delta, MatrixView<T, Cuda> dqkv, bool accumulate) {
+  static_assert(std::is_same_v<T, bf16>, "the tensor-core kernels take bf16");
   constexpr int kD = static_cast<int>(kFlashMmaHeadDim);
   __shared__ FlashMmaBackwardShared sh;
   const auto [bh, b, h, i0, m] = flash_block(s);
@@ -676,7 +682,7 @@ void flash_attention_forward(Cuda& ctx, MatrixView<const T, Cuda> qkv, std::int6
   const LaunchConfig c = launches::flash_attention_forward<T>(s, tensor_cores);
   if constexpr (std::is_same_v<T, bf16>) {
     if (tensor_cores) {
-      launch(ctx, c, cuda_kernels::flash_forward_mma_d64, qkv, s, lse, out);
+      launch(ctx, c, cuda_kernels::flash_forward_mma_d64<T>, qkv, s, lse, out);
       return;
     }
   }
@@ -699,8 +705,8 @@ void flash_attention_backward(Cuda& ctx, MatrixView<const T, Cuda> dout, MatrixV
   launch(ctx, launches::flash_attention_backward_delta(s), cuda_kernels::flash_backward_delta<T>, dout, out, s, delta);
   if constexpr (std::is_same_v<T, bf16>) {
     if (tensor_cores) {
-      launch(ctx, dkdv, cuda_kernels::flash_backward_dkdv_mma_d64, dout, qkv, s, lse, delta, dqkv, accumulate);
-      launch(ctx, dq, cuda_kernels::flash_backward_dq_mma_d64, dout, qkv, s, lse, delta, dqkv, accumulate);
+      launch(ctx, dkdv, cuda_kernels::flash_backward_dkdv_mma_d64<T>, dout, qkv, s, lse, delta, dqkv, accumulate);
+      launch(ctx, dq, cuda_kernels::flash_backward_dq_mma_d64<T>, dout, qkv, s, lse, delta, dqkv, accumulate);
       return;
     }
   }
