@@ -57,7 +57,8 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   l.push_back(launches::gated_residual_forward(rows * c));
   l.push_back(launches::gated_residual_backward(rows * c));
   l.push_back(launches::gated_residual_dgate(b * c));
-  l.push_back(launches::rope_apply(rows * 3 * c));
+  l.push_back(launches::rope_rotate(rows * (c / m.cfg.heads / 2)));
+  l.push_back(launches::rope_copy_v(rows * c));
   l.push_back(launches::timestep_embedding(b * freq));
   l.push_back(launches::gather_rows(rows * c));
   l.push_back(launches::scatter_add_rows(rows * c));

@@ -133,26 +133,36 @@ __global__ void gated_residual_dgate(MatrixView<const T, Cuda> dout, MatrixView<
   store(dgate.data[b * dgate.ld + c], s, accumulate);
 }
 
-// One thread per output element; the angle is computed in fp64 (positions reach 1e4 and more).
+// One thread per (row, frequency i < D/2): the angle t * base^(-2i/D) is computed once in fp64
+// (positions reach 1e4 and more) and its cosine and sine rotate the i-th pair of every q and k
+// head of the row (2H pairs), the same fp64-then-cast arithmetic as the Host's table.
 template <class T>
-__global__ void rope_apply(MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads, double base,
-                           int sign, MatrixView<T, Cuda> out, bool accumulate) {
+__global__ void rope_rotate(MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads, double base,
+                            int sign, MatrixView<T, Cuda> out, bool accumulate) {
   using C = compute_t<T>;
   const std::int64_t cdim = in.cols / 3, d = cdim / heads, half = d / 2;
-  for (std::int64_t idx = global_index(); idx < in.rows * in.cols; idx += global_stride()) {
-    const std::int64_t r = idx / in.cols, c = idx % in.cols;
+  for (std::int64_t idx = global_index(); idx < in.rows * half; idx += global_stride()) {
+    const std::int64_t r = idx / half, i = idx % half;
+    const double th = static_cast<double>(r % seq_len) * pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+    const C cs = static_cast<C>(cos(th)), sn = static_cast<C>(sign * sin(th));
     const T* src = in.data + r * in.ld;
-    C v;
-    if (c >= 2 * cdim) {
-      v = to_compute(src[c]);
-    } else {
-      const std::int64_t j = (c % cdim) % d, i = j < half ? j : j - half;
-      const double th = static_cast<double>(r % seq_len) * pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
-      const C cs = static_cast<C>(cos(th)), sn = static_cast<C>(sign * sin(th));
-      if (j < half) v = to_compute(src[c]) * cs - to_compute(src[c + half]) * sn;
-      else v = to_compute(src[c]) * cs + to_compute(src[c - half]) * sn;
+    T* dst = out.data + r * out.ld;
+    for (std::int64_t part = 0; part < 2 * heads; ++part) {  // q heads, then k heads
+      const std::int64_t c = part * d + i;
+      const C a = to_compute(src[c]), b = to_compute(src[c + half]);
+      store(dst[c], a * cs - b * sn, accumulate);
+      store(dst[c + half], b * cs + a * sn, accumulate);
     }
-    store(out.data[r * out.ld + c], v, accumulate);
+  }
+}
+
+// v passes through rope unchanged: copied (or accumulated) one element per thread.
+template <class T>
+__global__ void rope_copy_v(MatrixView<const T, Cuda> in, MatrixView<T, Cuda> out, bool accumulate) {
+  const std::int64_t cdim = in.cols / 3;
+  for (std::int64_t idx = global_index(); idx < in.rows * cdim; idx += global_stride()) {
+    const std::int64_t r = idx / cdim, c = 2 * cdim + idx % cdim;
+    store(out.data[r * out.ld + c], to_compute(in.data[r * in.ld + c]), accumulate);
   }
 }
 
@@ -188,7 +198,8 @@ inline LaunchConfig silu_backward(std::int64_t n) { return grid_stride("silu_bac
 inline LaunchConfig gated_residual_forward(std::int64_t n) { return grid_stride("gated_residual_forward", n); }
 inline LaunchConfig gated_residual_backward(std::int64_t n) { return grid_stride("gated_residual_backward", n); }
 inline LaunchConfig gated_residual_dgate(std::int64_t n) { return one_thread_each("gated_residual_dgate", n); }
-inline LaunchConfig rope_apply(std::int64_t n) { return grid_stride("rope_apply", n); }
+inline LaunchConfig rope_rotate(std::int64_t n) { return grid_stride("rope_rotate", n); }
+inline LaunchConfig rope_copy_v(std::int64_t n) { return grid_stride("rope_copy_v", n); }
 inline LaunchConfig timestep_embedding(std::int64_t n) { return grid_stride("timestep_embedding", n); }
 inline LaunchConfig gather_rows(std::int64_t n) { return grid_stride("gather_rows", n); }
 inline LaunchConfig scatter_add_rows(std::int64_t n) { return grid_stride("scatter_add_rows", n); }
@@ -240,7 +251,9 @@ void gated_residual_backward(Cuda& ctx, MatrixView<const T, Cuda> dout, MatrixVi
 template <class T>
 void rope_apply(Cuda& ctx, MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads, double base, int sign,
                 MatrixView<T, Cuda> out, bool accumulate) {
-  launch(ctx, launches::rope_apply(in.rows * in.cols), cuda_kernels::rope_apply<T>, in, seq_len, heads, base, sign, out, accumulate);
+  const std::int64_t cdim = in.cols / 3, half = cdim / heads / 2;
+  launch(ctx, launches::rope_rotate(in.rows * half), cuda_kernels::rope_rotate<T>, in, seq_len, heads, base, sign, out, accumulate);
+  launch(ctx, launches::rope_copy_v(in.rows * cdim), cuda_kernels::rope_copy_v<T>, in, out, accumulate);
 }
 
 // sigma (float, B values) in device memory, or nullptr for sigma = 0: no host round trip, so
