@@ -2,66 +2,31 @@
 // GPT-2 BPE with the mask id appended (50257), documents + EOS concatenated and cut into
 // sequences framed [BOS] ... [EOS] of L = 1024 ("wrap"), the small DiT (12 x 768, 169.6M
 // parameters), AdamW 3e-4 with 2500 warmup steps then constant, EMA 0.9999, bf16 with fp32
-// master weights on CUDA. Sizes are flags, so it also runs tiny on a CPU:
+// master weights on CUDA (recipe.hpp). Sizes are flags, so it also runs tiny on a CPU:
 //   train_owt --out out/owt FILE...                                     (the paper's sizes)
 //   train_owt --out /tmp/owt --hidden 32 --blocks 1 --heads 2 --seq-len 64 --batch 2 --steps 2 data/kjv/kjv.valid.txt
-// Built with nvcc (<mdlm/cuda.cuh>) it trains on the GPU when there is one, else on the Host.
-#if defined(__CUDACC__)
-#include <mdlm/cuda.cuh>
-#else
-#include <mdlm/mdlm.hpp>
-#endif
-
-#include <algorithm>
-#include <cstdio>
-#include <map>
-#include <string>
-#include <vector>
+#include "recipe.hpp"
 
 int main(int argc, char** argv) try {
   using namespace mdlm;
-  // --flag value pairs (defaults: the paper's run on 8 GPUs: 512 sequences a step, 1M steps), then the text files.
-  std::map<std::string, std::string> flag{{"--out", "out/owt"}, {"--gpt2", "data/gpt2"}, {"--preset", "small"}, {"--hidden", ""}, {"--blocks", ""}, {"--heads", ""}, {"--seq-len", "1024"},
-                                          {"--batch", "32"}, {"--accum", "16"}, {"--steps", "1000000"}, {"--warmup", "2500"},
-                                          {"--valid-fraction", "0.01"}};
-  std::vector<std::filesystem::path> files;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) { files.emplace_back(a); continue; }
-    MDLM_CHECK(flag.count(a) == 1 && i + 1 < argc, "unknown flag or missing value: '", a, "'");
-    flag[a] = argv[++i];
-  }
-  MDLM_CHECK(!files.empty(), "usage: train_owt [--out DIR] [--preset tiny|small|medium] [--hidden H --blocks N --heads A] [--seq-len L] [--batch B] [--steps S] FILE...");
-  const std::filesystem::path out = flag["--out"];
-
-  // GPT-2 BPE shards; vocab 50258 = GPT-2's 50257 + the mask.
-  prepare_corpus("gpt2:" + flag["--gpt2"], files, out / "data", std::stod(flag["--valid-fraction"]));
+  // Defaults: the paper's run, 512 sequences a step (32 x 16 accumulated), 1M steps.
+  const recipe::CommandLine cl(argc, argv, {{"--out", "out/owt"}, {"--gpt2", "data/gpt2"}, {"--preset", "small"}, {"--hidden", ""},
+                                            {"--blocks", ""}, {"--heads", ""}, {"--seq-len", "1024"}, {"--batch", "32"},
+                                            {"--accum", "16"}, {"--steps", "1000000"}, {"--warmup", "2500"}, {"--valid-fraction", "0.01"}});
+  const std::filesystem::path out = cl.str("--out");
+  // GPT-2 BPE shards; the vocabulary is GPT-2's 50257 ids + the mask.
+  prepare_corpus("gpt2:" + cl.str("--gpt2"), cl.files, out / "data", cl.real("--valid-fraction"));
 
   TrainConfig cfg;  // its defaults are the paper's optimizer: AdamW lr 3e-4, betas (0.9, 0.999), eps 1e-8,
                     // no weight decay, constant after warmup, gradient clipping 1.0, EMA 0.9999
   cfg.data_dir = out / "data", cfg.out_dir = out / "run";
-  cfg.model = DiTConfig::preset(flag["--preset"], /*vocab: from the data*/ 1);
-  if (!flag["--hidden"].empty()) cfg.model.hidden = std::stoll(flag["--hidden"]);  // a preset's sizes, overridden
-  if (!flag["--blocks"].empty()) cfg.model.blocks = std::stoll(flag["--blocks"]);
-  if (!flag["--heads"].empty()) cfg.model.heads = std::stoll(flag["--heads"]);  // dropout 0.1, no time conditioning
-  cfg.style = "wrap";
-  cfg.seq_len = std::stoll(flag["--seq-len"]), cfg.batch = std::stoll(flag["--batch"]), cfg.accum = std::stoll(flag["--accum"]);
-  cfg.steps = std::stoll(flag["--steps"]), cfg.lr.warmup = std::stoll(flag["--warmup"]);
-  cfg.eval_every = cfg.save_every = std::min<std::int64_t>(10000, cfg.steps), cfg.eval_batches = 16;
-  using Objective = MaskedDiffusion<LogLinearSchedule>;  // log-linear schedule, SUBS, continuous-time NELBO
-
-  TrainResult r;
-#if defined(__CUDACC__)
-  if (Cuda::device_count() > 0) {
-    Cuda gpu;
-    r = Trainer<Cuda, bf16, float, Objective>{}.run(gpu, cfg);  // bf16 weights and activations, fp32 master weights
-  }
-#endif
-  if (r.last_step == 0) {
-    host_retain_freed_memory();
-    Host host;
-    r = Trainer<Host, float, float, Objective>{}.run(host, cfg);
-  }
+  cfg.model = recipe::model_of(cl);  // dropout 0.1, no time conditioning
+  cfg.style = "wrap";                // concatenate documents + EOS, cut to L - 2, frame [BOS] ... [EOS]
+  cfg.seq_len = cl.integer("--seq-len"), cfg.batch = cl.integer("--batch"), cfg.accum = cl.integer("--accum");
+  cfg.steps = cl.integer("--steps"), cfg.lr.warmup = cl.integer("--warmup");
+  cfg.eval_every = cfg.save_every = std::min<std::int64_t>(10000, cfg.steps);
+  // log-linear schedule, SUBS parameterization, continuous-time NELBO
+  const TrainResult r = recipe::train_on_gpu_or_host<MaskedDiffusion<LogLinearSchedule>>(cfg);
   std::printf("train_owt: %lld steps, validation bound %.4f nats/token (perplexity <= %.2f), checkpoint %s\n",
               static_cast<long long>(r.last_step), r.valid.nats, r.valid.ppl, r.checkpoint.string().c_str());
   return 0;
