@@ -10,27 +10,35 @@
 #                                      fuzz TARGET for SECONDS (default 60), corpus in
 #                                      build-fuzz/corpus/TARGET (seeded from fuzz/corpus/TARGET);
 #                                      e.g. scripts/fuzz.sh encode 1800 -runs=10000000
-# A crash, leak, hang or sanitizer report writes its input to build-fuzz/; commit it under
-# fuzz/regressions/TARGET/ with the fix.
+# A crash, leak, hang or sanitizer report writes its input to build-fuzz/ (MDLM_FUZZ_BUILD_DIR);
+# commit it under fuzz/regressions/TARGET/ with the fix. The replay builds MDLM_JOBS targets at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CXX=${MDLM_FUZZ_CXX:-clang++}
 command -v "$CXX" >/dev/null || { echo "fuzz.sh: $CXX not found (apt-get install clang)"; exit 1; }
-mkdir -p build-fuzz
+out=${MDLM_FUZZ_BUILD_DIR:-build-fuzz}
+mkdir -p "$out"
 build() {
   local t=$1
   "$CXX" -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fopenmp -Iinclude \
-    -DMDLM_FUZZ_DATA_DIR="\"$PWD/data\"" "fuzz/fuzz_$t.cpp" -o "build-fuzz/fuzz_$t" -lutf8proc
+    -DMDLM_FUZZ_DATA_DIR="\"$PWD/data\"" "fuzz/fuzz_$t.cpp" -o "$out/fuzz_$t" -lutf8proc
 }
 targets=(shard safetensors checkpoint data_meta gpt2_vocab tokenizer_json wordpiece_vocab encode)
 if [ $# -eq 0 ]; then
+  jobs_max=${MDLM_JOBS:-$(nproc)}
   for t in "${targets[@]}"; do
-    build "$t"
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 1; done
+    rm -f "$out/built_$t"
+    { build "$t" && touch "$out/built_$t"; } &
+  done
+  wait
+  for t in "${targets[@]}"; do
+    [ -f "$out/built_$t" ] || { echo "fuzz.sh: building fuzz/fuzz_$t.cpp FAILED"; exit 1; }
     inputs=(fuzz/corpus/"$t"/* fuzz/regressions/"$t"/*)
     existing=()
     for f in "${inputs[@]}"; do [ -f "$f" ] && existing+=("$f"); done
-    "build-fuzz/fuzz_$t" -runs=1 "${existing[@]}" >"build-fuzz/replay_$t.log" 2>&1 ||
-      { cat "build-fuzz/replay_$t.log"; echo "fuzz.sh: replay of $t FAILED"; exit 1; }
+    "$out/fuzz_$t" -runs=1 "${existing[@]}" >"$out/replay_$t.log" 2>&1 ||
+      { cat "$out/replay_$t.log"; echo "fuzz.sh: replay of $t FAILED"; exit 1; }
     echo "fuzz.sh: $t: ${#existing[@]} corpus and regression inputs replayed, no finding"
   done
   exit 0
@@ -38,9 +46,9 @@ fi
 t=$1 seconds=${2:-60}
 shift $(( $# < 2 ? $# : 2 ))
 build "$t"
-mkdir -p "build-fuzz/corpus/$t"
-cp -n fuzz/corpus/"$t"/* "build-fuzz/corpus/$t/" 2>/dev/null || true
-cd build-fuzz
+mkdir -p "$out/corpus/$t"
+cp -n fuzz/corpus/"$t"/* "$out/corpus/$t/" 2>/dev/null || true
+cd "$out"
 # Inputs up to 4 KiB, or as long as the longest seed (a checkpoint seed is ~10 KB).
 max_len=$(find "corpus/$t" -type f -printf '%s\n' | sort -n | tail -1)
 max_len=$(( ${max_len:-0} > 4096 ? max_len : 4096 ))

@@ -17,8 +17,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 "$BUILD/tests/mdlm_tests_host"
 echo "sanitizers: the Host test suite passed under -fsanitize=address,undefined"
 # The fuzz targets (clang + libFuzzer) replay their corpora and every committed regression input.
-if ! command -v clang++ >/dev/null 2>&1 || ! dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "ok installed"; then
+# (libomp-14-dev: the tokenizer targets include <omp.h> and build with -fopenmp.)
+if ! command -v clang++ >/dev/null 2>&1 || ! dpkg-query -W -f='${Status}' libclang-rt-14-dev libomp-14-dev 2>/dev/null |
+     grep -c "ok installed" | grep -q '^2$'; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends clang libclang-rt-14-dev
+  $SUDO apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends clang libclang-rt-14-dev libomp-14-dev
 fi
 bash scripts/fuzz.sh

@@ -12,28 +12,23 @@
 #include <vector>
 
 #include "../common/reference.hpp"
+#include "../common/training.hpp"
+#include "../../fuzz/fuzz_check.hpp"
 #include "mdlm/mdlm.hpp"
 #include "mdlm/tokenizers/all.hpp"
 
 using namespace mdlm;
 namespace fs = std::filesystem;
 
+using mdlm::testing::read_bytes;
+using mdlm::testing::small_corpus;
+using mdlm::testing::temp_dir;
+using mdlm::testing::tiny_run;
+using mdlm::testing::write_bytes;
+
 namespace {
 
 const fs::path kRepo = MDLM_TEST_REPO;
-
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("mdlm_bad_input_test_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-void write_bytes(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
 // The committed inputs under fuzz/regressions/TARGET (each one a finding); at least one.
 std::vector<fs::path> fuzz_regressions(const std::string& target) {
@@ -54,31 +49,17 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-// A small prepared corpus (bytes tokenizer) from the bundled KJV, and a tiny training run on it.
-fs::path bytes_corpus() {
-  static const fs::path dir = [] {
-    const fs::path d = temp_dir("corpus");
-    prepare_corpus("bytes", {kRepo / "data" / "kjv" / "kjv.valid.txt"}, d / "data", 0.2);
-    return d / "data";
-  }();
-  return dir;
+// `text` with its first `from` replaced by `to` (which must be there).
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+  const std::size_t at = text.find(from);
+  REQUIRE(at != std::string::npos);
+  return text.replace(at, from.size(), to);
 }
 
-TrainConfig tiny_run(const fs::path& out) {
-  TrainConfig c;
-  c.data_dir = bytes_corpus();
-  c.out_dir = out;
-  c.model.hidden = 8;
-  c.model.blocks = 1;
-  c.model.heads = 2;
-  c.model.cond_dim = 4;
-  c.seq_len = 16;
-  c.batch = 2;
+// A tiny run of one step (tests/common/training.hpp).
+TrainConfig one_step_run(const fs::path& out) {
+  TrainConfig c = tiny_run(out);
   c.steps = 1;
-  c.eval_every = 0;
-  c.eval_batches = 1;
-  c.save_every = 0;
-  c.quiet = true;
   return c;
 }
 
@@ -110,6 +91,15 @@ TEST_CASE("fuzz regressions: every input the fuzzers found is rejected with mdlm
   // "pad": 999...9258 is a JSON float (1e84); reading it as int32 was undefined behaviour.
   CHECK(error_of([] { DataMeta::parse(read_bytes(kRepo / "fuzz/regressions/data_meta/float-id-overflows-int32"), "m"); })
             .find("m: field 'pad' is 1e+84, expected an integer in [-2147483648, 2147483647]") != std::string::npos);
+  for (const fs::path& p : fuzz_regressions("gpt2_vocab")) {  // vocab.json NUL merges.txt, as the target reads it
+    CAPTURE(p.string());
+    const auto parts = mdlm_fuzz::split_at_nul(read_bytes(p), 2);
+    CHECK_THROWS_AS(Gpt2Tokenizer::from_texts(parts[0], "vocab.json", parts.size() > 1 ? parts[1] : "", "merges.txt"), Error);
+  }
+  // A number too large for a double ("222222222222e2222") made nlohmann throw out_of_range, which
+  // escaped as a non-mdlm exception and ended the program.
+  CHECK_THROWS_WITH_AS(Gpt2Tokenizer::from_texts(read_bytes(kRepo / "fuzz/regressions/gpt2_vocab/number-overflows-double"), "v.json", "", "m"),
+                       doctest::Contains("v.json: invalid JSON ([json.exception.out_of_range.406] number overflow"), Error);
   // 4294967553 = 2^32 + 257 wrapped to the valid EOS id 257: a silent wrong answer.
   CHECK(error_of([] { DataMeta::parse(read_bytes(kRepo / "fuzz/regressions/data_meta/id-wraps-int32"), "m"); })
             .find("field 'eos' is 4294967553") != std::string::npos);
@@ -137,11 +127,7 @@ TEST_CASE("meta.json: the vocabulary size and every special id are checked, nami
   const DataMeta m = DataMeta::parse(good, "meta.json");
   CHECK(m.vocab_size == 260);
   CHECK(m.specials.mask == 259);
-  auto with = [&](const std::string& from, const std::string& to) {
-    std::string s = good;
-    s.replace(s.find(from), from.size(), to);
-    return s;
-  };
+  auto with = [&](const std::string& from, const std::string& to) { return replaced(good, from, to); };
   CHECK_THROWS_WITH_AS(DataMeta::parse(with("\"mask\": 259", "\"mask\": 260"), "d/meta.json"),
                        doctest::Contains("d/meta.json: mask id 260 is outside the vocabulary of 260"), Error);
   CHECK_THROWS_WITH_AS(DataMeta::parse(with("\"unk\": -1", "\"unk\": -2"), "d/meta.json"),
@@ -164,7 +150,7 @@ TEST_CASE("zero-byte and truncated files: every reader names the file") {
     bool line_list = false;
   };
   const fs::path gpt2 = kRepo / "data" / "gpt2", ckpt = kRepo / "fuzz" / "corpus" / "checkpoint" / "mdlm.safetensors";
-  const fs::path corpus = bytes_corpus();
+  const fs::path corpus = small_corpus();
   const std::vector<Reader> readers = {
       {"checkpoint.safetensors", ckpt, [](const fs::path& p) { (void)load_checkpoint(p); }},
       {"fixture.safetensors", kRepo / "tests" / "fixtures" / "mdlm_tiny.safetensors",
@@ -246,7 +232,7 @@ TEST_CASE("training settings out of range name the field, the flag and the value
 }
 
 TEST_CASE("training: a batch that cannot fit in memory is refused before it is allocated") {
-  TrainConfig c = tiny_run(temp_dir("too_big"));
+  TrainConfig c = one_step_run(temp_dir("too_big"));
   c.model.vocab = 260;  // the data's (the trainer takes it from meta.json)
   const DiT model(c.model);
   const double one = training_bytes_lower_bound(c, model.layout(), 4, 4, 4);
@@ -256,22 +242,20 @@ TEST_CASE("training: a batch that cannot fit in memory is refused before it is a
   const double have = static_cast<double>(MemoryOps<Host>::available_bytes());
   CHECK(have > 0);
   REQUIRE(training_bytes_lower_bound(c, model.layout(), 4, 4, 4) > have);
-  CHECK(error_of([&] { train_on_host(c); }).find("train: --batch 1099511627776 x --seq-len 16 with this model needs at least") !=
+  CHECK(error_of([&] { train_on_host(c); }).find("train: --batch 1099511627776 x --seq-len 24 with this model needs at least") !=
         std::string::npos);
   CHECK_FALSE(fs::exists(c.out_dir / "checkpoint.safetensors"));
 }
 
 TEST_CASE("resume: data of another vocabulary, or another model config, is refused naming both") {
   const fs::path out = temp_dir("resume_mismatch");
-  TrainConfig c = tiny_run(out);
+  TrainConfig c = one_step_run(out);
   train_on_host(c);
   REQUIRE(fs::exists(out / "checkpoint.safetensors"));
   // The same shards under a meta.json of a larger vocabulary.
   const fs::path other = temp_dir("resume_mismatch_data");
-  for (const char* f : {"train.bin", "valid.bin"}) fs::copy_file(bytes_corpus() / f, other / f);
-  std::string meta = read_bytes(bytes_corpus() / "meta.json");
-  meta.replace(meta.find("\"vocab_size\": 260"), 17, "\"vocab_size\": 300");
-  write_bytes(other / "meta.json", meta);
+  for (const char* f : {"train.bin", "valid.bin"}) fs::copy_file(small_corpus() / f, other / f);
+  write_bytes(other / "meta.json", replaced(read_bytes(small_corpus() / "meta.json"), "\"vocab_size\": 260", "\"vocab_size\": 300"));
   TrainConfig r = c;
   r.resume = true;
   r.steps = 2;
@@ -280,7 +264,7 @@ TEST_CASE("resume: data of another vocabulary, or another model config, is refus
   CHECK(vocab_error.find("--resume: the data's vocabulary (300, " + (other / "meta.json").string() + ") differs from the checkpoint's (260") !=
         std::string::npos);
   r.data_dir = c.data_dir;
-  r.model.hidden = 16;
+  r.model.hidden = 32;
   CHECK(error_of([&] { train_on_host(r); }).find("the checkpoint's model config") != std::string::npos);
 }
 
@@ -327,12 +311,7 @@ TEST_CASE("sampling: prompts with ids outside the vocabulary and settings out of
 TEST_CASE("tokenizer.json: values of the wrong JSON type are mdlm::Error, not a JSON library exception") {
   const std::string good = read_bytes(kRepo / "fuzz" / "corpus" / "tokenizer_json" / "cut8.json");
   CHECK_NOTHROW(Gpt2Tokenizer::from_tokenizer_json_text(good, "t.json"));
-  auto with = [&](const std::string& from, const std::string& to) {
-    std::string s = good;
-    REQUIRE(s.find(from) != std::string::npos);
-    s.replace(s.find(from), from.size(), to);
-    return s;
-  };
+  auto with = [&](const std::string& from, const std::string& to) { return replaced(good, from, to); };
   CHECK_THROWS_WITH_AS(Gpt2Tokenizer::from_tokenizer_json_text(with("\"type\": \"BPE\"", "\"type\": 7"), "t.json"),
                        doctest::Contains("t.json: not a BPE tokenizer.json"), Error);
   CHECK_THROWS_WITH_AS(Gpt2Tokenizer::from_tokenizer_json_text(with("\"content\": \"<|endoftext|>\"", "\"content\": 3"), "t.json"),

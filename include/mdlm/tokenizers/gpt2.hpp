@@ -70,6 +70,8 @@ inline nlohmann::json parse_json(const std::string& text, const std::string& ori
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     MDLM_FAIL(origin, ": ", position(text, e.byte > 0 ? e.byte - 1 : 0), ": invalid JSON (", e.what(), ")");
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number too large for a double (found by fuzz/fuzz_gpt2_vocab.cpp)
+    MDLM_FAIL(origin, ": invalid JSON (", e.what(), ")");
   }
 }
 
