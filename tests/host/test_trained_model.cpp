@@ -168,8 +168,8 @@ TEST_CASE("Hugging Face directory: config.json and model.safetensors load as a c
     for (std::int64_t k = 0; k < s.numel; ++k) REQUIRE(got.data[k] == static_cast<float>(want[static_cast<std::size_t>(k)]));
   }
 
-  auto fails_with = [](HfDir& bad, const std::string& message) {
-    CHECK_THROWS_WITH_AS(read_checkpoint(bad.write()), doctest::Contains(message.c_str()), Error);
+  auto fails_with = [](HfDir& bad, const char* message) {
+    CHECK_THROWS_WITH_AS(read_checkpoint(bad.write()), doctest::Contains(message), Error);
     fs::remove_all(bad.dir);
   };
   HfDir type("type");
