@@ -35,6 +35,12 @@
 #else
 #include "mdlm/mdlm.hpp"
 #endif
+#ifndef MDLM_WITH_MPI
+#define MDLM_WITH_MPI 0
+#endif
+#if MDLM_WITH_MPI
+#include "mdlm/dist/mpi.hpp"  // `mpirun -np N mdlm train ...`: data-parallel over N ranks
+#endif
 
 namespace {
 
@@ -466,7 +472,7 @@ const std::map<std::string, std::string> kTrainDefaults = {
     {"--clip", "1.0"}, {"--ema", "0.9999"}, {"--seed", "0"}, {"--backend", ""}, {"--objective", "mdlm"},
     {"--style", "wrap"}, {"--dropout", "0.1"}, {"--log-every", "10"}, {"--eval-every", "100"},
     {"--eval-batches", "16"}, {"--save-every", "100"}, {"--stop-after", "0"}, {"--schedule", "loglinear"},
-    {"--schedule-eps", ""}, {"--sigma-min", ""}, {"--sigma-max", ""}, {"--schedule-w", ""}};
+    {"--schedule-eps", ""}, {"--sigma-min", ""}, {"--sigma-max", ""}, {"--schedule-w", ""}, {"--dtype", ""}, {"--zero", "0"}};
 
 double real(const Args& a, const std::string& f) {
   try {
@@ -501,13 +507,22 @@ nlohmann::json schedule_of(const nlohmann::json& training_state) {
 // naming the flag.
 nlohmann::json schedule_from_flags(const Args& args, bool ar);
 
-// Trains with the objective type `obj` on the chosen backend.
+// Trains with the objective type `obj` on the chosen backend, data-parallel over the ranks of
+// mpirun/srun where built with MPI (one rank otherwise).
 template <class Obj>
-TrainResult run_trainer(const std::string& backend, TrainConfig& cfg, const Obj& obj) {
+TrainResult run_trainer(const std::string& backend, const std::string& dtype, TrainConfig& cfg, const Obj& obj) {
   if (backend == "host") {
+    MDLM_CHECK(dtype == "f32" || dtype == "f64", "--dtype ", dtype, ": the Host trains f32 or f64");
     Host host = host_context();
-    return Trainer<Host, float, float, Obj>{obj}.run(host, cfg);
+#if MDLM_WITH_MPI
+    MpiCommunicator ranks;
+#else
+    SingleProcess ranks;
+#endif
+    return dtype == "f64" ? Trainer<Host, double, double, Obj>{obj}.run(host, cfg, ranks)
+                          : Trainer<Host, float, float, Obj>{obj}.run(host, cfg, ranks);
   }
+  MDLM_CHECK(dtype == "bf16", "--dtype ", dtype, ": the CUDA backend trains bf16 (mixed precision)");
 #if MDLM_WITH_CUDA
   MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
   Cuda ctx;
@@ -599,11 +614,13 @@ int train(const Args& args) {
   cfg.resume = args.integer("--resume") != 0;
   const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
+  const std::string dtype = !args.str("--dtype").empty() ? args.str("--dtype") : backend == "host" ? "f32" : "bf16";
+  cfg.zero = static_cast<int>(args.integer("--zero"));
   // The names become types here, once: the objective (and, for mdlm, the schedule).
   const nlohmann::json schedule = schedule_from_flags(args, objective == "ar");
-  const TrainResult r = objective == "ar" ? run_trainer(backend, cfg, Autoregressive{})
+  const TrainResult r = objective == "ar" ? run_trainer(backend, dtype, cfg, Autoregressive{})
                                           : with_schedule(schedule, [&](auto sched) {
-                                              return run_trainer(backend, cfg, MaskedDiffusion<decltype(sched)>{sched});
+                                              return run_trainer(backend, dtype, cfg, MaskedDiffusion<decltype(sched)>{sched});
                                             });
   if (r.valid.tokens > 0) {
     std::printf("final validation: %.4f nats/token, %s %.3f (unigram baseline %.4f nats/token)\n", r.valid.nats,
@@ -886,7 +903,7 @@ const std::map<std::string, std::string>& flag_meanings() {
       {"train --heads", "attention heads"},
       {"train --cond-dim", "width of the time conditioning"},
       {"train --seq-len", "tokens per sequence"},
-      {"train --batch", "sequences per micro-batch"},
+      {"train --batch", "sequences per micro-batch (of the whole job: mpirun ranks each take a slice)"},
       {"train --accum", "micro-batches per optimizer step (gradient accumulation)"},
       {"train --steps", "optimizer steps of the whole run"},
       {"train --lr", "peak learning rate (AdamW)"},
@@ -910,6 +927,8 @@ const std::map<std::string, std::string>& flag_meanings() {
       {"train --schedule-w", "exponent w of polynomial (empty: 1)"},
       {"train --resume", "continue from OUT/checkpoint.safetensors (same config and schedule)"},
       {"train --time-conditioning", "feed sigma(t) to the model (off: a time-agnostic denoiser)"},
+      {"train --dtype", "f32 or f64 on the Host, bf16 on CUDA (empty: f32 on the Host, bf16 on CUDA)"},
+      {"train --zero", "data-parallel (mpirun): 1 shards the AdamW moments, master weights and EMA over the ranks (ZeRO-1)"},
       {"eval --checkpoint", "checkpoint directory or file (with --gen-ppl: the MDLM one that samples)"},
       {"eval --data", "data directory (empty: the one recorded in the checkpoint)"},
       {"eval --split", "valid or train"},
@@ -996,6 +1015,7 @@ void usage() {
       "        [--batch B] [--accum K] [--steps S] [--lr LR] [--warmup W] [--lr-schedule constant|cosine]\n"
       "        [--ema D] [--seed S] [--backend host|cuda] [--objective mdlm|ar] [--style wrap|pad]\n"
       "        [--dropout P] [--time-conditioning] [--eval-every N] [--save-every N] [--resume]\n"
+      "        [--dtype f32|f64|bf16] [--zero 0|1]   (mpirun -np N mdlm train ...: data-parallel, --batch global)\n"
       "  eval --checkpoint DIR|FILE [--data DIR] [--split valid|train] [--batches N] [--batch B] [--ema 0|1]\n"
       "       [--backend host|cuda] [--dtype f32|bf16]\n"
       "                                       the perplexity bound (MDLM) or perplexity (AR)\n"
@@ -1020,6 +1040,9 @@ void usage() {
 
 int main(int argc_in, char** argv_in) {
   mdlm::host_retain_freed_memory();  // no trim/re-fault of the heap between GEMM calls (backend/host.hpp)
+#if MDLM_WITH_MPI
+  const mdlm::MpiSession mpi(&argc_in, &argv_in);  // MPI_Init under mpirun/srun only
+#endif
   try {
     std::vector<char*> args(argv_in, argv_in + argc_in);
     apply_threads(args);
