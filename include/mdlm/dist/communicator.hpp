@@ -87,4 +87,6 @@ struct SingleProcess {
   }
 };
 
+static_assert(Communicator<SingleProcess, Host>);
+
 }  // namespace mdlm
