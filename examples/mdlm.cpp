@@ -41,6 +41,12 @@
 #if MDLM_WITH_MPI
 #include "mdlm/dist/mpi.hpp"  // `mpirun -np N mdlm train ...`: data-parallel over N ranks
 #endif
+#ifndef MDLM_WITH_NCCL
+#define MDLM_WITH_NCCL 0
+#endif
+#if MDLM_WITH_NCCL
+#include "mdlm/dist/nccl.cuh"  // ... and over N GPUs with --backend cuda
+#endif
 
 namespace {
 
@@ -525,9 +531,19 @@ TrainResult run_trainer(const std::string& backend, const std::string& dtype, Tr
   MDLM_CHECK(dtype == "bf16", "--dtype ", dtype, ": the CUDA backend trains bf16 (mixed precision)");
 #if MDLM_WITH_CUDA
   MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
-  Cuda ctx;
   cfg.peak_tflops = 989.4;
+#if MDLM_WITH_NCCL
+  MpiCommunicator mpi;
+  Cuda ctx(NcclCommunicator::device_for(mpi));
+  NcclCommunicator ranks(mpi, ctx);
+  return Trainer<Cuda, bf16, float, Obj>{obj}.run(ctx, cfg, ranks);
+#else
+#if MDLM_WITH_MPI
+  MDLM_CHECK(MpiCommunicator().size() == 1, "--backend cuda on several ranks: this mdlm was built without NCCL");
+#endif
+  Cuda ctx;
   return Trainer<Cuda, bf16, float, Obj>{obj}.run(ctx, cfg);
+#endif
 #else
   MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
 #endif
