@@ -10,6 +10,7 @@
 #              too), both reaching the losses of an uninterrupted run
 #   bad-shard  rank 1 reads a truncated shard: the whole job exits non-zero within seconds with
 #              rank 1's message
+#   mismatch   rank 1 is started with other flags: the job stops with a message naming the cause
 # Prints "data-parallel CHECK: ok" on success; any failure prints what differs and exits 1.
 set -eu
 MDLM=$1 MPIRUN=$2 WORK=$3 CORPUS=$4 CHECK=$5
@@ -81,6 +82,16 @@ bad-shard)
   grep -q "mdlm: error: rank 1: .*bad/train.bin: header says .* (truncated or corrupt)" out.txt ||
     { echo "FAIL: no message from rank 1"; exit 1; }
   echo "stopped in $seconds s with exit status $status"
+  ;;
+mismatch)
+  # rank 1 started with another --steps: every rank stops at once, naming the cause
+  status=0
+  timeout 120 $MPI 2 sh -c 'if [ "${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}}" = 1 ]; then s=21; else s=20; fi
+                             exec "$0" train '"$ARGS"' --out run --steps $s' "$MDLM" >out.txt 2>&1 || status=$?
+  cat out.txt
+  [ "$status" -ne 0 ] && [ "$status" -ne 124 ] || { echo "FAIL: exit status $status (0: not stopped; 124: hung)"; exit 1; }
+  grep -q "mdlm: error: rank [01]: .*the ranks were started with different training configurations" out.txt ||
+    { echo "FAIL: no message naming the cause"; exit 1; }
   ;;
 *) echo "unknown check '$CHECK'"; exit 2 ;;
 esac

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <concepts>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <cstdint>
 #include <cstdio>
@@ -327,6 +328,7 @@ class Trainer {
     cfg.model.ar = Obj::autoregressive;
     const Obj objective = objective_.with_mask_id(meta.specials.mask);
     if (cfg.model.ar) cfg.model.time_conditioning = false;
+    if (ranks > 1) check_same_configuration(cfg, comm);
     if (lead) std::filesystem::create_directories(cfg.out_dir);
     const std::filesystem::path ckpt_path = cfg.out_dir / "checkpoint.safetensors";
 
@@ -516,6 +518,27 @@ class Trainer {
   }
 
   Obj objective_{};
+
+  // Every rank must train the same configuration (one with other flags would wait in collectives
+  // of other sizes, or train another model): a 20-bit hash of it (the data directory aside: the
+  // ranks of several machines may read it from different paths) is equal on every rank iff
+  // N * sum(h^2) == sum(h)^2, exact in doubles.
+  template <class Comm>
+  static void check_same_configuration(const TrainConfig& cfg, Comm& comm) {
+    nlohmann::json c = cfg.to_json();
+    c.erase("data");
+    c["model"] = model_config_json(cfg.model);
+    c["zero"] = cfg.zero;
+    c["resume"] = cfg.resume;
+    c["stop_after"] = cfg.stop_after;
+    c["objective"] = Obj::name();
+    const double h = static_cast<double>(std::hash<std::string>{}(c.dump()) & 0xFFFFFu);
+    double sums[2] = {h, h * h};
+    comm.all_reduce_host_sum(sums, 2);
+    MDLM_CHECK(sums[0] * sums[0] == static_cast<double>(comm.size()) * sums[1],
+               "the ranks were started with different training configurations (every rank needs the same flags); this "
+               "rank's: ", c.dump());
+  }
 
   template <class... A>
   static void say(const TrainConfig& cfg, const char* fmt, A... a) {
