@@ -5,7 +5,7 @@
 #                                         kernels) where it works, the golden fixtures through
 #                                         the CUDA path (fp32, bf16), training on the GPU, and
 #                                         every sampler on both backends            (<= 4 min)
-#   scripts/device-check.sh perf          GEMM, sampler and training-step benchmarks (<= 4 min)
+#   scripts/device-check.sh perf          GEMM, attention, sampler and training-step benchmarks (<= 4 min)
 #   scripts/device-check.sh [all]         both, in one call                          (<= 8 min)
 # Output in $OUT (default out/device): summary.txt, one line per check (PASS / FAIL / SKIP, its
 # time and its numbers), and log.txt with every check's full output.
@@ -96,6 +96,8 @@ correctness() {
       -tc='*block reductions*,*LayerNorm*,*fused SUBS*,*RoPE, attention*'
     check racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 3 "$B/mdlm_tests_cuda" \
       -tc='*block reductions*,*fused sampler step*,*confidence, first-hit and noise-removal*'
+    check racecheck_flash_attention 45 compute-sanitizer --tool racecheck --error-exitcode 3 "$B/mdlm_tests_cuda" \
+      -tc='*flash attention matches*'
   else
     say "SKIP compute-sanitizer: not usable here ($(compute-sanitizer --version 2>&1 | head -1))"
   fi
@@ -132,6 +134,7 @@ PY
 perf() {
   deadline=$(($(date +%s) + 235))
   check bench_gemm 40 "$B/mdlm_bench_gemm_cuda" --benchmark_min_time=0.2
+  check bench_attention 30 "$B/mdlm_bench_attention_cuda" --benchmark_min_time=0.2
   check bench_sampler_step 40 "$B/mdlm_bench_sampler_cuda" --benchmark_filter=step --benchmark_min_time=0.5
   check bench_train_B8_T256 40 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=B8_T256
   check bench_train_B32_T1024 60 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=B32_T1024_trimmed --benchmark_min_time=1

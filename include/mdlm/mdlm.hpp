@@ -14,6 +14,7 @@
 
 #include "mdlm/ops/activation.hpp"
 #include "mdlm/ops/attention.hpp"
+#include "mdlm/ops/flash_attention.hpp"
 #include "mdlm/ops/embedding.hpp"
 #include "mdlm/ops/gelu.hpp"
 #include "mdlm/ops/gather.hpp"
@@ -44,6 +45,8 @@
 #include "mdlm/data/prepare.hpp"
 #include "mdlm/data/shard.hpp"
 #include "mdlm/io/checkpoint.hpp"
+#include "mdlm/io/hf_checkpoint.hpp"
+#include "mdlm/io/trained_model.hpp"
 #include "mdlm/optim/adamw.hpp"
 #include "mdlm/train/metrics.hpp"
 #include "mdlm/train/trainer.hpp"

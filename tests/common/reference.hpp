@@ -113,4 +113,30 @@ struct NaiveGemm {
   }
 };
 
+// Row log-sum-exp of attention scores, (B, H, T): log sum_{j visible} exp(q_i . k_j / sqrt(D)),
+// in long double, from the packed qkv (B*T rows, leading dimension ld, [Q | K | V] head-major).
+template <class T>
+std::vector<double> attention_lse_ref(const T* qkv, std::int64_t ld, std::int64_t batches, std::int64_t seq,
+                                      std::int64_t heads, std::int64_t d, bool causal) {
+  const std::int64_t cdim = heads * d;
+  std::vector<double> lse(static_cast<std::size_t>(batches * heads * seq));
+  for (std::int64_t b = 0; b < batches; ++b)
+    for (std::int64_t h = 0; h < heads; ++h)
+      for (std::int64_t i = 0; i < seq; ++i) {
+        std::vector<long double> s;
+        for (std::int64_t j = 0; j < (causal ? i + 1 : seq); ++j) {
+          long double dot = 0;
+          for (std::int64_t e = 0; e < d; ++e)
+            dot += static_cast<long double>(qkv[(b * seq + i) * ld + h * d + e]) *
+                   static_cast<long double>(qkv[(b * seq + j) * ld + cdim + h * d + e]);
+          s.push_back(dot / std::sqrt(static_cast<long double>(d)));
+        }
+        long double mx = s[0], sum = 0;
+        for (long double x : s) mx = x > mx ? x : mx;
+        for (long double x : s) sum += std::exp(x - mx);
+        lse[static_cast<std::size_t>((b * heads + h) * seq + i)] = static_cast<double>(mx + std::log(sum));
+      }
+  return lse;
+}
+
 }  // namespace mdlm::testing

@@ -71,6 +71,17 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   l.push_back(launches::attention_backward_dv(s));
   l.push_back(launches::attention_backward_ds(s));
   l.push_back(launches::attention_backward_dqk(s));
+  // Flash attention (what the models run): bf16 on tensor cores or SIMT, and fp32.
+  const bool tensor_cores = cuda_detail::flash_uses_mma_head_dim<bf16>(s.d);
+  for (bool tc : {tensor_cores, false}) {
+    l.push_back(launches::flash_attention_forward<bf16>(s, tc));
+    l.push_back(launches::flash_attention_backward_dkdv<bf16>(s, tc));
+    l.push_back(launches::flash_attention_backward_dq<bf16>(s, tc));
+  }
+  l.push_back(launches::flash_attention_forward<float>(s, false));
+  l.push_back(launches::flash_attention_backward_delta(s));
+  l.push_back(launches::flash_attention_backward_dkdv<float>(s, false));
+  l.push_back(launches::flash_attention_backward_dq<float>(s, false));
   l.push_back(launches::absorbing_mask(rows));
   l.push_back(launches::cross_entropy_rows(rows));
   l.push_back(launches::sum_rows_ordered());
@@ -172,6 +183,65 @@ TEST_CASE("shapes the kernels cannot take are mdlm::Errors naming the kernel") {
   CHECK(message(big).find("2048 threads per block") != std::string::npos);
   LaunchConfig ragged = launch_detail::block_each("ragged", 4, 100, 0);
   CHECK(message(ragged).find("whole number of warps") != std::string::npos);
+}
+
+TEST_CASE("flash attention: head dimensions and lengths the kernels cannot take are mdlm::Errors naming them") {
+  auto message = [](auto&& make) {
+    try {
+      check_launch(make());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  auto shape = [](std::int64_t seq, std::int64_t heads, std::int64_t d) {
+    return cuda_detail::attention_shape(2 * seq, 3 * heads * d, seq, heads, false);
+  };
+  // Head dimensions: up to 128 for bf16, up to 64 for fp32 (the tiles' shared memory), never 0.
+  for (std::int64_t d : {1, 8, 24, 64, 100, 128}) {
+    CAPTURE(d);
+    CHECK(message([&] { return launches::flash_attention_forward<bf16>(shape(1024, 12, d), false); }).empty());
+    CHECK(message([&] { return launches::flash_attention_backward_dkdv<bf16>(shape(1024, 12, d), false); }).empty());
+    CHECK(message([&] { return launches::flash_attention_backward_dq<bf16>(shape(1024, 12, d), false); }).empty());
+  }
+  for (std::int64_t d : {1, 32, 64}) {
+    CAPTURE(d);
+    CHECK(message([&] { return launches::flash_attention_forward<float>(shape(1024, 12, d), false); }).empty());
+    CHECK(message([&] { return launches::flash_attention_backward_dkdv<float>(shape(1024, 12, d), false); }).empty());
+  }
+  const std::string wide = message([&] { return launches::flash_attention_forward<bf16>(shape(64, 2, 256), false); });
+  CHECK(wide.find("head dimension 256") != std::string::npos);
+  CHECK(wide.find("flash_forward_simt") != std::string::npos);
+  CHECK(message([&] { return launches::flash_attention_backward_dq<bf16>(shape(64, 2, 129), false); }).find("head dimension 129") !=
+        std::string::npos);
+  const std::string f32 = message([&] { return launches::flash_attention_backward_dkdv<float>(shape(64, 2, 128), false); });
+  CHECK(f32.find("head dimension 128") != std::string::npos);
+  CHECK(f32.find("4-byte") != std::string::npos);
+  // The tensor-core forward: bf16 at D = 64 only; its tiles are static shared memory.
+  CHECK(cuda_detail::flash_uses_mma_head_dim<bf16>(64));
+  CHECK_FALSE(cuda_detail::flash_uses_mma_head_dim<bf16>(32));
+  CHECK_FALSE(cuda_detail::flash_uses_mma_head_dim<float>(64));
+  const LaunchConfig mma = launches::flash_attention_forward<bf16>(shape(1024, 12, 64), true);
+  CHECK(mma.static_smem == sizeof(cuda_kernels::FlashMmaShared));
+  CHECK(mma.block.x == 128);
+  CHECK(mma.grid.x == 2 * 12);
+  CHECK(mma.grid.y == 1024 / 64);
+  CHECK_NOTHROW(check_launch(mma));
+  // Sequence length: blocks of 64 rows on grid.y (at most 65535), so T up to 65535 * 64.
+  CHECK(message([&] { return launches::flash_attention_forward<bf16>(shape(65535 * 64, 1, 64), true); }).empty());
+  const std::string longest = message([&] { return launches::flash_attention_forward<bf16>(shape(65535 * 64 + 1, 1, 64), true); });
+  CHECK(longest.find("flash_forward_mma_d64: grid.y = 65536") != std::string::npos);
+  // The SIMT backward's static row statistics are counted with its dynamic tiles.
+  for (bool backward_dq : {false, true}) {
+    const LaunchConfig c = backward_dq ? launches::flash_attention_backward_dq<bf16>(shape(1024, 12, 64), true)
+                                       : launches::flash_attention_backward_dkdv<bf16>(shape(1024, 12, 64), true);
+    CHECK(c.static_smem == sizeof(cuda_kernels::FlashMmaBackwardShared));
+    CHECK(c.dynamic_smem == 0);
+    CHECK_NOTHROW(check_launch(c));
+  }
+  const LaunchConfig dkdv = launches::flash_attention_backward_dkdv<bf16>(shape(1024, 12, 128), false);
+  CHECK(dkdv.static_smem == sizeof(cuda_kernels::FlashRowStats));
+  CHECK(dkdv.dynamic_smem == 2 * 64 * 128 * sizeof(bf16));
 }
 
 TEST_CASE("static shared memory of the row kernels is counted from their shared-storage types") {

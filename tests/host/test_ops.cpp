@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "../common/reference.hpp"
@@ -260,37 +261,51 @@ std::vector<T> grad_part(const std::vector<T>& g, std::int64_t cdim, int part) {
   return out;
 }
 
-template <class T>
-void check_gemm_attention_matches_reference(double tol) {
-  Host host;
-  std::uint64_t seed = 100;
-  for (std::int64_t seq : {1, 7, 64, 130}) {
+// Runs check(case, causal) on attention cases of 2 sequences of 3 heads for every length in
+// `lengths`, head dims 8, 16, 32, 64 and both directions (seeds from `seed` upwards).
+template <class T, class Check>
+void for_each_attention_case(std::initializer_list<std::int64_t> lengths, std::uint64_t seed, Check&& check) {
+  for (std::int64_t seq : lengths) {
     for (std::int64_t d : {8, 16, 32, 64}) {
       for (bool causal : {false, true}) {
         CAPTURE(seq);
         CAPTURE(d);
         CAPTURE(causal);
-        const AttentionCase<T> c(2, seq, 3, d, seed++);
-        const auto ref = c.template run<true>(host, causal);
-        const auto got = c.template run<false>(host, causal);
-        CHECK(rel_max_error(got.out, ref.out) < tol);
-        CHECK(rel_max_error(got.probs, ref.probs) < tol);
-        CHECK(got.out_inference == got.out);  // inference (no saved probabilities): the same bits
-        if (causal) {  // the saved-probabilities contract: exact zeros above the diagonal
-          bool zeros = true;
-          for (std::int64_t bh = 0; bh < 2 * 3; ++bh)
-            for (std::int64_t i = 0; i < seq; ++i)
-              for (std::int64_t j = i + 1; j < seq; ++j) zeros = zeros && got.probs[static_cast<std::size_t>((bh * seq + i) * seq + j)] == T(0);
-          CHECK(zeros);
-        }
-        for (int part = 0; part < 3; ++part) {
-          CAPTURE(part);  // 0 dQ, 1 dK, 2 dV
-          CHECK(rel_max_error(grad_part(got.dqkv, c.cdim, part), grad_part(ref.dqkv, c.cdim, part)) < tol);
-          CHECK(rel_max_error(grad_part(got.dqkv_acc, c.cdim, part), grad_part(ref.dqkv_acc, c.cdim, part)) < tol);
-        }
+        check(AttentionCase<T>(2, seq, 3, d, seed++), causal);
       }
     }
   }
+}
+
+// dQ, dK and dV of written and accumulated gradients against the reference's.
+template <class Got, class Ref>
+void check_attention_gradients(const Got& got, const Ref& ref, std::int64_t cdim, double tol) {
+  for (int part = 0; part < 3; ++part) {
+    CAPTURE(part);  // 0 dQ, 1 dK, 2 dV
+    CHECK(rel_max_error(grad_part(got.dqkv, cdim, part), grad_part(ref.dqkv, cdim, part)) < tol);
+    CHECK(rel_max_error(grad_part(got.dqkv_acc, cdim, part), grad_part(ref.dqkv_acc, cdim, part)) < tol);
+  }
+}
+
+template <class T>
+void check_gemm_attention_matches_reference(double tol) {
+  Host host;
+  for_each_attention_case<T>({1, 7, 64, 130}, 100, [&](const AttentionCase<T>& c, bool causal) {
+    const std::int64_t seq = c.seq;
+    const auto ref = c.template run<true>(host, causal);
+    const auto got = c.template run<false>(host, causal);
+    CHECK(rel_max_error(got.out, ref.out) < tol);
+    CHECK(rel_max_error(got.probs, ref.probs) < tol);
+    CHECK(got.out_inference == got.out);  // inference (no saved probabilities): the same bits
+    if (causal) {  // the saved-probabilities contract: exact zeros above the diagonal
+      bool zeros = true;
+      for (std::int64_t bh = 0; bh < 2 * 3; ++bh)
+        for (std::int64_t i = 0; i < seq; ++i)
+          for (std::int64_t j = i + 1; j < seq; ++j) zeros = zeros && got.probs[static_cast<std::size_t>((bh * seq + i) * seq + j)] == T(0);
+      CHECK(zeros);
+    }
+    check_attention_gradients(got, ref, c.cdim, tol);
+  });
 }
 
 }  // namespace
@@ -317,6 +332,94 @@ TEST_CASE("Host GEMM attention: the same bits on every run and thread count") {
       CHECK(r.out_inference == base.out_inference);
       CHECK(r.dqkv == base.dqkv);
       CHECK(r.dqkv_acc == base.dqkv_acc);
+    }
+  }
+}
+
+namespace {
+
+// The flash twin on one AttentionCase: output, log-sum-exp, inference output, dqkv written and
+// added (the case's dqkv_init), like AttentionCase::run.
+template <class T>
+struct FlashResult {
+  std::vector<T> out, lse, out_inference, dqkv, dqkv_acc;
+};
+template <class T>
+FlashResult<T> run_flash(const Host& host, const AttentionCase<T>& c, bool causal) {
+  FlashResult<T> r;
+  const std::int64_t rows = c.batches * c.seq;
+  r.out.assign(static_cast<std::size_t>(rows * c.cdim), T(0));
+  r.out_inference = r.out;
+  r.lse.assign(static_cast<std::size_t>(c.batches * c.heads * c.seq), T(-7));
+  std::vector<T> delta(r.lse.size(), T(-7));
+  MatrixView<T, Host> out(r.out.data(), rows, c.cdim), out_inf(r.out_inference.data(), rows, c.cdim);
+  flash_attention_forward<T>(host, c.qkv_view(), c.seq, c.heads, causal, r.lse.data(), out);
+  flash_attention_forward<T>(host, c.qkv_view(), c.seq, c.heads, causal, nullptr, out_inf);
+  r.dqkv.assign(c.dqkv_init.size(), T(99));
+  r.dqkv_acc = c.dqkv_init;
+  MatrixView<T, Host> dqkv(r.dqkv.data(), rows, 3 * c.cdim), dqkv_acc(r.dqkv_acc.data(), rows, 3 * c.cdim);
+  const MatrixView<const T, Host> saved_out(r.out.data(), rows, c.cdim);
+  flash_attention_backward<T>(host, c.dout_view(), c.qkv_view(), saved_out, r.lse.data(), delta.data(), c.seq, c.heads,
+                              causal, dqkv, false);
+  flash_attention_backward<T>(host, c.dout_view(), c.qkv_view(), saved_out, r.lse.data(), delta.data(), c.seq, c.heads,
+                              causal, dqkv_acc, true);
+  return r;
+}
+
+template <class T>
+void check_flash_attention_matches_reference(double tol) {
+  Host host;
+  // T = 1, 7, 33 (one partial block), 100 and 130 (a full block and a partial one; three blocks).
+  for_each_attention_case<T>({1, 7, 33, 100, 130}, 300, [&](const AttentionCase<T>& c, bool causal) {
+    const auto ref = c.template run<true>(host, causal);
+    const auto got = run_flash<T>(host, c, causal);
+    CHECK(rel_max_error(got.out, ref.out) < tol);
+    CHECK(got.out_inference == got.out);  // inference (nothing saved): the same bits
+    const auto lse_ref = mdlm::testing::attention_lse_ref(c.qkv.data(), c.ld, c.batches, c.seq, c.heads, c.d, causal);
+    CHECK(rel_max_error(std::vector<double>(got.lse.begin(), got.lse.end()), lse_ref) < tol);
+    check_attention_gradients(got, ref, c.cdim, tol);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("Host flash attention (tiled twin) equals the reference: output, log-sum-exp, dQ, dK, dV (fp32, fp64)") {
+  check_flash_attention_matches_reference<float>(1e-5);
+  check_flash_attention_matches_reference<double>(1e-12);
+}
+
+TEST_CASE("Host flash attention: the same bits on every run and thread count") {
+  for (bool causal : {false, true}) {
+    CAPTURE(causal);
+    const AttentionCase<float> c(3, 130, 4, 32, 8);
+    Host one;
+    one.threads = 1;
+    const auto base = run_flash<float>(one, c, causal);
+    for (int threads : {2, 3, 5}) {
+      CAPTURE(threads);
+      Host host;
+      host.threads = threads;
+      const auto r = run_flash<float>(host, c, causal);
+      CHECK(r.out == base.out);
+      CHECK(r.lse == base.lse);
+      CHECK(r.dqkv == base.dqkv);
+      CHECK(r.dqkv_acc == base.dqkv_acc);
+    }
+  }
+}
+
+TEST_CASE("gradcheck: flash attention op, bidirectional and causal, within one key block and across blocks") {
+  const std::int64_t heads = 2, d = 3;
+  for (std::int64_t seq : {4, 70}) {
+    Input qkv("qkv", 2 * seq, 3 * heads * d, 17);
+    for (bool causal : {false, true}) {
+      CAPTURE(seq);
+      CAPTURE(causal);
+      expect_gradients(
+          [&](TapeH& t, const GradcheckLeaves& g) {
+            return FlashAttentionOp<Host, double>::forward(t, g.var(0), seq, heads, causal);
+          },
+          {&qkv});
     }
   }
 }

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <algorithm>
@@ -15,6 +16,8 @@
 
 #if defined(__GLIBC__)
 #include <malloc.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #endif
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -134,6 +137,31 @@ struct MemoryOps<Host> {
   }
   static void* allocate(const Host&, std::size_t bytes) { return allocate(bytes); }
   static void deallocate(void* p) noexcept { std::free(p); }
+  // Memory a new allocation can get: the least of the kernel's MemAvailable, the cgroup (v2)
+  // limit less its usage, and RLIMIT_AS; physical memory where none of these can be read.
+  static std::size_t available_bytes() {
+    auto read_number = [](const char* path, const char* key) -> std::uint64_t {  // 0: unreadable
+      std::FILE* f = std::fopen(path, "r");
+      if (f == nullptr) return 0;
+      char line[256];
+      std::uint64_t v = 0;
+      while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::strncmp(line, key, std::strlen(key)) == 0) {
+          v = std::strtoull(line + std::strlen(key), nullptr, 10);
+          break;
+        }
+      }
+      std::fclose(f);
+      return v;
+    };
+    std::uint64_t avail = read_number("/proc/meminfo", "MemAvailable:") * 1024;
+    if (avail == 0) avail = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    const std::uint64_t limit = read_number("/sys/fs/cgroup/memory.max", ""), used = read_number("/sys/fs/cgroup/memory.current", "");
+    if (limit > 0 && limit >= used) avail = std::min(avail, limit - used);
+    rlimit as{};
+    if (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) avail = std::min<std::uint64_t>(avail, as.rlim_cur);
+    return static_cast<std::size_t>(avail);
+  }
   static void zero(void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
 };
 

@@ -9,11 +9,13 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "mdlm/data/shard.hpp"
+#include "mdlm/io/json_field.hpp"
 #include "mdlm/tokenizers/all.hpp"
 
 namespace mdlm {
@@ -79,19 +81,39 @@ struct DataMeta {
 
   static DataMeta read(const std::filesystem::path& dir) {
     const auto path = dir / "meta.json";
-    std::ifstream in(path);
+    std::ifstream in(path, std::ios::binary);
     if (!in) MDLM_FAIL("cannot open '", path.string(), "' (prepare the data with mdlm prepare)");
+    std::ostringstream text;
+    text << in.rdbuf();
+    return parse(text.str(), path.string());
+  }
+
+  // meta.json from its text; `origin` names it in errors (the file's path). The vocabulary
+  // size must be positive and every special id -1 (none) or inside the vocabulary.
+  static DataMeta parse(const std::string& text, const std::string& origin) {
+    if (text.empty()) MDLM_FAIL(origin, ": the file is empty (prepare the data with mdlm prepare)");
+    DataMeta m;
     try {
-      nlohmann::json j = nlohmann::json::parse(in);
-      DataMeta m;
+      const nlohmann::json j = nlohmann::json::parse(text);
       m.tokenizer = j.at("tokenizer").get<std::string>();
-      m.vocab_size = j.at("vocab_size").get<std::int64_t>();
-      m.specials = {j.at("bos").get<std::int32_t>(), j.at("eos").get<std::int32_t>(), j.at("pad").get<std::int32_t>(),
-                    j.at("mask").get<std::int32_t>(), j.at("unk").get<std::int32_t>()};
-      return m;
+      m.vocab_size = json_field<std::int64_t>(j, "vocab_size", origin);
+      auto id = [&](const char* key) { return json_field<std::int32_t>(j, key, origin); };
+      m.specials = {id("bos"), id("eos"), id("pad"), id("mask"), id("unk")};
     } catch (const nlohmann::json::exception& e) {
-      MDLM_FAIL(path.string(), ": ", e.what());
+      MDLM_FAIL(origin, ": ", e.what());
     }
+    if (m.vocab_size <= 0 || m.vocab_size > (std::int64_t{1} << 31)) {
+      MDLM_FAIL(origin, ": vocab_size ", m.vocab_size, " (expected 1 to 2^31)");
+    }
+    const std::pair<const char*, std::int32_t> ids[] = {{"bos", m.specials.bos},   {"eos", m.specials.eos},
+                                                        {"pad", m.specials.pad},   {"mask", m.specials.mask},
+                                                        {"unk", m.specials.unk}};
+    for (const auto& [field, id] : ids) {
+      if (id < -1 || id >= m.vocab_size) {
+        MDLM_FAIL(origin, ": ", field, " id ", id, " is outside the vocabulary of ", m.vocab_size, " (-1 means none)");
+      }
+    }
+    return m;
   }
 };
 

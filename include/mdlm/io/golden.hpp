@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mdlm/io/json_field.hpp"
 #include "mdlm/io/safetensors.hpp"
 #include "mdlm/nn/dit.hpp"
 
@@ -24,16 +25,18 @@ namespace mdlm {
 template <class At>
 DiTConfig fixture_model_config(const nlohmann::json& config, At&& at) {
   DiTConfig m;
-  m.vocab = at("vocab_size").template get<std::int64_t>();
-  m.hidden = at("hidden").template get<std::int64_t>();
-  m.heads = at("n_heads").template get<std::int64_t>();
-  m.blocks = at("n_blocks").template get<std::int64_t>();
-  m.cond_dim = at("cond_dim").template get<std::int64_t>();
-  m.mlp_ratio = at("mlp_ratio").template get<std::int64_t>();
+  auto integer = [&](const char* k) { return json_number<std::int64_t>(at(k), std::string("config '") + k + "'"); };
+  auto number = [&](const char* k) { return json_number<double>(at(k), std::string("config '") + k + "'"); };
+  m.vocab = integer("vocab_size");
+  m.hidden = integer("hidden");
+  m.heads = integer("n_heads");
+  m.blocks = integer("n_blocks");
+  m.cond_dim = integer("cond_dim");
+  m.mlp_ratio = integer("mlp_ratio");
   m.time_conditioning = at("time_conditioning").template get<bool>();
   m.ar = at("causal").template get<bool>();
-  m.layer_norm_eps = at("layer_norm_eps").template get<double>();
-  m.rope_base = at("rope_base").template get<double>();
+  m.layer_norm_eps = number("layer_norm_eps");
+  m.rope_base = number("rope_base");
   m.dropout = static_cast<float>(config.value("dropout", 0.0));
   return m;
 }
@@ -54,7 +57,7 @@ struct GoldenFixture {
     if (it == g.file.metadata().end()) MDLM_FAIL(path, ": no 'config' entry in the safetensors metadata");
     try {
       g.config = nlohmann::json::parse(it->second);
-      auto get_int = [&](const char* k) { return g.config.at(k).get<std::int64_t>(); };
+      auto get_int = [&](const char* k) { return json_field<std::int64_t>(g.config, k, path + ": config"); };
       g.model = fixture_model_config(g.config, [&](const char* k) -> const nlohmann::json& { return g.config.at(k); });
       g.batch = get_int("batch");
       g.seq_len = get_int("seq_len");

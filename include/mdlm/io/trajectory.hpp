@@ -94,8 +94,8 @@ struct Trajectory {
         if (!tr.config.contains(k)) MDLM_FAIL(origin, ": config has no '", k, "'");
         return tr.config.at(k);
       };
-      auto integer = [&](const char* k) { return at(k).get<std::int64_t>(); };
-      auto number = [&](const char* k) { return at(k).get<double>(); };
+      auto integer = [&](const char* k) { return json_number<std::int64_t>(at(k), origin + ": config '" + k + "'"); };
+      auto number = [&](const char* k) { return json_number<double>(at(k), origin + ": config '" + k + "'"); };
       tr.model = fixture_model_config(tr.config, at);
       tr.seq_len = integer("seq_len");
       if (tr.config.contains("mask_id") && !tr.config.at("mask_id").is_null()) tr.mask_id = integer("mask_id");

@@ -22,6 +22,7 @@
 #include "mdlm/nn/params.hpp"
 #include "mdlm/ops/activation.hpp"
 #include "mdlm/ops/attention.hpp"
+#include "mdlm/ops/flash_attention.hpp"
 #include "mdlm/ops/embedding.hpp"
 #include "mdlm/ops/layernorm.hpp"
 #include "mdlm/ops/linear.hpp"
@@ -64,6 +65,16 @@ struct DiTConfig {
     MDLM_CHECK(hidden % heads == 0, "hidden size ", hidden, " is not divisible by ", heads, " heads");
     MDLM_CHECK(head_dim() % 2 == 0, "head dimension ", head_dim(), " must be even for rotary embeddings");
     MDLM_CHECK(dropout >= 0.0f && dropout < 1.0f, "dropout ", dropout, " must be in [0, 1)");
+    MDLM_CHECK(freq_dim > 0 && freq_dim % 2 == 0 && layer_norm_eps > 0 && rope_base > 0, "invalid DiT settings: freq_dim ", freq_dim,
+               ", layer_norm_eps ", layer_norm_eps, ", rope_base ", rope_base, " (all must be positive; freq_dim even)");
+    // Bounds far above any real model that keep every parameter count (vocab x hidden,
+    // mlp_ratio x hidden x hidden, ...) well inside int64.
+    constexpr std::int64_t kMaxDim = std::int64_t{1} << 20;
+    MDLM_CHECK(vocab <= (std::int64_t{1} << 31) && hidden <= kMaxDim && cond_dim <= kMaxDim && freq_dim <= kMaxDim &&
+                   mlp_ratio <= 64 && blocks <= 4096,
+               "DiT sizes out of range: vocab ", vocab, " (at most 2^31), hidden ", hidden, ", cond_dim ", cond_dim,
+               ", freq_dim ", freq_dim, " (at most 2^20), mlp_ratio ", mlp_ratio, " (at most 64), blocks ", blocks,
+               " (at most 4096)");
   }
 };
 
@@ -274,7 +285,7 @@ class DiT {
       }
       Var<T, B> h = blk.norm1.forward(tape, p, x, shift1, scale1, L, eps);
       Var<T, B> qkv = RopeOp<B, T, G>::forward(tape, blk.attn.qkv.forward(tape, p, h), L, cfg_.heads, cfg_.rope_base);
-      Var<T, B> a = blk.attn.out.forward(tape, p, AttentionOp<B, T, G>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
+      Var<T, B> a = blk.attn.out.forward(tape, p, ModelAttentionOp<B, T, G>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
       x = GatedResidualOp<B, T, G>::forward(tape, x, a, gate1, L, cfg_.dropout);
       Var<T, B> h2 = blk.norm2.forward(tape, p, x, shift2, scale2, L, eps);
       Var<T, B> m = blk.mlp.proj.forward(tape, p, blk.mlp.fc.forward(tape, p, h2, /*gelu=*/true));

@@ -99,11 +99,10 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
   MDLM_CHECK(cfg.draw == DrawMode::Exact, "the device sampler draws exactly; the paper-era fp32 draw runs through sample()");
   MDLM_CHECK(cfg.kind != SamplerKind::Cached || !tc,
              "the cached sampler needs a time-agnostic denoiser (this model is time-conditioned)");
-  MDLM_CHECK(cfg.steps > 0, "sampler: steps must be positive");
+  cfg.validate();
   MDLM_CHECK(mask_id >= 0 && mask_id < vocab, "sampler: mask id ", mask_id, " outside the vocabulary");
+  MDLM_CHECK(n > 0 && len > 0, "sampler: ", n, " sequences of length ", len, " (both must be positive)");
   MDLM_CHECK(static_cast<std::int64_t>(init.size()) == rows, "sampler: ", init.size(), " initial tokens for ", n, " x ", len);
-  MDLM_CHECK(cfg.filters.temperature > 0, "temperature ", cfg.filters.temperature, " must be positive");
-  MDLM_CHECK(cfg.filters.top_p > 0 && cfg.filters.top_p <= 1, "top-p ", cfg.filters.top_p, " must be in (0, 1]");
   check_token_ids(init.data(), rows, vocab);
   std::vector<std::uint8_t> fixed(init.size());
   for (std::size_t r = 0; r < init.size(); ++r) fixed[r] = init[r] != mask_id;

@@ -46,15 +46,6 @@ struct Denoiser {
 
 enum class SamplerKind { Ancestral, Cached, Confidence, ReMdm, FirstHit };
 
-inline SamplerKind parse_sampler(const std::string& s) {
-  if (s == "ancestral") return SamplerKind::Ancestral;
-  if (s == "cached") return SamplerKind::Cached;
-  if (s == "confidence") return SamplerKind::Confidence;
-  if (s == "remdm") return SamplerKind::ReMdm;
-  if (s == "first-hit") return SamplerKind::FirstHit;
-  MDLM_FAIL("unknown sampler '", s, "' (expected ancestral, cached, confidence, remdm or first-hit)");
-}
-
 struct SamplerConfig {
   SamplerKind kind = SamplerKind::Ancestral;
   std::int64_t steps = 128;
@@ -67,6 +58,23 @@ struct SamplerConfig {
   double remdm_eta = 0.02;  // ReMDM cap
   bool noise_removal = true;
   bool cuda_graph = true;   // device sampler: replay the step as a captured CUDA graph
+
+  // Every setting in range (every sampler calls it); an error names the field, its
+  // `mdlm sample` flag where it has one, and the value.
+  void validate() const {
+    auto require = [](bool ok, const char* field, auto value, const char* rule) {
+      if (!ok) MDLM_FAIL("sampler: ", field, " is ", value, ": ", rule);
+    };
+    require(steps > 0, "steps (--steps)", steps, "must be positive");
+    require(filters.temperature > 0 && std::isfinite(filters.temperature), "temperature (--temperature)",
+            filters.temperature, "must be positive");
+    require(filters.top_p > 0 && filters.top_p <= 1, "top-p (--top-p)", filters.top_p, "must be in (0, 1]");
+    require(filters.top_k >= 0, "top-k (--top-k)", filters.top_k, "must be >= 0 (0: off)");
+    require(threshold >= 0, "threshold (--threshold)", threshold, "must be >= 0 (0: off)");
+    require(t_max > 0 && t_max <= 1, "t_max", t_max, "must be in (0, 1]");
+    require(t_min >= 0 && t_min < t_max, "t_min", t_min, "must be in [0, t_max)");
+    require(remdm_eta >= 0, "remdm_eta", remdm_eta, "must be >= 0");
+  }
 };
 
 struct SampleResult {
@@ -161,8 +169,9 @@ SampleResult sample(const Denoiser& d, const Schedule& sched, const SamplerConfi
   using namespace sampling_detail;
   const auto t_start = std::chrono::steady_clock::now();
   MDLM_CHECK(d.mask_id >= 0 && d.mask_id < d.vocab, "sampler: mask id ", d.mask_id, " outside the vocabulary");
+  cfg.validate();
+  MDLM_CHECK(n > 0 && len > 0, "sampler: ", n, " sequences of length ", len, " (both must be positive)");
   MDLM_CHECK(static_cast<std::int64_t>(init.size()) == n * len, "sampler: ", init.size(), " initial tokens for ", n, " x ", len);
-  MDLM_CHECK(cfg.steps > 0, "sampler: steps must be positive");
   MDLM_CHECK(cfg.kind != SamplerKind::Cached || !d.time_conditioning,
              "the cached sampler needs a time-agnostic denoiser (this model is time-conditioned)");
   for (std::size_t r = 0; r < init.size(); ++r) {

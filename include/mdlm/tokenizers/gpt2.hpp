@@ -174,11 +174,16 @@ class Gpt2Tokenizer {
   }
 
   static Gpt2Tokenizer from_files(const std::filesystem::path& vocab_json, const std::filesystem::path& merges_txt) {
+    return from_texts(gpt2_detail::read_file(vocab_json), vocab_json.string(), gpt2_detail::read_file(merges_txt),
+                      merges_txt.string());
+  }
+
+  // From the texts of vocab.json and merges.txt; the origins name them in errors (their paths).
+  static Gpt2Tokenizer from_texts(const std::string& vtext, const std::string& vocab_origin, const std::string& mtext,
+                                  const std::string& merges_origin) {
     Gpt2Tokenizer t;
-    const std::string vtext = gpt2_detail::read_file(vocab_json);
-    const nlohmann::json v = gpt2_detail::parse_json(vtext, vocab_json.string());
-    t.load_vocab(v, vocab_json.string());
-    const std::string mtext = gpt2_detail::read_file(merges_txt);
+    const nlohmann::json v = gpt2_detail::parse_json(vtext, vocab_origin);
+    t.load_vocab(v, vocab_origin);
     std::size_t line_no = 0, pos = 0, rank = 0;
     while (pos < mtext.size()) {
       std::size_t end = mtext.find('\n', pos);
@@ -190,37 +195,42 @@ class Gpt2Tokenizer {
       if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
       const std::size_t sp = line.find(' ');
       if (sp == std::string_view::npos || sp == 0 || sp + 1 == line.size() || line.find(' ', sp + 1) != std::string_view::npos) {
-        MDLM_FAIL(merges_txt.string(), ": line ", line_no, ": a merge must be two tokens separated by one space, got '", line, "'");
+        MDLM_FAIL(merges_origin, ": line ", line_no, ": a merge must be two tokens separated by one space, got '", line, "'");
       }
       t.add_merge(std::string(line.substr(0, sp)), std::string(line.substr(sp + 1)), rank++,
-                  merges_txt.string() + ": line " + std::to_string(line_no));
+                  merges_origin + ": line " + std::to_string(line_no));
     }
-    t.finish(vocab_json.string());
+    t.finish(merges_origin);
     return t;
   }
 
   // Hugging Face tokenizer.json with a BPE model (merges as "a b" strings or [a, b] pairs).
   static Gpt2Tokenizer from_tokenizer_json(const std::filesystem::path& path) {
-    const std::string text = gpt2_detail::read_file(path);
-    const nlohmann::json j = gpt2_detail::parse_json(text, path.string());
+    return from_tokenizer_json_text(gpt2_detail::read_file(path), path.string());
+  }
+
+  // From the text of a tokenizer.json; `origin` names it in errors (its path).
+  static Gpt2Tokenizer from_tokenizer_json_text(const std::string& text, const std::string& origin) {
+    const nlohmann::json j = gpt2_detail::parse_json(text, origin);
     Gpt2Tokenizer t;
-    if (!j.contains("model") || !j["model"].is_object() || j["model"].value("type", "BPE") != "BPE") {
-      MDLM_FAIL(path.string(), ": not a BPE tokenizer.json (model.type must be BPE)");
+    if (!j.contains("model") || !j["model"].is_object() || (j["model"].contains("type") && j["model"]["type"] != "BPE")) {
+      MDLM_FAIL(origin, ": not a BPE tokenizer.json (model.type must be BPE)");
     }
     const auto& model = j["model"];
-    if (!model.contains("vocab")) MDLM_FAIL(path.string(), ": model.vocab is missing");
-    t.load_vocab(model["vocab"], path.string() + ": model.vocab");
+    if (!model.contains("vocab")) MDLM_FAIL(origin, ": model.vocab is missing");
+    t.load_vocab(model["vocab"], origin + ": model.vocab");
     if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
       for (const auto& a : j["added_tokens"]) {
+        if (a.contains("content") && !a["content"].is_string()) MDLM_FAIL(origin, ": added token content ", a["content"].dump(), " is not a string");
         if (a.contains("content") && a.contains("id") && !t.token_to_id_.count(a["content"].get<std::string>())) {
-          MDLM_FAIL(path.string(), ": added token '", a["content"].get<std::string>(), "' is not in the vocabulary");
+          MDLM_FAIL(origin, ": added token '", a["content"].get<std::string>(), "' is not in the vocabulary");
         }
       }
     }
-    if (!model.contains("merges") || !model["merges"].is_array()) MDLM_FAIL(path.string(), ": model.merges is missing");
+    if (!model.contains("merges") || !model["merges"].is_array()) MDLM_FAIL(origin, ": model.merges is missing");
     std::size_t rank = 0;
     for (const auto& m : model["merges"]) {
-      const std::string where = path.string() + ": merge #" + std::to_string(rank + 1);
+      const std::string where = origin + ": merge #" + std::to_string(rank + 1);
       std::string a, b;
       if (m.is_string()) {
         const std::string s = m.get<std::string>();
@@ -236,7 +246,7 @@ class Gpt2Tokenizer {
       }
       t.add_merge(a, b, rank++, where);
     }
-    t.finish(path.string());
+    t.finish(origin);
     return t;
   }
 

@@ -55,7 +55,12 @@ class WordPieceTokenizer {
   static constexpr std::size_t kMaxWordChars = 100;
 
   static WordPieceTokenizer from_vocab_file(const std::filesystem::path& path) {
-    const std::string text = gpt2_detail::read_file(path);
+    return from_vocab_text(gpt2_detail::read_file(path), path.string());
+  }
+
+  // From the text of a vocab.txt (one token a line, the line number - 1 is its id); `origin`
+  // names it in errors (its path).
+  static WordPieceTokenizer from_vocab_text(const std::string& text, const std::string& origin) {
     WordPieceTokenizer t;
     std::size_t pos = 0, line_no = 0;
     while (pos < text.size()) {
@@ -65,15 +70,15 @@ class WordPieceTokenizer {
       pos = end + 1;
       ++line_no;
       if (!tok.empty() && tok.back() == '\r') tok.pop_back();
-      if (tok.empty()) MDLM_FAIL(path.string(), ": line ", line_no, ": empty token");
-      if (!unicode::valid_utf8(tok)) MDLM_FAIL(path.string(), ": line ", line_no, ": token is not valid UTF-8");
+      if (tok.empty()) MDLM_FAIL(origin, ": line ", line_no, ": empty token");
+      if (!unicode::valid_utf8(tok)) MDLM_FAIL(origin, ": line ", line_no, ": token is not valid UTF-8");
       auto [it, inserted] = t.vocab_.emplace(tok, static_cast<std::int32_t>(t.tokens_.size()));
       if (!inserted) {
-        MDLM_FAIL(path.string(), ": line ", line_no, ": duplicate token '", tok, "' (first on line ", it->second + 1, ")");
+        MDLM_FAIL(origin, ": line ", line_no, ": duplicate token '", tok, "' (first on line ", it->second + 1, ")");
       }
       t.tokens_.push_back(tok);
     }
-    if (t.tokens_.empty()) MDLM_FAIL(path.string(), ": the vocabulary is empty");
+    if (t.tokens_.empty()) MDLM_FAIL(origin, ": the vocabulary is empty");
     for (std::size_t k = 0; k < t.tokens_.size(); ++k) {
       const std::string& tok = t.tokens_[k];
       if (tok.size() > 2 && tok[0] == '#' && tok[1] == '#') t.continuation_.emplace(tok.substr(2), static_cast<std::int32_t>(k));
@@ -84,7 +89,7 @@ class WordPieceTokenizer {
       return it == t.vocab_.end() ? -1 : it->second;
     };
     t.specials_ = {id("[CLS]"), id("[SEP]"), id("[PAD]"), id("[MASK]"), id("[UNK]")};
-    if (t.specials_.unk < 0) MDLM_FAIL(path.string(), ": no [UNK] token");
+    if (t.specials_.unk < 0) MDLM_FAIL(origin, ": no [UNK] token");
     if (t.specials_.mask < 0) t.specials_.mask = static_cast<std::int32_t>(t.tokens_.size());  // appended
     return t;
   }

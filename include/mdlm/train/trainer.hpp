@@ -65,6 +65,29 @@ struct TrainConfig {
   double peak_tflops = 0;       // for MFU on the progress line (0: not shown)
   int zero = 0;                 // data-parallel optimizer sharding: 0 (none) or 1 (ZeRO-1)
 
+  // Every setting in range, checked before any file is read (Trainer::run calls it); an error
+  // names the field, its `mdlm train` flag and the value.
+  void validate() const {
+    auto require = [](bool ok, const char* field, const char* flag, auto value, const char* rule) {
+      if (!ok) MDLM_FAIL("train: ", field, " (", flag, ") is ", value, ": ", rule);
+    };
+    require(seq_len >= 3, "seq_len", "--seq-len", seq_len, "must be at least 3 ([BOS] token [EOS])");
+    require(batch > 0, "batch", "--batch", batch, "must be positive");
+    require(accum > 0, "accum", "--accum", accum, "must be positive");
+    require(steps > 0, "steps", "--steps", steps, "must be positive");
+    require(std::isfinite(lr.peak) && lr.peak > 0, "lr.peak", "--lr", lr.peak, "must be positive");
+    require(lr.warmup >= 0, "lr.warmup", "--warmup", lr.warmup, "must be >= 0");
+    require(std::isfinite(adam.weight_decay) && adam.weight_decay >= 0, "adam.weight_decay", "--weight-decay",
+            adam.weight_decay, "must be >= 0");
+    require(std::isfinite(clip) && clip >= 0, "clip", "--clip", clip, "must be >= 0 (0: no clipping)");
+    require(ema >= 0 && ema < 1, "ema", "--ema", ema, "must be in [0, 1)");
+    require(log_every > 0, "log_every", "--log-every", log_every, "must be positive");
+    require(eval_every >= 0, "eval_every", "--eval-every", eval_every, "must be >= 0 (0: only at the end)");
+    require(eval_batches > 0, "eval_batches", "--eval-batches", eval_batches, "must be positive");
+    require(save_every >= 0, "save_every", "--save-every", save_every, "must be >= 0 (0: only at the end)");
+    require(stop_after >= 0, "stop_after", "--stop-after", stop_after, "must be >= 0 (0: never)");
+  }
+
   nlohmann::json to_json() const {
     return {{"style", style}, {"seq_len", seq_len}, {"batch", batch}, {"accum", accum},
             {"steps", steps}, {"lr", lr.peak}, {"warmup", lr.warmup}, {"lr_schedule", lr.kind == LrSchedule::Kind::Cosine ? "cosine" : "constant"},
@@ -86,6 +109,28 @@ struct TrainResult {
   double unigram_nats = 0;     // cross-entropy of the validation tokens under the train unigram
   std::filesystem::path checkpoint;
 };
+
+// A lower bound on the bytes a training run holds at once: weights (T) and gradients (G), the
+// four fp32-or-wider optimizer buffers (S: master, EMA, two moments), and the activations the
+// tape keeps for one micro-batch of batch x seq_len tokens: per block the qkv, attention output,
+// both LayerNorm and residual outputs, the MLP hidden layer before and after GELU, and the
+// attention probabilities (heads x seq_len per token); then the logits. The real figure is
+// higher (gradients of activations, scratch), so a run refused by it cannot fit. A data-parallel
+// rank holds `sequences` of each micro-batch (0: all of cfg.batch) and, under ZeRO-1, the share
+// `state_share` (1/ranks) of the optimizer state.
+inline double training_bytes_lower_bound(const TrainConfig& cfg, const ParamLayout& layout, std::size_t value_bytes,
+                                         std::size_t grad_bytes, std::size_t state_bytes, std::int64_t sequences = 0,
+                                         double state_share = 1.0) {
+  const auto n = static_cast<double>(layout.buffer_elements());
+  const DiTConfig& m = cfg.model;
+  const double tokens = static_cast<double>(sequences > 0 ? sequences : cfg.batch) * static_cast<double>(cfg.seq_len);
+  const double per_token_per_block = static_cast<double>((8 + 2 * m.mlp_ratio) * m.hidden) +
+                                     static_cast<double>(m.heads) * static_cast<double>(cfg.seq_len);
+  const double activations =
+      tokens * static_cast<double>(value_bytes) *
+      (static_cast<double>(m.blocks) * per_token_per_block + static_cast<double>(m.vocab));
+  return n * (static_cast<double>(value_bytes + grad_bytes) + 4.0 * static_cast<double>(state_bytes) * state_share) + activations;
+}
 
 // Cross-entropy (nats/token) of `eval` under the add-1/2-smoothed unigram distribution of `train`.
 inline double unigram_cross_entropy(const Shard& train, const Shard& eval) {
@@ -315,15 +360,15 @@ class Trainer {
   template <class Comm>
   TrainResult run_ranks(B& ctx, TrainConfig cfg, Comm& comm) {
     using clock = std::chrono::steady_clock;
+    cfg.validate();
+    MDLM_CHECK(cfg.zero == 0 || cfg.zero == 1, "train: zero (--zero) is ", cfg.zero, ": the ZeRO stage must be 0 or 1");
     const int ranks = comm.size();
     const bool lead = comm.rank() == 0;  // rank 0 validates and writes every file
     if (!lead) cfg.quiet = true;
+    const BatchSlice slice = BatchSlice::of(cfg.batch, comm.rank(), ranks);
     const DataMeta meta = DataMeta::read(cfg.data_dir);
     const Shard train = Shard::read(cfg.data_dir / "train.bin");
     const Shard valid = Shard::read(cfg.data_dir / "valid.bin");
-    MDLM_CHECK(cfg.batch > 0 && cfg.accum > 0 && cfg.steps > 0, "batch, accum and steps must be positive");
-    MDLM_CHECK(cfg.zero == 0 || cfg.zero == 1, "--zero ", cfg.zero, ": the ZeRO stage must be 0 or 1");
-    const BatchSlice slice = BatchSlice::of(cfg.batch, comm.rank(), ranks);
     cfg.model.vocab = meta.vocab_size;
     cfg.model.ar = Obj::autoregressive;
     const Obj objective = objective_.with_mask_id(meta.specials.mask);
@@ -339,8 +384,18 @@ class Trainer {
     const ParamLayout& layout = model.layout();
     const std::int64_t n = layout.buffer_elements();
     const ZeroSharding zero = ZeroSharding::of(n, ranks, cfg.zero == 1);
-    ParamStore<B, T, G> store(layout, zero.padded());
     using S = optimizer_state_t<T>;
+    {  // refuse a run that cannot fit before allocating any of it (no std::bad_alloc, no OOM kill)
+      const double need = training_bytes_lower_bound(cfg, layout, sizeof(T), sizeof(G), sizeof(S), slice.count,
+                                                     zero.enabled ? 1.0 / ranks : 1.0);
+      const double have = static_cast<double>(MemoryOps<B>::available_bytes());
+      if (need > have) {
+        MDLM_FAIL("train: --batch ", cfg.batch, " x --seq-len ", cfg.seq_len, " with this model needs at least ",
+                  need / 1073741824.0, " GiB (weights, gradients, optimizer state and one micro-batch's activations) but ",
+                  have / 1073741824.0, " GiB is available; lower --batch (raising --accum keeps the tokens per step) or --seq-len");
+      }
+    }
+    ParamStore<B, T, G> store(layout, zero.padded());
     AdamW<B, S> opt(zero.optimizer_elements(n), cfg.adam, cfg.ema);
     const int rank = comm.rank();
 
@@ -351,6 +406,10 @@ class Trainer {
     std::vector<S> master;
     if (cfg.resume && std::filesystem::exists(ckpt_path)) {
       LoadedCheckpoint c = load_checkpoint(ckpt_path);
+      if (c.model.vocab != cfg.model.vocab) {
+        MDLM_FAIL("--resume: the data's vocabulary (", cfg.model.vocab, ", ", (cfg.data_dir / "meta.json").string(),
+                  ") differs from the checkpoint's (", c.model.vocab, ", ", ckpt_path.string(), ")");
+      }
       MDLM_CHECK(model_config_json(c.model) == model_config_json(cfg.model), ckpt_path.string(),
                  ": the checkpoint's model config ", model_config_json(c.model).dump(), " differs from this run's ",
                  model_config_json(cfg.model).dump());
@@ -360,9 +419,11 @@ class Trainer {
                    ": the checkpoint's ", key, " ", c.training_state.at(key).dump(), " differs from this run's ",
                    rec.value(key, nlohmann::json()).dump());
       }
-      start = c.training_state.at("step").get<std::int64_t>();
-      loader.set_position({c.training_state.at("loader_epoch").get<std::uint64_t>(),
-                           c.training_state.at("loader_index").get<std::uint64_t>()});
+      const std::string state_origin = ckpt_path.string() + ": training_state";
+      start = json_field<std::int64_t>(c.training_state, "step", state_origin);
+      MDLM_CHECK(start >= 0, state_origin, ": step ", start, " is negative");
+      loader.set_position({json_field<std::uint64_t>(c.training_state, "loader_epoch", state_origin),
+                           json_field<std::uint64_t>(c.training_state, "loader_index", state_origin)});
       master = cast_vector<S>(c.tensors.master);
       const std::vector<S> ema = zero.part(cast_vector<S>(c.tensors.ema), rank), m = zero.part(cast_vector<S>(c.tensors.m), rank),
                            v = zero.part(cast_vector<S>(c.tensors.v), rank);

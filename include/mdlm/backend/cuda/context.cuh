@@ -51,6 +51,12 @@ struct MemoryOps<Cuda> {
   }
   static void* allocate(const Cuda& ctx, std::size_t bytes);
   static void deallocate(void* p) noexcept { cudaFree(p); }
+  // Free memory on the current device.
+  static std::size_t available_bytes() {
+    std::size_t free_bytes = 0, total_bytes = 0;
+    MDLM_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return free_bytes;
+  }
   // Synchronous (for construction: callers then use the memory on any stream without further
   // ordering). Per-step zeroing is zero_bytes(ctx, ...), ordered on the context's stream.
   static void zero(void* p, std::size_t bytes) {
