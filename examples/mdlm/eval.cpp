@@ -45,7 +45,8 @@ int run_eval(const CommandLine& cl) {
   MDLM_CHECK(backend == "host" || backend == "cuda", "--backend: unknown backend '", backend, "' (expected host or cuda)");
   MDLM_CHECK(dtype == "f32" || dtype == "bf16", "--dtype: unknown dtype '", dtype, "' (expected f32 or bf16)");
   MDLM_CHECK(backend == "cuda" || dtype == "f32", "--dtype ", dtype, " needs --backend cuda (the Host evaluates in f32)");
-  const std::filesystem::path path = is_hf_model_dir(args.str("--checkpoint")) ? std::filesystem::path(args.str("--checkpoint")) : checkpoint_file(args.str("--checkpoint"));
+  const std::filesystem::path given = args.str("--checkpoint");
+  const std::filesystem::path path = is_hf_model_dir(given) ? given : checkpoint_file(given);
   const LoadedCheckpoint c = read_checkpoint(path);
   const std::filesystem::path data = args.str("--data").empty() ? std::filesystem::path(c.training_state.value("data", std::string()))
                                                                   : std::filesystem::path(args.str("--data"));

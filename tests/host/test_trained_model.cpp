@@ -169,7 +169,7 @@ TEST_CASE("Hugging Face directory: config.json and model.safetensors load as a c
   }
 
   auto fails_with = [](HfDir& bad, const std::string& message) {
-    CHECK_THROWS_WITH_AS(read_checkpoint(bad.write()), doctest::Contains(message), Error);
+    CHECK_THROWS_WITH_AS(read_checkpoint(bad.write()), doctest::Contains(message.c_str()), Error);
     fs::remove_all(bad.dir);
   };
   HfDir type("type");
