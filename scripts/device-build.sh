@@ -4,7 +4,9 @@
 #   - OpenBLAS (OpenMP build) is linked statically, with libgfortran and libquadmath, and runs
 #     the Host fp32 GEMMs too (MDLM_HOST_GEMM=openblas: oneDNN is not installed there);
 #   - the CUDA runtime is linked statically; cuBLASLt comes from the GPU machine's CUDA 13;
-#   - libutf8proc, Google Benchmark and libgomp are copied into build-device/lib.
+#   - libutf8proc, Google Benchmark and libgomp are copied into build-device/lib;
+#   - MPI and NCCL are left out (-DMDLM_MPI=OFF): the lent machine has no OpenMPI (libmpi, its
+#     plugins, mpirun), so the staged `mdlm` trains as one process there.
 # Everything device-check.sh runs is staged in build-device/stage and packed into
 # build-device/stage.tar.xz (~5 MB): carry that one path and run scripts/device-check.sh there,
 # which unpacks it (see /work/.library/device/README.md for the tool).
@@ -12,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DMDLM_CUDA=ON \
-  -DMDLM_STATIC_BLAS=ON -DMDLM_HOST_GEMM=openblas -DMDLM_NATIVE_ARCH=OFF -DCMAKE_CUDA_RUNTIME_LIBRARY=Static -DMDLM_BUILD_TESTS=ON -DMDLM_BUILD_BENCH=ON \
+  -DMDLM_STATIC_BLAS=ON -DMDLM_HOST_GEMM=openblas -DMDLM_NATIVE_ARCH=OFF -DCMAKE_CUDA_RUNTIME_LIBRARY=Static -DMDLM_MPI=OFF -DMDLM_NCCL=OFF -DMDLM_BUILD_TESTS=ON -DMDLM_BUILD_BENCH=ON \
   -DMDLM_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build-device -j "$MDLM_JOBS" --target mdlm_tests_cuda mdlm_tests_cuda_host mdlm_cli \
   mdlm_bench_gemm_cuda mdlm_bench_train_step_cuda mdlm_bench_sampler_cuda mdlm_bench_attention_cuda

@@ -20,6 +20,12 @@
 #else
 #include "mdlm/mdlm.hpp"
 #endif
+#ifndef MDLM_WITH_MPI
+#define MDLM_WITH_MPI 0  // 1: built with MPI (mpirun -np N mdlm train: data-parallel)
+#endif
+#ifndef MDLM_WITH_NCCL
+#define MDLM_WITH_NCCL 0  // 1: built with NCCL (data-parallel --backend cuda)
+#endif
 
 namespace mdlm::cli {
 

@@ -12,6 +12,9 @@
 #include <omp.h>
 
 #include "cli.hpp"
+#if MDLM_WITH_MPI
+#include "mdlm/dist/mpi.hpp"
+#endif
 
 namespace mdlm::cli {
 namespace {
@@ -100,6 +103,7 @@ void usage() {
       "        [--batch B] [--accum K] [--steps S] [--lr LR] [--warmup W] [--lr-schedule constant|cosine]\n"
       "        [--ema D] [--seed S] [--backend host|cuda] [--objective mdlm|ar] [--style wrap|pad]\n"
       "        [--dropout P] [--time-conditioning] [--eval-every N] [--save-every N] [--resume]\n"
+      "        [--dtype f32|f64|bf16] [--zero 0|1]   (mpirun -np N mdlm train ...: data-parallel, --batch global)\n"
       "  eval --checkpoint DIR|FILE [--data DIR] [--split valid|train] [--batches N] [--batch B] [--ema 0|1]\n"
       "       [--backend host|cuda] [--dtype f32|bf16]\n"
       "                                       the perplexity bound (MDLM) or perplexity (AR)\n"
@@ -151,6 +155,9 @@ int run(int argc_in, char** argv_in) {
 
 int main(int argc, char** argv) {
   mdlm::host_retain_freed_memory();  // no trim/re-fault of the heap between GEMM calls (backend/host.hpp)
+#if MDLM_WITH_MPI
+  const mdlm::MpiSession mpi(&argc, &argv);  // MPI_Init under mpirun/srun only: `mpirun -np N mdlm train ...`
+#endif
   try {
     return mdlm::cli::run(argc, argv);
   } catch (const mdlm::Error& e) {

@@ -9,6 +9,12 @@
 #include <vector>
 
 #include "cli.hpp"
+#if MDLM_WITH_MPI
+#include "mdlm/dist/mpi.hpp"  // `mpirun -np N mdlm train ...`: data-parallel over N ranks
+#endif
+#if MDLM_WITH_NCCL
+#include "mdlm/dist/nccl.cuh"  // ... and over N GPUs with --backend cuda
+#endif
 
 namespace mdlm::cli {
 namespace {
@@ -23,7 +29,7 @@ CommandSpec train_spec() {
            {"--heads", "4", "attention heads"},
            {"--cond-dim", "64", "width of the time conditioning"},
            {"--seq-len", "128", "tokens per sequence"},
-           {"--batch", "16", "sequences per micro-batch"},
+           {"--batch", "16", "sequences per micro-batch (of the whole job: mpirun ranks each take a slice)"},
            {"--accum", "1", "micro-batches per optimizer step (gradient accumulation)"},
            {"--steps", "300", "optimizer steps of the whole run"},
            {"--lr", "1e-3", "peak learning rate (AdamW)"},
@@ -48,21 +54,43 @@ CommandSpec train_spec() {
            {"--sigma-max", "", "sigma_max of linear and geometric (empty: 10 and 1)"},
            {"--schedule-w", "", "exponent w of polynomial (empty: 1)"},
            {"--resume", "", "continue from OUT/checkpoint.safetensors (same config and schedule)", true},
-           {"--time-conditioning", "", "feed sigma(t) to the model (off: a time-agnostic denoiser)", true}}};
+           {"--time-conditioning", "", "feed sigma(t) to the model (off: a time-agnostic denoiser)", true},
+           {"--dtype", "", "f32 or f64 on the Host, bf16 on CUDA (empty: f32 on the Host, bf16 on CUDA)"},
+           {"--zero", "0", "data-parallel (mpirun): 1 shards the AdamW moments, master weights and EMA over the ranks (ZeRO-1)"}}};
 }
 
-// Trains with the objective type `obj` on the chosen backend.
+// Trains with the objective type `obj` on the chosen backend, data-parallel over the ranks of
+// mpirun/srun where built with MPI (one rank otherwise).
 template <class Obj>
-TrainResult run_trainer(const CommandLine& cl, const std::string& backend, TrainConfig& cfg, const Obj& obj) {
+TrainResult run_trainer(const CommandLine& cl, const std::string& backend, const std::string& dtype, TrainConfig& cfg,
+                        const Obj& obj) {
   if (backend == "host") {
+    MDLM_CHECK(dtype == "f32" || dtype == "f64", "--dtype ", dtype, ": the Host trains f32 or f64");
     Host host = cl.host();
-    return Trainer<Host, float, float, Obj>{obj}.run(host, cfg);
+#if MDLM_WITH_MPI
+    MpiCommunicator ranks;
+#else
+    SingleProcess ranks;
+#endif
+    return dtype == "f64" ? Trainer<Host, double, double, Obj>{obj}.run(host, cfg, ranks)
+                          : Trainer<Host, float, float, Obj>{obj}.run(host, cfg, ranks);
   }
+  MDLM_CHECK(dtype == "bf16", "--dtype ", dtype, ": the CUDA backend trains bf16 (mixed precision)");
 #if MDLM_WITH_CUDA
   MDLM_CHECK(Cuda::device_count() > 0, "--backend cuda: no CUDA device is present");
-  Cuda ctx;
   cfg.peak_tflops = 989.4;
+#if MDLM_WITH_NCCL
+  MpiCommunicator mpi;
+  Cuda ctx(NcclCommunicator::device_for(mpi));
+  NcclCommunicator ranks(mpi, ctx);
+  return Trainer<Cuda, bf16, float, Obj>{obj}.run(ctx, cfg, ranks);
+#else
+#if MDLM_WITH_MPI
+  MDLM_CHECK(MpiCommunicator().size() == 1, "--backend cuda on several ranks: this mdlm was built without NCCL");
+#endif
+  Cuda ctx;
   return Trainer<Cuda, bf16, float, Obj>{obj}.run(ctx, cfg);
+#endif
 #else
   MDLM_FAIL("--backend cuda: this mdlm was built without CUDA (configure with -DMDLM_CUDA=ON)");
 #endif
@@ -153,11 +181,13 @@ int run_train(const CommandLine& cl) {
   cfg.resume = args.integer("--resume") != 0;
   const std::string backend = args.str("--backend").empty() ? default_backend() : args.str("--backend");
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
+  const std::string dtype = !args.str("--dtype").empty() ? args.str("--dtype") : backend == "host" ? "f32" : "bf16";
+  cfg.zero = static_cast<int>(args.integer("--zero"));
   // The names become types here, once: the objective (and, for mdlm, the schedule).
   const nlohmann::json schedule = schedule_from_flags(args, objective == "ar");
-  const TrainResult r = objective == "ar" ? run_trainer(cl, backend, cfg, Autoregressive{})
+  const TrainResult r = objective == "ar" ? run_trainer(cl, backend, dtype, cfg, Autoregressive{})
                                           : with_schedule(schedule, [&](auto sched) {
-                                              return run_trainer(cl, backend, cfg, MaskedDiffusion<decltype(sched)>{sched});
+                                              return run_trainer(cl, backend, dtype, cfg, MaskedDiffusion<decltype(sched)>{sched});
                                             });
   if (r.valid.tokens > 0) {
     std::printf("final validation: %.4f nats/token, %s %.3f (unigram baseline %.4f nats/token)\n", r.valid.nats,

@@ -120,6 +120,52 @@ TEST_CASE("loader: each epoch is a permutation; a saved position replays the sam
   CHECK(ids == expect);
 }
 
+TEST_CASE("data-parallel reading: the ranks' slices of every global batch are the one-process batch, no sequence twice in an epoch") {
+  const fs::path d = temp_dir("loader_slices");
+  std::vector<std::vector<std::int32_t>> docs;
+  for (int i = 0; i < 13; ++i) docs.push_back({i});  // 13 sequences: epochs end inside global batches of 5
+  write_shard(d / "s.bin", docs, 50, 49);
+  Shard s = Shard::read(d / "s.bin");
+  SequenceSet set(s, BatchStyle::Pad, 3, SpecialTokens{48, 49, 47, 46, -1});
+  const std::int64_t batch = 5, steps = 6;
+  std::vector<std::int32_t> ids, one_process;
+  std::vector<double> mask;
+  Loader single(set, 11);
+  for (std::int64_t k = 0; k < steps; ++k) {
+    single.next(batch, ids, mask);
+    for (std::int64_t b = 0; b < batch; ++b) one_process.push_back(ids[static_cast<std::size_t>(b * 3 + 1)]);
+  }
+  for (int ranks : {1, 2, 3, 5}) {
+    CAPTURE(ranks);
+    std::vector<Loader> loaders(static_cast<std::size_t>(ranks), Loader(set, 11));
+    std::vector<std::int32_t> read;  // every rank's sequences, in rank order per step
+    for (std::int64_t k = 0; k < steps; ++k) {
+      std::int64_t covered = 0;
+      for (int r = 0; r < ranks; ++r) {
+        const BatchSlice slice = BatchSlice::of(batch, r, ranks);
+        CHECK(slice.first == covered);  // contiguous, in rank order
+        CHECK((slice.count == batch / ranks || slice.count == batch / ranks + 1));
+        covered += slice.count;
+        loaders[static_cast<std::size_t>(r)].next_slice(batch, slice.first, slice.count, ids, mask);
+        REQUIRE(ids.size() == static_cast<std::size_t>(slice.count * 3));
+        for (std::int64_t b = 0; b < slice.count; ++b) read.push_back(ids[static_cast<std::size_t>(b * 3 + 1)]);
+      }
+      CHECK(covered == batch);
+    }
+    CHECK(read == one_process);
+    for (int epoch = 0; epoch < 2; ++epoch) {  // each epoch reads every sequence exactly once
+      std::vector<std::int32_t> e(read.begin() + epoch * 13, read.begin() + (epoch + 1) * 13);
+      std::sort(e.begin(), e.end());
+      for (int i = 0; i < 13; ++i) CHECK(e[static_cast<std::size_t>(i)] == i);
+    }
+    for (const Loader& l : loaders) {  // the position does not depend on the number of ranks
+      CHECK(l.position().epoch == single.position().epoch);
+      CHECK(l.position().index == single.position().index);
+    }
+  }
+  CHECK_THROWS_WITH_AS(BatchSlice::of(2, 0, 3), doctest::Contains("a global batch of 2 sequences cannot be split over 3 ranks"), Error);
+}
+
 TEST_CASE("learning-rate schedules and the EMA warm-up") {
   LrSchedule c{LrSchedule::Kind::Constant, 1e-3, 10, 100, 0.1};
   CHECK(c.at(1) == doctest::Approx(1e-4));

@@ -58,6 +58,10 @@ struct TapeOptions {
   bool training = false;     // dropout on
   std::uint64_t seed = 0;    // Philox seed for dropout
   std::uint32_t step = 0;    // Philox step for dropout
+  // Data-parallel: the tape's sequences are [batch_first, batch_first + its batch) of a global
+  // batch of batch_global sequences (0: the tape holds the whole batch), so draws are keyed as
+  // one process holding the whole batch keys them.
+  std::int64_t batch_first = 0, batch_global = 0;
 };
 
 // Tape<B, T, G>: activations and their gradients in T; parameter gradients in G.
@@ -184,6 +188,15 @@ class Tape {
     std::uint64_t at = rng_offset_;
     rng_offset_ += n;
     return at;
+  }
+  // The same for a draw over rows x cols values of the tape's sequences (rows = sequences x
+  // seq_len): the range of the whole global batch is reserved (TapeOptions::batch_global) and the
+  // index of this tape's first value in it returned, so every sequence draws what it would draw
+  // in one process holding the whole batch.
+  std::uint64_t reserve_rng_rows(std::int64_t rows, std::int64_t cols, std::int64_t seq_len) {
+    const std::int64_t global_rows = options.batch_global > 0 ? options.batch_global * seq_len : rows;
+    return reserve_rng(static_cast<std::uint64_t>(global_rows * cols)) +
+           static_cast<std::uint64_t>(options.batch_first * seq_len * cols);
   }
 
   std::size_t var_count() const { return vars_.size(); }

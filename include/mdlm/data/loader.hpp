@@ -104,8 +104,19 @@ class Loader {
 
   // Fills B sequences (B x L ids and mask).
   void next(std::int64_t batch, std::vector<std::int32_t>& ids, std::vector<double>& mask) {
+    next_slice(batch, 0, batch, ids, mask);
+  }
+
+  // Data-parallel reading: moves past a global batch of `batch` sequences, as next() does, and
+  // fills only its sequences [first, first + count) (count x L ids and mask). The ranks of a job
+  // read the slices of one global batch (BatchSlice), so together they read exactly the
+  // sequences one process reads, and the position does not depend on how many ranks there are.
+  void next_slice(std::int64_t batch, std::int64_t first, std::int64_t count, std::vector<std::int32_t>& ids,
+                  std::vector<double>& mask) {
+    MDLM_CHECK(first >= 0 && count >= 0 && first + count <= batch, "loader: sequences [", first, ", ", first + count,
+               ") of a batch of ", batch);
     const std::int64_t len = set_->seq_len();
-    ids.resize(static_cast<std::size_t>(batch * len));
+    ids.resize(static_cast<std::size_t>(count * len));
     mask.resize(ids.size());
     for (std::int64_t b = 0; b < batch; ++b) {
       if (pos_.index >= order_.size()) {
@@ -113,7 +124,8 @@ class Loader {
         pos_.index = 0;
         make_order();
       }
-      set_->get(order_[pos_.index++], ids.data() + b * len, mask.data() + b * len);
+      const std::int64_t k = order_[pos_.index++];
+      if (b >= first && b < first + count) set_->get(k, ids.data() + (b - first) * len, mask.data() + (b - first) * len);
     }
   }
 

@@ -61,6 +61,12 @@ struct TokenBatch {
   const std::int32_t* x0 = nullptr;  // (B*L)
   std::int64_t batch = 0, seq_len = 0;
   const double* loss_mask = nullptr;  // (B*L), 1 = counts; nullptr: every token counts
+  // Data-parallel: these B sequences are [first, first + B) of a global batch of global_batch
+  // sequences (0: the batch is whole), whose loss denominator (the token count of its token mean)
+  // is loss_denominator (0: this batch's own). Draws are keyed by the global sequence and token
+  // index, and the loss is this slice's share of the global batch's loss.
+  std::int64_t first = 0, global_batch = 0;
+  double loss_denominator = 0;
 };
 
 struct DiffusionOptions {
@@ -86,12 +92,15 @@ struct LossOutput {
 
 // An objective the Trainer and evaluate() take as a type: MaskedDiffusion<Schedule, Subs> or
 // Autoregressive. `autoregressive` says which backbone it trains (causal AR or the DiT);
-// name() is what checkpoints record; with_mask_id() returns the objective for the data's mask id.
+// name() is what checkpoints record; with_mask_id() returns the objective for the data's mask id;
+// loss_denominator(batch) is the token count its loss on `batch` is a mean over (data-parallel
+// ranks add theirs up to divide by the global batch's).
 template <class O>
-concept Objective = std::copy_constructible<O> && requires(const O& o, std::int64_t id) {
+concept Objective = std::copy_constructible<O> && requires(const O& o, std::int64_t id, const TokenBatch& batch) {
   { O::autoregressive } -> std::convertible_to<bool>;
   { O::name() } -> std::convertible_to<const char*>;
   { o.with_mask_id(id) } -> std::same_as<O>;
+  { O::loss_denominator(batch) } -> std::convertible_to<double>;
 };
 
 template <class Schedule, class Parameterization = Subs>
@@ -117,18 +126,30 @@ class MaskedDiffusion {
     return MaskedDiffusion(schedule_, o);
   }
 
-  // Draws t and z_t for `step` and returns the NELBO on the tape.
+  // The NELBO's token mean runs over every token of the loss mask.
+  static double loss_denominator(const TokenBatch& batch) {
+    const std::int64_t n = batch.batch * batch.seq_len;
+    return batch.loss_mask ? subs_loss_denominator(batch.loss_mask, n) : static_cast<double>(n);
+  }
+
+  // Draws t and z_t for `step` and returns the NELBO on the tape. The times are drawn for the
+  // whole global batch (stratified over it) and the masks keyed by global token index, so a
+  // data-parallel slice draws what one process draws for those sequences.
   template <class B, class T, class G>
   LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch,
                         Philox rng, std::uint32_t step) const {
     MDLM_CHECK(opt_.mask_id >= 0, "MaskedDiffusion needs a mask id");
-    std::vector<double> t = sample_times(rng, step, batch.batch, opt_.sampling, opt_.t_eps, opt_.discrete_steps);
+    const std::int64_t global = batch.global_batch > 0 ? batch.global_batch : batch.batch;
+    MDLM_CHECK(batch.first >= 0 && batch.first + batch.batch <= global, "loss: sequences [", batch.first, ", ",
+               batch.first + batch.batch, ") of a global batch of ", global);
+    const std::vector<double> all_t = sample_times(rng, step, global, opt_.sampling, opt_.t_eps, opt_.discrete_steps);
+    std::vector<double> t(all_t.begin() + batch.first, all_t.begin() + batch.first + batch.batch);
     const std::int64_t n = batch.batch * batch.seq_len;
     std::vector<double> move(t.size());
     for (std::size_t b = 0; b < t.size(); ++b) move[b] = schedule_.move_chance(t[b]);
     std::vector<std::int32_t> zt(static_cast<std::size_t>(n));
     absorbing_mask(Host{}, batch.x0, move.data(), n, batch.seq_len, rng, step, static_cast<std::int32_t>(opt_.mask_id),
-                   zt.data());
+                   zt.data(), static_cast<std::uint64_t>(batch.first * batch.seq_len));
     return loss_at(tape, model, p, batch, std::move(t), std::move(zt));
   }
 
@@ -157,7 +178,7 @@ class MaskedDiffusion {
     std::vector<double> mask = batch.loss_mask ? std::vector<double>(batch.loss_mask, batch.loss_mask + n)
                                                : std::vector<double>(static_cast<std::size_t>(n), 1.0);
     std::vector<std::int32_t> x0(batch.x0, batch.x0 + n);
-    SubsTargets targets = SubsTargets::make(x0, out.zt, mask, weight, batch.seq_len, opt_.mask_id);
+    SubsTargets targets = SubsTargets::make(x0, out.zt, mask, weight, batch.seq_len, opt_.mask_id, batch.loss_denominator);
     for (double m : mask) out.loss_tokens += m != 0.0;
     for (std::int32_t z : out.zt) out.masked += z == opt_.mask_id;
 
@@ -199,6 +220,12 @@ struct Autoregressive {
   static constexpr bool autoregressive = true;
   static constexpr const char* name() { return "ar"; }
   Autoregressive with_mask_id(std::int64_t) const { return *this; }
+  // The NLL's token mean runs over every target: positions 1..L-1 of the loss mask.
+  static double loss_denominator(const TokenBatch& batch) {
+    const std::int64_t n = batch.batch * batch.seq_len;
+    return batch.loss_mask ? ar_loss_denominator(batch.loss_mask, n, batch.seq_len)
+                           : static_cast<double>(batch.batch * (batch.seq_len - 1));
+  }
 
   // The objectives' common signature: AR draws nothing, so rng and step are unused.
   template <class B, class T, class G>
@@ -214,7 +241,7 @@ struct Autoregressive {
     std::vector<double> mask = batch.loss_mask ? std::vector<double>(batch.loss_mask, batch.loss_mask + n)
                                                : std::vector<double>(static_cast<std::size_t>(n), 1.0);
     std::vector<std::int32_t> x(batch.x0, batch.x0 + n);
-    SubsTargets targets = ar_targets(x, mask, batch.seq_len);
+    SubsTargets targets = ar_targets(x, mask, batch.seq_len, batch.loss_denominator);
     LossOutput<B, T> out;
     out.zt = x;
     out.head_rows = n;

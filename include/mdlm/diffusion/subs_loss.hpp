@@ -98,8 +98,26 @@ struct CrossEntropyOp {
   }
 };
 
+// The denominators of the two token means: the MDLM NELBO's (every token of the loss mask) and
+// the AR NLL's (every target, i.e. the loss mask of positions 1..L-1 of each sequence).
+inline double subs_loss_denominator(const double* loss_mask, std::int64_t n) {
+  double count = 0;
+  for (std::int64_t r = 0; r < n; ++r) count += loss_mask[r];
+  return count;
+}
+inline double ar_loss_denominator(const double* loss_mask, std::int64_t n, std::int64_t seq_len) {
+  double count = 0;
+  for (std::int64_t r = 0; r < n; ++r) {
+    if ((r + 1) % seq_len != 0) count += loss_mask[r + 1];
+  }
+  return count;
+}
+
 // Row targets and weights of the MDLM continuous-time NELBO (token mean over loss_mask).
 // weight[b] = sigma'(t_b) / expm1(sigma(t_b)); rows with z_t != mask get coefficient 0.
+// `denominator` (0: the loss mask's own count) divides the sum instead: a data-parallel rank
+// holding a slice of the global batch divides by the global batch's count, so the ranks' losses
+// add up to the global batch's loss.
 struct SubsTargets {
   std::vector<std::int32_t> target;
   std::vector<double> coef;
@@ -108,13 +126,13 @@ struct SubsTargets {
 
   static SubsTargets make(const std::vector<std::int32_t>& x0, const std::vector<std::int32_t>& zt,
                           const std::vector<double>& loss_mask, const std::vector<double>& weight, std::int64_t seq_len,
-                          std::int64_t mask_id) {
+                          std::int64_t mask_id, double denominator = 0) {
     MDLM_CHECK(x0.size() == zt.size() && zt.size() == loss_mask.size(), "subs loss: x0, z_t and loss mask sizes differ (",
                x0.size(), ", ", zt.size(), ", ", loss_mask.size(), ")");
     MDLM_CHECK(weight.size() * static_cast<std::size_t>(seq_len) == x0.size(), "subs loss: ", weight.size(),
                " weights for ", x0.size(), " tokens of length ", seq_len);
-    double count = 0;
-    for (double m : loss_mask) count += m;
+    const double count = denominator > 0 ? denominator
+                                         : subs_loss_denominator(loss_mask.data(), static_cast<std::int64_t>(loss_mask.size()));
     MDLM_CHECK(count > 0, "subs loss: the loss mask selects no token");
     SubsTargets s;
     s.mask_id = mask_id;
@@ -129,18 +147,16 @@ struct SubsTargets {
 };
 
 // Row targets of the AR baseline: row (b, t) predicts x[b, t + 1]; token mean over the
-// targets' loss mask.
+// targets' loss mask (divided by `denominator` instead, when positive: see SubsTargets).
 inline SubsTargets ar_targets(const std::vector<std::int32_t>& x, const std::vector<double>& loss_mask,
-                              std::int64_t seq_len) {
+                              std::int64_t seq_len, double denominator = 0) {
   MDLM_CHECK(x.size() == loss_mask.size() && seq_len > 1 && x.size() % static_cast<std::size_t>(seq_len) == 0,
              "ar loss: ", x.size(), " tokens, ", loss_mask.size(), " mask entries, length ", seq_len);
   SubsTargets s;
   s.target.assign(x.size(), 0);
   s.coef.assign(x.size(), 0.0);
-  double count = 0;
-  for (std::size_t r = 0; r < x.size(); ++r) {
-    if ((r + 1) % static_cast<std::size_t>(seq_len) != 0) count += loss_mask[r + 1];
-  }
+  const double count =
+      denominator > 0 ? denominator : ar_loss_denominator(loss_mask.data(), static_cast<std::int64_t>(loss_mask.size()), seq_len);
   MDLM_CHECK(count > 0, "ar loss: the loss mask selects no target");
   for (std::size_t r = 0; r < x.size(); ++r) {
     if ((r + 1) % static_cast<std::size_t>(seq_len) == 0) continue;

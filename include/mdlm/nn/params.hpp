@@ -4,6 +4,7 @@
 // I/O each touch one buffer. ParamLayout is the memory-free description (names, shapes,
 // offsets) used for counting and for `mdlm info`; ParamStore owns the two buffers.
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -56,13 +57,15 @@ class ParamLayout {
   std::int64_t count_ = 0;
 };
 
-// Values in T, gradients in G (fp32 when T is bf16).
+// Values in T, gradients in G (fp32 when T is bf16). `capacity` (elements, at least the
+// layout's) pads both buffers with zeros, for collectives that split them into equal shards
+// (ZeRO-1 across data-parallel ranks).
 template <class B, class T, class G = T>
 class ParamStore {
  public:
-  explicit ParamStore(const ParamLayout& layout)
-      : layout_(layout), values_(std::max<std::int64_t>(layout.buffer_elements(), 1)),
-        grads_(std::max<std::int64_t>(layout.buffer_elements(), 1)) {
+  explicit ParamStore(const ParamLayout& layout, std::int64_t capacity = 0)
+      : layout_(layout), values_(std::max<std::int64_t>({layout.buffer_elements(), capacity, 1})),
+        grads_(std::max<std::int64_t>({layout.buffer_elements(), capacity, 1})) {
     MemoryOps<B>::zero(values_.data(), values_.bytes());  // padding stays zero: buffers compare and
     MemoryOps<B>::zero(grads_.data(), grads_.bytes());    // checksum as wholes
   }

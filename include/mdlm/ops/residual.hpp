@@ -170,7 +170,7 @@ struct GatedResidualOp {
       drop.p = dropout;
       drop.rng = Philox{tape.options.seed};
       drop.step = tape.options.step;
-      drop.offset = tape.reserve_rng(static_cast<std::uint64_t>(x.rows() * x.cols()));
+      drop.offset = tape.reserve_rng_rows(x.rows(), x.cols(), seq_len);
     }
     V out = tape.new_var(x.rows(), x.cols());
     gated_residual_forward(tape.backend(), MatrixView<const T, B>(x.value), MatrixView<const T, B>(y.value),

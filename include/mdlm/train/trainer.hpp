@@ -6,9 +6,24 @@
 // progress line, and atomic checkpoints that resume bit-exactly:
 // every random draw is keyed by (seed, step), and the loader position, optimizer state and EMA
 // are in the checkpoint.
+//
+// Data-parallel (a Communicator other than SingleProcess: dist/mpi.hpp, dist/nccl.cuh): every
+// rank reads its slice of every global batch (BatchSlice; --batch is the global batch), draws t,
+// z_t and dropout for its sequences with the keys one process uses for them, and divides its
+// loss by the global batch's token count, so the gradients summed over ranks are the one-process
+// gradients; the global norm clips. Rank 0 validates and writes checkpoints, metrics and the
+// progress line. With ZeRO-1 (TrainConfig::zero) each rank keeps one shard of the master weights,
+// moments and EMA: a reduce-scatter of the gradients, AdamW on the shard, an all-gather of the
+// parameters. Checkpoints hold the whole state and the loader position, which do not depend on
+// the number of ranks, so a run resumes on any number of them. A rank that fails ends the whole
+// job (Communicator::abort) with its message.
 
 #include <chrono>
 #include <cmath>
+#include <concepts>
+#include <exception>
+#include <functional>
+#include <optional>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -24,6 +39,7 @@
 #include "mdlm/data/shard.hpp"
 #include "mdlm/diffusion/masked_diffusion.hpp"
 #include "mdlm/diffusion/schedule_json.hpp"
+#include "mdlm/dist/communicator.hpp"
 #include "mdlm/io/checkpoint.hpp"
 #include "mdlm/nn/dit.hpp"
 #include "mdlm/nn/params.hpp"
@@ -47,6 +63,7 @@ struct TrainConfig {
   std::int64_t stop_after = 0;  // stop with a checkpoint after this many steps of this run (0: never)
   bool quiet = false;
   double peak_tflops = 0;       // for MFU on the progress line (0: not shown)
+  int zero = 0;                 // data-parallel optimizer sharding: 0 (none) or 1 (ZeRO-1)
 
   // Every setting in range, checked before any file is read (Trainer::run calls it); an error
   // names the field, its `mdlm train` flag and the value.
@@ -98,18 +115,21 @@ struct TrainResult {
 // tape keeps for one micro-batch of batch x seq_len tokens: per block the qkv, attention output,
 // both LayerNorm and residual outputs, the MLP hidden layer before and after GELU, and the
 // attention probabilities (heads x seq_len per token); then the logits. The real figure is
-// higher (gradients of activations, scratch), so a run refused by it cannot fit.
+// higher (gradients of activations, scratch), so a run refused by it cannot fit. A data-parallel
+// rank holds `sequences` of each micro-batch (0: all of cfg.batch) and, under ZeRO-1, the share
+// `state_share` (1/ranks) of the optimizer state.
 inline double training_bytes_lower_bound(const TrainConfig& cfg, const ParamLayout& layout, std::size_t value_bytes,
-                                         std::size_t grad_bytes, std::size_t state_bytes) {
+                                         std::size_t grad_bytes, std::size_t state_bytes, std::int64_t sequences = 0,
+                                         double state_share = 1.0) {
   const auto n = static_cast<double>(layout.buffer_elements());
   const DiTConfig& m = cfg.model;
-  const double tokens = static_cast<double>(cfg.batch) * static_cast<double>(cfg.seq_len);
+  const double tokens = static_cast<double>(sequences > 0 ? sequences : cfg.batch) * static_cast<double>(cfg.seq_len);
   const double per_token_per_block = static_cast<double>((8 + 2 * m.mlp_ratio) * m.hidden) +
                                      static_cast<double>(m.heads) * static_cast<double>(cfg.seq_len);
   const double activations =
       tokens * static_cast<double>(value_bytes) *
       (static_cast<double>(m.blocks) * per_token_per_block + static_cast<double>(m.vocab));
-  return n * static_cast<double>(value_bytes + grad_bytes + 4 * state_bytes) + activations;
+  return n * (static_cast<double>(value_bytes + grad_bytes) + 4.0 * static_cast<double>(state_bytes) * state_share) + activations;
 }
 
 // Cross-entropy (nats/token) of `eval` under the add-1/2-smoothed unigram distribution of `train`.
@@ -181,6 +201,34 @@ EvalResult evaluate(B& ctx, const O& objective, const DiT& model, const Params<B
   return r;
 }
 
+// How a data-parallel job lays the optimizer state over its ranks: whole on every rank, or
+// (ZeRO-1) one shard of `shard` elements per rank, rank r holding elements [r * shard,
+// (r + 1) * shard) of the parameter buffer, padded with zeros to ranks * shard elements.
+struct ZeroSharding {
+  bool enabled = false;
+  std::int64_t shard = 0;
+  int ranks = 1;
+
+  // `n` elements over `ranks` ranks; shards are whole multiples of ParamLayout::kAlign elements.
+  static ZeroSharding of(std::int64_t n, int ranks, bool enabled) {
+    if (!enabled) return {};
+    const std::int64_t align = ParamLayout::kAlign;
+    return {true, (n + ranks * align - 1) / (ranks * align) * align, ranks};
+  }
+  std::int64_t padded() const { return enabled ? shard * ranks : 0; }        // ParamStore capacity
+  std::int64_t optimizer_elements(std::int64_t n) const { return enabled ? shard : n; }
+  std::int64_t begin(int rank) const { return enabled ? shard * rank : 0; }
+  // This rank's part of a whole host buffer of n elements (zeros past n).
+  template <class S>
+  std::vector<S> part(const std::vector<S>& whole, int rank) const {
+    if (!enabled) return whole;
+    std::vector<S> out(static_cast<std::size_t>(shard), S(0));
+    const std::int64_t n = static_cast<std::int64_t>(whole.size()), from = begin(rank);
+    for (std::int64_t i = from; i < std::min(n, from + shard); ++i) out[static_cast<std::size_t>(i - from)] = whole[static_cast<std::size_t>(i)];
+    return out;
+  }
+};
+
 // One optimizer step, as the trainer takes it and as a trajectory replay (io/trajectory.hpp)
 // drives it from outside with recorded inputs:
 //   gradient(accum, micro_loss): zero the gradients; for m = 0..accum-1 build micro-batch m's
@@ -189,7 +237,11 @@ EvalResult evaluate(B& ctx, const O& objective, const DiT& model, const Params<B
 //     mean and the global L2 norm of the gradient, before clipping;
 //   apply(lr, norm, clip): clipping, AdamW and then the EMA (AdamW::update).
 // The caller may inspect the loss and norm in between (the trainer stops on NaN/Inf there).
-template <class B, class T, class G = float>
+// Data-parallel over a Communicator `comm`: micro_loss returns this rank's share of the global
+// micro-batch's loss (TokenBatch::loss_denominator); the gradients and losses are summed over the
+// ranks (an all-reduce, or with ZeRO-1 a reduce-scatter into this rank's shard, whose AdamW
+// update is then all-gathered into every rank's parameters).
+template <class B, class T, class G = float, class Comm = SingleProcess>
 class TrainStep {
  public:
   using State = optimizer_state_t<T>;
@@ -198,7 +250,22 @@ class TrainStep {
     double norm = 0;  // global L2 norm of the gradient, before clipping
   };
 
-  TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt) : ctx_(ctx), store_(store), opt_(opt), tape_(ctx) {}
+  TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt)
+    requires std::same_as<Comm, SingleProcess>
+      : ctx_(ctx), store_(store), opt_(opt), comm_(one_process_), tape_(ctx) {}
+  // `opt` holds this rank's shard under ZeRO-1 (zero.shard elements), else the whole buffer.
+  TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt, Comm& comm, ZeroSharding zero = {})
+      : ctx_(ctx), store_(store), opt_(opt), comm_(comm), zero_(zero), tape_(ctx) {
+    const std::int64_t n = store.layout().buffer_elements();
+    MDLM_CHECK(opt.size() == zero.optimizer_elements(n), "train step: an optimizer of ", opt.size(), " elements for ",
+               zero.optimizer_elements(n));
+    if (zero_.enabled) {
+      MDLM_CHECK(zero.ranks == comm.size() && store.grads().numel() >= zero.padded() && store.values().numel() >= zero.padded(),
+                 "train step: ZeRO-1 shards of ", zero.shard, " over ", zero.ranks, " ranks need parameter buffers of ",
+                 zero.padded(), " elements on ", comm.size(), " ranks");
+      grad_shard_ = Buffer<G, B>(zero.shard);
+    }
+  }
 
   template <class MicroLoss>
   Gradient gradient(std::int64_t accum, MicroLoss&& micro_loss) {
@@ -216,12 +283,35 @@ class TrainStep {
       g.loss += static_cast<double>(to_compute(download(ctx_, MatrixView<const T, B>(out.loss.value))[0])) /
                 static_cast<double>(accum);
     }
-    g.norm = opt_.grad_norm(ctx_, store_.grads().data());
+    if (zero_.enabled) {
+      comm_.reduce_scatter_sum(ctx_, store_.grads().data(), grad_shard_.data(), zero_.shard);
+      double sums[2] = {g.loss, sum_of_squares(ctx_, grad_shard_.data(), zero_.shard)};
+      comm_.all_reduce_host_sum(sums, 2);
+      g.loss = sums[0];
+      g.norm = std::sqrt(sums[1]);
+    } else {
+      comm_.all_reduce_sum(ctx_, store_.grads().data(), store_.layout().buffer_elements());
+      comm_.all_reduce_host_sum(&g.loss, 1);
+      g.norm = opt_.grad_norm(ctx_, store_.grads().data());
+    }
     return g;
   }
 
   void apply(double lr, double norm, double clip) {
-    opt_.update(ctx_, store_.grads().data(), store_.values().data(), lr, norm, clip);
+    if (!zero_.enabled) return opt_.update(ctx_, store_.grads().data(), store_.values().data(), lr, norm, clip);
+    T* mine = store_.values().data() + zero_.begin(comm_.rank());
+    opt_.update(ctx_, grad_shard_.data(), mine, lr, norm, clip);
+    comm_.all_gather(ctx_, mine, store_.values().data(), zero_.shard);
+  }
+
+  // One of the optimizer's buffers (opt.master(), ema(), m(), v()) whole, in ParamLayout order,
+  // on the host: under ZeRO-1 gathered from every rank's shard (a collective: every rank calls it).
+  std::vector<State> whole(const State* buffer) {
+    const std::int64_t n = store_.layout().buffer_elements();
+    if (!zero_.enabled) return download(ctx_, MatrixView<const State, B>(buffer, 1, n));
+    Buffer<State, B> all(zero_.padded());
+    comm_.all_gather(ctx_, buffer, all.data(), zero_.shard);
+    return download(ctx_, MatrixView<const State, B>(all.data(), 1, n));
   }
 
   Tape<B, T, G>& tape() { return tape_; }
@@ -230,9 +320,13 @@ class TrainStep {
   B& ctx_;
   ParamStore<B, T, G>& store_;
   AdamW<B, State>& opt_;
+  SingleProcess one_process_;
+  Comm& comm_;
+  ZeroSharding zero_;
   Tape<B, T, G> tape_;
   Buffer<T, B> seed_;
   std::int64_t seed_accum_ = 0;
+  Buffer<G, B> grad_shard_;
 };
 
 // Objective: MaskedDiffusion<Schedule, Subs> (any NoiseSchedule, a user's own too; its mask id
@@ -245,8 +339,33 @@ class Trainer {
   const Obj& objective() const { return objective_; }
 
   TrainResult run(B& ctx, TrainConfig cfg) {
+    SingleProcess one;
+    return run(ctx, std::move(cfg), one);
+  }
+
+  // Data-parallel over `comm` (every rank calls it with the same configuration). An error on any
+  // rank ends the whole job through comm.abort() with that rank's message (one rank: it is thrown).
+  template <Communicator<B> Comm>
+  TrainResult run(B& ctx, TrainConfig cfg, Comm& comm) {
+    if (comm.size() == 1) return run_ranks(ctx, std::move(cfg), comm);
+    try {
+      return run_ranks(ctx, std::move(cfg), comm);
+    } catch (const std::exception& e) {
+      comm.abort(e.what());
+      throw;  // (abort does not return)
+    }
+  }
+
+ private:
+  template <class Comm>
+  TrainResult run_ranks(B& ctx, TrainConfig cfg, Comm& comm) {
     using clock = std::chrono::steady_clock;
     cfg.validate();
+    MDLM_CHECK(cfg.zero == 0 || cfg.zero == 1, "train: zero (--zero) is ", cfg.zero, ": the ZeRO stage must be 0 or 1");
+    const int ranks = comm.size();
+    const bool lead = comm.rank() == 0;  // rank 0 validates and writes every file
+    if (!lead) cfg.quiet = true;
+    const BatchSlice slice = BatchSlice::of(cfg.batch, comm.rank(), ranks);
     const DataMeta meta = DataMeta::read(cfg.data_dir);
     const Shard train = Shard::read(cfg.data_dir / "train.bin");
     const Shard valid = Shard::read(cfg.data_dir / "valid.bin");
@@ -254,7 +373,8 @@ class Trainer {
     cfg.model.ar = Obj::autoregressive;
     const Obj objective = objective_.with_mask_id(meta.specials.mask);
     if (cfg.model.ar) cfg.model.time_conditioning = false;
-    std::filesystem::create_directories(cfg.out_dir);
+    if (ranks > 1) check_same_configuration(cfg, comm);
+    if (lead) std::filesystem::create_directories(cfg.out_dir);
     const std::filesystem::path ckpt_path = cfg.out_dir / "checkpoint.safetensors";
 
     const BatchStyle style = parse_batch_style(cfg.style);
@@ -263,9 +383,11 @@ class Trainer {
     DiT model(cfg.model);
     const ParamLayout& layout = model.layout();
     const std::int64_t n = layout.buffer_elements();
+    const ZeroSharding zero = ZeroSharding::of(n, ranks, cfg.zero == 1);
     using S = optimizer_state_t<T>;
     {  // refuse a run that cannot fit before allocating any of it (no std::bad_alloc, no OOM kill)
-      const double need = training_bytes_lower_bound(cfg, layout, sizeof(T), sizeof(G), sizeof(S));
+      const double need = training_bytes_lower_bound(cfg, layout, sizeof(T), sizeof(G), sizeof(S), slice.count,
+                                                     zero.enabled ? 1.0 / ranks : 1.0);
       const double have = static_cast<double>(MemoryOps<B>::available_bytes());
       if (need > have) {
         MDLM_FAIL("train: --batch ", cfg.batch, " x --seq-len ", cfg.seq_len, " with this model needs at least ",
@@ -273,8 +395,9 @@ class Trainer {
                   have / 1073741824.0, " GiB is available; lower --batch (raising --accum keeps the tokens per step) or --seq-len");
       }
     }
-    ParamStore<B, T, G> store(layout);
-    AdamW<B, S> opt(n, cfg.adam, cfg.ema);
+    ParamStore<B, T, G> store(layout, zero.padded());
+    AdamW<B, S> opt(zero.optimizer_elements(n), cfg.adam, cfg.ema);
+    const int rank = comm.rank();
 
     TrainResult result;
     result.unigram_nats = unigram_cross_entropy(train, valid);
@@ -302,8 +425,9 @@ class Trainer {
       loader.set_position({json_field<std::uint64_t>(c.training_state, "loader_epoch", state_origin),
                            json_field<std::uint64_t>(c.training_state, "loader_index", state_origin)});
       master = cast_vector<S>(c.tensors.master);
-      const std::vector<S> ema = cast_vector<S>(c.tensors.ema), m = cast_vector<S>(c.tensors.m), v = cast_vector<S>(c.tensors.v);
-      opt.load(ctx, master, ema, &m, &v);
+      const std::vector<S> ema = zero.part(cast_vector<S>(c.tensors.ema), rank), m = zero.part(cast_vector<S>(c.tensors.m), rank),
+                           v = zero.part(cast_vector<S>(c.tensors.v), rank);
+      opt.load(ctx, zero.part(master, rank), ema, &m, &v);
       opt.set_steps(start);
       say(cfg, "resumed from %s at step %lld\n", ckpt_path.string().c_str(), static_cast<long long>(start));
     } else {
@@ -311,7 +435,7 @@ class Trainer {
       ParamStore<Host, float> init(layout);
       model.init(init, cfg.seed);
       master = cast_vector<S>(std::vector<float>(init.values().data(), init.values().data() + n));
-      opt.load(ctx, master, master);
+      opt.load(ctx, zero.part(master, rank), zero.part(master, rank));
     }
     {
       std::vector<T> values(static_cast<std::size_t>(n));
@@ -327,8 +451,15 @@ class Trainer {
     say(cfg, "objective: %s\n", objective_record(objective).dump().c_str());
     say(cfg, "unigram baseline (validation tokens under the train unigram): %.4f nats/token\n", result.unigram_nats);
 
-    MetricsLog metrics(cfg.out_dir, start > 0 ? start : -1);  // resumed: rows after the checkpoint are cut
-    TrainStep<B, T, G> stepper(ctx, store, opt);
+    if (ranks > 1) {
+      say(cfg, "data-parallel: %d ranks, %lld sequences each per micro-batch of %lld%s\n", ranks,
+          static_cast<long long>(slice.count), static_cast<long long>(cfg.batch),
+          zero.enabled ? "; ZeRO-1: optimizer state sharded" : "");
+    }
+
+    std::optional<MetricsLog> metrics;  // rank 0's
+    if (lead) metrics.emplace(cfg.out_dir, start > 0 ? start : -1);  // resumed: rows after the checkpoint are cut
+    TrainStep<B, T, G, Comm> stepper(ctx, store, opt, comm, zero);
     std::vector<std::int32_t> ids;
     std::vector<double> mask;
     std::int64_t last_saved = start;
@@ -338,33 +469,36 @@ class Trainer {
     double window_loss = 0;  // the logged training loss is the mean since the last log line
     const std::int64_t tokens_per_step = cfg.batch * cfg.accum * cfg.seq_len;
 
-    auto save = [&](std::int64_t step) {
+    auto save = [&](std::int64_t step) {  // every rank calls it (the state is gathered), rank 0 writes
       CheckpointTensors t;
       // Checkpoints hold fp32 (an fp64 state is rounded to it).
-      t.master = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.master(), 1, n)));
-      t.ema = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.ema(), 1, n)));
-      t.m = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.m(), 1, n)));
-      t.v = cast_vector<float>(download(ctx, MatrixView<const S, B>(opt.v(), 1, n)));
+      t.master = cast_vector<float>(stepper.whole(opt.master()));
+      t.ema = cast_vector<float>(stepper.whole(opt.ema()));
+      t.m = cast_vector<float>(stepper.whole(opt.m()));
+      t.v = cast_vector<float>(stepper.whole(opt.v()));
+      last_saved = step;
+      if (!lead) return;
       nlohmann::json state = cfg.to_json();
       state.update(objective_record(objective));
       const LoaderPosition pos = loader.position();
       state["step"] = step;
+      state["world_size"] = ranks;  // for the record: a checkpoint resumes on any number of ranks
       state["loader_epoch"] = pos.epoch;
       state["loader_index"] = pos.index;
       state["tokenizer"] = meta.tokenizer;
       state["mask_id"] = meta.specials.mask;
       state["unseen_ids"] = unseen;
       save_checkpoint(ckpt_path, cfg.model, layout, t, state);
-      last_saved = step;
     };
-    auto validate = [&](std::int64_t step) {
+    auto validate = [&](std::int64_t step) {  // every rank calls it (the EMA is gathered), rank 0 evaluates
+      std::vector<S> ema = zero.enabled || lead ? stepper.whole(opt.ema()) : std::vector<S>();
+      if (!lead) return EvalResult{};
       ParamStore<B, T, G> ema_store(layout);
-      std::vector<S> ema = download(ctx, MatrixView<const S, B>(opt.ema(), 1, n));
       std::vector<T> values(static_cast<std::size_t>(n));
       cast_from_master(Host{}, n, ema.data(), values.data());
       upload_into(ctx, values.data(), n, ema_store.values().data());
       EvalResult r = evaluate(ctx, objective, model, ema_store.params(), valid_set, cfg.batch, cfg.eval_batches, cfg.seed + 1);
-      metrics.valid(step, r.nats, r.ppl);
+      metrics->valid(step, r.nats, r.ppl);
       say(cfg, "step %lld | validation (EMA) %s %.4f nats/token | %s %.3f | unigram %.4f\n", static_cast<long long>(step),
           cfg.model.ar ? "NLL" : "NELBO", r.nats, cfg.model.ar ? "perplexity" : "perplexity bound", r.ppl, result.unigram_nats);
       return r;
@@ -375,9 +509,13 @@ class Trainer {
       ++step;
       const auto grad = stepper.gradient(cfg.accum, [&](Tape<B, T, G>& tape, std::int64_t micro) {
         const auto draw = static_cast<std::uint32_t>(step * cfg.accum + micro);
-        tape.options = {true, cfg.seed, draw};
-        loader.next(cfg.batch, ids, mask);
-        TokenBatch tb{ids.data(), cfg.batch, cfg.seq_len, mask.data()};
+        tape.options = {true, cfg.seed, draw, slice.first, slice.global};
+        loader.next_slice(cfg.batch, slice.first, slice.count, ids, mask);
+        TokenBatch tb{ids.data(), slice.count, cfg.seq_len, mask.data(), slice.first, slice.global};
+        if (ranks > 1) {  // this rank's loss is its share of the global micro-batch's token mean
+          tb.loss_denominator = Obj::loss_denominator(tb);
+          comm.all_reduce_host_sum(&tb.loss_denominator, 1);
+        }
         return objective.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
       });
       const double loss = grad.loss, norm = grad.norm;
@@ -399,15 +537,21 @@ class Trainer {
         const double elapsed = std::chrono::duration<double>(now - t0).count();
         const double eta = elapsed / static_cast<double>(step - start) * static_cast<double>(cfg.steps - step);
         const double mean_loss = window_loss / static_cast<double>(window_steps);
-        metrics.train(step, mean_loss, lr, norm, tps);
+        if (lead) metrics->train(step, mean_loss, lr, norm, tps);
         std::string mfu;
         if (cfg.peak_tflops > 0) {
           char b[48];
           std::snprintf(b, sizeof b, " | MFU %.1f%%", 100.0 * tps * model.train_flops_per_token(cfg.seq_len) / (cfg.peak_tflops * 1e12));
           mfu = b;
         }
-        say(cfg, "step %lld/%lld | loss %.4f | lr %.2e | grad %.3f | %.0f tok/s%s | ETA %s\n", static_cast<long long>(step),
-            static_cast<long long>(cfg.steps), mean_loss, lr, norm, tps, mfu.c_str(), format_duration(eta).c_str());
+        std::string per_rank;  // tokens/s of the whole job, and of each rank when there are several
+        if (ranks > 1) {
+          char b[64];
+          std::snprintf(b, sizeof b, " (%.0f per rank x %d)", tps / ranks, ranks);
+          per_rank = b;
+        }
+        say(cfg, "step %lld/%lld | loss %.4f | lr %.2e | grad %.3f | %.0f tok/s%s%s | ETA %s\n", static_cast<long long>(step),
+            static_cast<long long>(cfg.steps), mean_loss, lr, norm, tps, per_rank.c_str(), mfu.c_str(), format_duration(eta).c_str());
         window_start = now;
         window_tokens = 0;
         window_steps = 0;
@@ -418,7 +562,7 @@ class Trainer {
       if ((cfg.save_every > 0 && step % cfg.save_every == 0) || stopping) save(step);
       if (stopping) {
         say(cfg, "stopping after %lld steps (checkpoint at step %lld)\n", static_cast<long long>(step - start), static_cast<long long>(step));
-        metrics.write_plot(cfg.model.ar ? "AR training" : "MDLM training");
+        if (lead) metrics->write_plot(cfg.model.ar ? "AR training" : "MDLM training");
         result.last_step = step;
         result.checkpoint = ckpt_path;
         return result;
@@ -426,7 +570,7 @@ class Trainer {
     }
     result.valid = validate(step);
     save(step);
-    metrics.write_plot(cfg.model.ar ? "AR training" : "MDLM training");
+    if (lead) metrics->write_plot(cfg.model.ar ? "AR training" : "MDLM training");
     result.last_step = step;
     result.checkpoint = ckpt_path;
     say(cfg, "done: %lld steps; checkpoint %s; metrics %s\n", static_cast<long long>(step), ckpt_path.string().c_str(),
@@ -434,8 +578,28 @@ class Trainer {
     return result;
   }
 
- private:
   Obj objective_{};
+
+  // Every rank must train the same configuration (one with other flags would wait in collectives
+  // of other sizes, or train another model): a 20-bit hash of it (the data directory aside: the
+  // ranks of several machines may read it from different paths) is equal on every rank iff
+  // N * sum(h^2) == sum(h)^2, exact in doubles.
+  template <class Comm>
+  static void check_same_configuration(const TrainConfig& cfg, Comm& comm) {
+    nlohmann::json c = cfg.to_json();
+    c.erase("data");
+    c["model"] = model_config_json(cfg.model);
+    c["zero"] = cfg.zero;
+    c["resume"] = cfg.resume;
+    c["stop_after"] = cfg.stop_after;
+    c["objective"] = Obj::name();
+    const double h = static_cast<double>(std::hash<std::string>{}(c.dump()) & 0xFFFFFu);
+    double sums[2] = {h, h * h};
+    comm.all_reduce_host_sum(sums, 2);
+    MDLM_CHECK(sums[0] * sums[0] == static_cast<double>(comm.size()) * sums[1],
+               "the ranks were started with different training configurations (every rank needs the same flags); this "
+               "rank's: ", c.dump());
+  }
 
   template <class... A>
   static void say(const TrainConfig& cfg, const char* fmt, A... a) {
