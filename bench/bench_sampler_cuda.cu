@@ -158,14 +158,14 @@ void report_tokens(benchmark::State& state, double seconds_total) {
 void BM_sample_small_device(benchmark::State& state) {
   Cuda ctx;
   SmallModel m(ctx);
-  mdlm::SamplerConfig cfg;
+  mdlm::SamplerSettings cfg;
   cfg.steps = kSteps;
   cfg.cuda_graph = state.range(0) != 0;
   const std::vector<std::int32_t> init(static_cast<std::size_t>(kRows), static_cast<std::int32_t>(kMask));
   double total = 0;
   bool graph = false;
   for (auto _ : state) {
-    auto r = mdlm::sample_on_device(ctx, m.model, m.store, kMask, mdlm::LogLinearSchedule{}, cfg, init, kBatch, kLen);
+    auto r = mdlm::sample_on_device(ctx, m.model, m.store, kMask, mdlm::LogLinearSchedule{}, mdlm::Ancestral{}, cfg, init, kBatch, kLen);
     state.SetIterationTime(r.seconds);
     total += r.seconds;
     graph = r.cuda_graph;

@@ -33,17 +33,17 @@ struct MainJobModel {
   MainJobModel() { bench::init_for_benchmark(host, model, store); }
 };
 
-void run(benchmark::State& state, SamplerKind kind, bool batched) {
+template <class S>
+void run(benchmark::State& state, S sampler, bool batched) {
   MainJobModel m;
-  SamplerConfig cfg;
-  cfg.kind = kind;
+  SamplerSettings cfg;
   cfg.steps = kSteps;
   const std::vector<std::int32_t> init(static_cast<std::size_t>(kN * kLen), static_cast<std::int32_t>(kMask));
-  const Denoiser d = model_denoiser(m.host, m.model, m.store, kMask);
+  const auto d = model_denoiser(m.host, m.model, m.store, kMask);
   double seconds = 0, nfe = 0;
   for (auto _ : state) {
-    const SampleResult r = batched ? sample_batched(m.host, m.model, m.store, kMask, LogLinearSchedule{}, cfg, init, kN, kLen)
-                                   : sample(d, LogLinearSchedule{}, cfg, init, kN, kLen);
+    const SampleResult r = batched ? sample_batched(m.host, m.model, m.store, kMask, LogLinearSchedule{}, sampler, cfg, init, kN, kLen)
+                                   : sample(d, LogLinearSchedule{}, sampler, cfg, init, kN, kLen);
     state.SetIterationTime(r.seconds);
     seconds += r.seconds;
     nfe = static_cast<double>(r.nfe_sequences) / kN;
@@ -52,13 +52,13 @@ void run(benchmark::State& state, SamplerKind kind, bool batched) {
   state.counters["nfe_per_seq"] = nfe;
 }
 
-void BM_per_sequence_ancestral(benchmark::State& s) { run(s, SamplerKind::Ancestral, false); }
-void BM_per_sequence_cached(benchmark::State& s) { run(s, SamplerKind::Cached, false); }
-void BM_per_sequence_first_hit(benchmark::State& s) { run(s, SamplerKind::FirstHit, false); }
-void BM_batched_ancestral(benchmark::State& s) { run(s, SamplerKind::Ancestral, true); }
-void BM_batched_cached(benchmark::State& s) { run(s, SamplerKind::Cached, true); }
-void BM_batched_confidence(benchmark::State& s) { run(s, SamplerKind::Confidence, true); }
-void BM_batched_first_hit(benchmark::State& s) { run(s, SamplerKind::FirstHit, true); }
+void BM_per_sequence_ancestral(benchmark::State& s) { run(s, Ancestral{}, false); }
+void BM_per_sequence_cached(benchmark::State& s) { run(s, Cached{}, false); }
+void BM_per_sequence_first_hit(benchmark::State& s) { run(s, FirstHit{}, false); }
+void BM_batched_ancestral(benchmark::State& s) { run(s, Ancestral{}, true); }
+void BM_batched_cached(benchmark::State& s) { run(s, Cached{}, true); }
+void BM_batched_confidence(benchmark::State& s) { run(s, Confidence{}, true); }
+void BM_batched_first_hit(benchmark::State& s) { run(s, FirstHit{}, true); }
 
 }  // namespace
 

@@ -66,10 +66,10 @@ int main(int argc, char** argv) try {
   // Sampling walks the same schedule's time grid.
   lower_unseen_token_bias(ckpt);  // bytes the corpus never contained stay out of the sample
   TrainedModel<Host> sampling_model = to_backend(host, ckpt);
-  SamplerConfig sampler;
-  sampler.kind = SamplerKind::Ancestral, sampler.steps = 32, sampler.seed = 7;
+  SamplerSettings sampling;
+  sampling.steps = 32, sampling.seed = 7;
   std::vector<std::int32_t> init(48, static_cast<std::int32_t>(m.mask_id()));
-  const SampleResult s = sample_batched(host, sampling_model.model, sampling_model.store, m.mask_id(), schedule, sampler, init, 1, 48);
+  const SampleResult s = sample_batched(host, sampling_model.model, sampling_model.store, m.mask_id(), schedule, Ancestral{}, sampling, init, 1, 48);
   std::printf("sample: %s\n", ByteTokenizer{}.decode(s.ids).c_str());
   return e.nats == r.valid.nats ? 0 : 1;
 } catch (const mdlm::Error& e) {

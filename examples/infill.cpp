@@ -30,19 +30,21 @@ int main(int argc, char** argv) try {
     for (std::int32_t id : tok.encode(" and there was light.")) z.push_back(id);
     const auto len = static_cast<std::int64_t>(z.size());
 
-    SamplerConfig ancestral;  // t -> s: each masked token is revealed with probability (a_s - a_t) / (1 - a_t)
-    ancestral.kind = SamplerKind::Ancestral, ancestral.steps = 32, ancestral.seed = 3;
-    SamplerConfig confidence;  // MaskGIT-style: per step, unmask the positions the model is surest of
-    confidence.kind = SamplerKind::Confidence, confidence.steps = 8, confidence.seed = 3;
+    SamplerSettings ancestral;  // Ancestral: t -> s, each masked token is revealed with probability (a_s - a_t) / (1 - a_t)
+    ancestral.steps = 32, ancestral.seed = 3;
+    SamplerSettings confidence;  // Confidence (MaskGIT-style): per step, unmask the positions the model is surest of
+    confidence.steps = 8, confidence.seed = 3;
     bool kept = true;
-    for (const auto& [name, cfg] : {std::pair{"ancestral", ancestral}, std::pair{"confidence", confidence}}) {
-      const SampleResult r = sample_batched(host, m.model, m.store, mask, schedule, cfg, z, 1, len);
+    auto infill = [&](const char* name, const auto& sampler, const SamplerSettings& cfg) {
+      const SampleResult r = sample_batched(host, m.model, m.store, mask, schedule, sampler, cfg, z, 1, len);
       for (std::size_t i = 0; i < z.size(); ++i) {
         const bool given = i < middle || i >= middle + middle_len;
         kept = kept && (given ? r.ids[i] == z[i] : r.ids[i] != mask);  // given kept, every mask filled
       }
       std::printf("%-10s (%2lld evaluations): %s\n", name, static_cast<long long>(r.nfe_sequences), tok.decode(r.ids).c_str());
-    }
+    };
+    infill("ancestral", Ancestral{}, ancestral);
+    infill("confidence", Confidence{}, confidence);
     std::printf("prefix and suffix kept, middle filled: %s\n", kept ? "yes" : "NO");
     return kept ? 0 : 1;
   });

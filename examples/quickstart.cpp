@@ -50,9 +50,9 @@ int main(int argc, char** argv) try {
   const std::int64_t n = 2, len = 64;
   std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(m.mask_id()));
   for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * len);
-  SamplerConfig sampler;
-  sampler.kind = SamplerKind::Cached, sampler.steps = 32, sampler.seed = 1;
-  const SampleResult s = sample_batched(host, m.model, m.store, m.mask_id(), LogLinearSchedule{}, sampler, init, n, len);
+  SamplerSettings sampling;
+  sampling.steps = 32, sampling.seed = 1;
+  const SampleResult s = sample_batched(host, m.model, m.store, m.mask_id(), LogLinearSchedule{}, Cached{}, sampling, init, n, len);
   for (std::int64_t b = 0; b < n; ++b) {  // (special ids such as BOS decode to nothing)
     const std::string text = tok.decode(std::span(s.ids).subspan(static_cast<std::size_t>(b * len), static_cast<std::size_t>(len)));
     std::printf("sample %lld: %s\n", static_cast<long long>(b), text.c_str());

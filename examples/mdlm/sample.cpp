@@ -35,13 +35,15 @@ CommandSpec sample_spec() {
 
 namespace {
 
-// The one place where a sampler's name (--sampler) becomes the library's sampler.
-SamplerKind sampler_named(const std::string& s) {
-  if (s == "ancestral") return SamplerKind::Ancestral;
-  if (s == "cached") return SamplerKind::Cached;
-  if (s == "confidence") return SamplerKind::Confidence;
-  if (s == "remdm") return SamplerKind::ReMdm;
-  if (s == "first-hit") return SamplerKind::FirstHit;
+// The one place where a sampler's name (--sampler) becomes the library's sampler type:
+// calls f with it.
+template <class F>
+auto with_sampler_named(const std::string& s, double threshold, F&& f) {
+  if (s == "ancestral") return f(Ancestral{});
+  if (s == "cached") return f(Cached{});
+  if (s == "confidence") return f(Confidence{threshold});
+  if (s == "remdm") return f(ReMdm{});
+  if (s == "first-hit") return f(FirstHit{});
   MDLM_FAIL("--sampler: unknown sampler '", s, "' (expected ancestral, cached, confidence, remdm or first-hit)");
 }
 
@@ -65,17 +67,15 @@ struct Generated {
 };
 
 // Samples with the schedule the checkpoint was trained with (`sched`).
-template <class Schedule>
-Generated generate_with(const LoadedCheckpoint& c, const Args& args, Host& host, const Schedule& sched) {
+template <class Schedule, Sampler S>
+Generated generate_with(const LoadedCheckpoint& c, const Args& args, Host& host, const Schedule& sched, const S& sampler) {
   const std::int64_t mask_id = c.mask_id();
-  SamplerConfig cfg;
-  cfg.kind = sampler_named(args.str("--sampler"));
+  SamplerSettings cfg;
   cfg.steps = args.integer("--steps");
   cfg.seed = static_cast<std::uint64_t>(args.integer("--seed"));
   cfg.filters.temperature = args.real("--temperature");
   cfg.filters.top_p = args.real("--top-p");
   cfg.filters.top_k = args.integer("--top-k");
-  cfg.threshold = args.real("--threshold");
   cfg.draw = args.integer("--paper-fp32-draws") != 0 ? DrawMode::PaperFp32 : DrawMode::Exact;
   const std::int64_t n = args.integer("--num-samples"), len = args.integer("--length");
   const std::int64_t window = args.integer("--window") > 0 ? args.integer("--window")
@@ -98,6 +98,8 @@ Generated generate_with(const LoadedCheckpoint& c, const Args& args, Host& host,
              semi_ar ? "the window " : "--length ", span);
   std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), static_cast<std::int32_t>(mask_id));
   for (std::int64_t b = 0; b < n; ++b) std::copy(prompt.begin(), prompt.end(), init.begin() + b * len);
+  cfg.validate();
+  Confidence{args.real("--threshold")}.validate();  // --threshold is checked whatever the sampler
   // the paper-era fp32 draw is a Host reproduction mode: it runs on the Host whatever the backend
   if (backend == "cuda" && cfg.draw == DrawMode::Exact) {
 #if MDLM_WITH_CUDA
@@ -107,8 +109,8 @@ Generated generate_with(const LoadedCheckpoint& c, const Args& args, Host& host,
     Cuda ctx;
     auto on_device = [&](auto tag) {  // the weights as T on the GPU (bf16: values rounded, compute in fp32)
       TrainedModel<Cuda, decltype(tag)> m = to_backend<decltype(tag)>(ctx, c);
-      auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& sc) {
-        return sample_on_device(ctx, m.model, m.store, mask_id, sched, sc, z0, n, span);
+      auto run = [&](const std::vector<std::int32_t>& z0, const SamplerSettings& sc) {
+        return sample_on_device(ctx, m.model, m.store, mask_id, sched, sampler, sc, z0, n, span);
       };
       return semi_ar ? sample_semi_ar(run, mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
     };
@@ -122,20 +124,23 @@ Generated generate_with(const LoadedCheckpoint& c, const Args& args, Host& host,
   if (cfg.draw == DrawMode::Exact) {
     // The batch shares each forward pass (the GPU path's loop on the Host kernels); it gives
     // the per-sequence sample()'s tokens (tests/host/test_sampling.cpp).
-    auto run = [&](const std::vector<std::int32_t>& z0, const SamplerConfig& sc) {
-      return sample_batched(host, m.model, m.store, mask_id, sched, sc, z0, n, span);
+    auto run = [&](const std::vector<std::int32_t>& z0, const SamplerSettings& sc) {
+      return sample_batched(host, m.model, m.store, mask_id, sched, sampler, sc, z0, n, span);
     };
     r = semi_ar ? sample_semi_ar(run, mask_id, cfg, prompt, n, len, window, stride) : run(init, cfg);
   } else {
-    Denoiser d = model_denoiser(host, m.model, m.store, mask_id);
-    r = semi_ar ? sample_semi_ar(d, sched, cfg, prompt, n, len, window, stride) : sample(d, sched, cfg, init, n, len);
+    const auto d = model_denoiser(host, m.model, m.store, mask_id);
+    r = semi_ar ? sample_semi_ar(d, sched, sampler, cfg, prompt, n, len, window, stride) : sample(d, sched, sampler, cfg, init, n, len);
   }
   return {r.ids, n, len, r.nfe_calls, r.nfe_sequences, r.seconds, "host", false, ""};
 }
 
 // Samples with the schedule the checkpoint was trained with.
 Generated generate(const LoadedCheckpoint& c, const Args& args, Host& host) {
-  return with_schedule(schedule_of(c.training_state), [&](auto sched) { return generate_with(c, args, host, sched); });
+  return with_schedule(schedule_of(c.training_state), [&](auto sched) {
+    return with_sampler_named(args.str("--sampler"), args.real("--threshold"),
+                              [&](auto sampler) { return generate_with(c, args, host, sched, sampler); });
+  });
 }
 
 int run_sample(const CommandLine& cl) {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <variant>
 #include <vector>
 
 #include "mdlm/mdlm.hpp"
@@ -57,28 +58,29 @@ void init_sampler_test_model(const DiT& model, ParamStore<Host, T>& store) {
 }
 
 // Every sampler, with and without filters: the cases the batched samplers are checked on.
+// The tests hold the typed samplers in one list as a variant (std::visit calls the sampler).
+using AnySampler = std::variant<Ancestral, Cached, Confidence, ReMdm, FirstHit>;
 struct SamplerCase {
   const char* name;
-  SamplerConfig cfg;
+  AnySampler sampler;
+  SamplerSettings cfg;
 };
 inline std::vector<SamplerCase> sampler_cases() {
-  auto make = [](SamplerKind kind, std::int64_t steps, std::int64_t top_k, double top_p, double threshold) {
-    SamplerConfig c;
-    c.kind = kind;
+  auto make = [](std::int64_t steps, std::int64_t top_k, double top_p) {
+    SamplerSettings c;
     c.steps = steps;
     c.seed = 12;
     c.filters.top_k = top_k;
     c.filters.top_p = top_p;
-    c.threshold = threshold;
     return c;
   };
-  return {{"ancestral", make(SamplerKind::Ancestral, 16, 0, 1.0, 0)},
-          {"ancestral top-k 5 top-p 0.9", make(SamplerKind::Ancestral, 16, 5, 0.9, 0)},
-          {"remdm", make(SamplerKind::ReMdm, 16, 0, 1.0, 0)},
-          {"confidence", make(SamplerKind::Confidence, 8, 0, 1.0, 0)},
-          {"confidence threshold 0.3 top-p 0.8", make(SamplerKind::Confidence, 8, 0, 0.8, 0.3)},
-          {"first-hit", make(SamplerKind::FirstHit, 1, 0, 1.0, 0)},
-          {"cached top-p 0.95", make(SamplerKind::Cached, 48, 0, 0.95, 0)}};
+  return {{"ancestral", Ancestral{}, make(16, 0, 1.0)},
+          {"ancestral top-k 5 top-p 0.9", Ancestral{}, make(16, 5, 0.9)},
+          {"remdm", ReMdm{}, make(16, 0, 1.0)},
+          {"confidence", Confidence{}, make(8, 0, 1.0)},
+          {"confidence threshold 0.3 top-p 0.8", Confidence{0.3}, make(8, 0, 0.8)},
+          {"first-hit", FirstHit{}, make(1, 0, 1.0)},
+          {"cached top-p 0.95", Cached{}, make(48, 0, 0.95)}};
 }
 // 4 sequences of 24 (mask 29) with a prompt token and an infilled one.
 inline std::vector<std::int32_t> sampler_test_init() {

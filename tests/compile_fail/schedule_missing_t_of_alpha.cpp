@@ -11,7 +11,7 @@ struct NoInverse {  // everything but t_of_alpha
 };
 
 int main() {
-  mdlm::Denoiser d;
-  const mdlm::SampleResult r = mdlm::sample(d, NoInverse{}, mdlm::SamplerConfig{}, {}, 0, 0);
+  mdlm::FunctionDenoiser<> d;
+  const mdlm::SampleResult r = mdlm::sample(d, NoInverse{}, mdlm::Ancestral{}, mdlm::SamplerSettings{}, {}, 0, 0);
   return static_cast<int>(r.ids.size());
 }

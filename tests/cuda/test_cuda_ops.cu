@@ -490,14 +490,16 @@ TEST_CASE("CUDA on-device samplers follow the Host samplers' trajectories (fp32 
   const auto init = mdlm::testing::sampler_test_init();
   for (bool tc : {false, true}) {
     SamplerModels m(cuda, tc);
-    for (auto [name, sc] : mdlm::testing::sampler_cases()) {
-      if (tc && sc.kind == SamplerKind::Cached) continue;
-      INFO("time conditioning ", tc, ", sampler ", std::string(name));
-      SampleResult h = sample(model_denoiser(host, m.model, m.host_store, 29), LogLinearSchedule{}, sc, init, n, len);
-      SampleResult d = sample_on_device(cuda, m.model, m.dev_store, 29, LogLinearSchedule{}, sc, init, n, len);
+    for (const auto& c : mdlm::testing::sampler_cases()) std::visit([&](const auto& sampler) {
+      using S = std::decay_t<decltype(sampler)>;
+      SamplerSettings sc = c.cfg;
+      if (tc && std::same_as<S, Cached>) return;
+      INFO("time conditioning ", tc, ", sampler ", std::string(c.name));
+      SampleResult h = sample(model_denoiser(host, m.model, m.host_store, 29), LogLinearSchedule{}, sampler, sc, init, n, len);
+      SampleResult d = sample_on_device(cuda, m.model, m.dev_store, 29, LogLinearSchedule{}, sampler, sc, init, n, len);
       sc.cuda_graph = false;
-      SampleResult e = sample_on_device(cuda, m.model, m.dev_store, 29, LogLinearSchedule{}, sc, init, n, len);
-      if (sc.kind == SamplerKind::Confidence) {
+      SampleResult e = sample_on_device(cuda, m.model, m.dev_store, 29, LogLinearSchedule{}, sampler, sc, init, n, len);
+      if (std::same_as<S, Confidence>) {
         // the confidence ranking flips at near-ties of two positions' probabilities (~1e-7 here,
         // masked positions see nearly the same context); its kernels are checked exactly on
         // shared logits in "CUDA confidence, first-hit and noise-removal kernels ..."
@@ -507,11 +509,11 @@ TEST_CASE("CUDA on-device samplers follow the Host samplers' trajectories (fp32 
       }
       CHECK(e.ids == d.ids);  // the graph replays exactly the eager kernels
       CHECK(d.note == "");
-      CHECK(d.cuda_graph == (sc.kind != SamplerKind::Cached));
+      CHECK(d.cuda_graph == !std::same_as<S, Cached>);
       CHECK(!e.cuda_graph);
       CHECK(d.ids[0] == 3);
       CHECK(d.ids[30] == 7);
       CHECK(std::find(d.ids.begin(), d.ids.end(), 29) == d.ids.end());
-    }
+    }, c.sampler);
   }
 }

@@ -283,37 +283,37 @@ TEST_CASE("sampling: prompts with ids outside the vocabulary and settings out of
   ParamStore<Host, float> store(model.layout());
   mdlm::testing::init_sampler_test_model(model, store);
   const std::int64_t vocab = model.config().vocab, n = 4, len = 24;
-  const Denoiser d = model_denoiser(host, model, store, 29);
+  const auto d = model_denoiser(host, model, store, 29);
   std::vector<std::int32_t> init = mdlm::testing::sampler_test_init();
-  SamplerConfig cfg;
+  SamplerSettings cfg;
   cfg.steps = 4;
-  auto both = [&](const std::vector<std::int32_t>& z, const SamplerConfig& sc) {
-    return std::vector<std::string>{error_of([&] { sample(d, LogLinearSchedule{}, sc, z, n, len); }),
-                                    error_of([&] { sample_batched(host, model, store, 29, LogLinearSchedule{}, sc, z, n, len); })};
+  auto both = [&](const std::vector<std::int32_t>& z, const SamplerSettings& sc) {
+    return std::vector<std::string>{error_of([&] { sample(d, LogLinearSchedule{}, Ancestral{}, sc, z, n, len); }),
+                                    error_of([&] { sample_batched(host, model, store, 29, LogLinearSchedule{}, Ancestral{}, sc, z, n, len); })};
   };
   std::vector<std::int32_t> bad = init;
   bad[5] = static_cast<std::int32_t>(vocab);
   for (const std::string& e : both(bad, cfg)) CHECK(e.find(std::to_string(vocab)) != std::string::npos);
   bad[5] = -3;
   for (const std::string& e : both(bad, cfg)) CHECK(e.find("-3 at position 5") != std::string::npos);
-  auto with = [&](const std::function<void(SamplerConfig&)>& edit) {
-    SamplerConfig sc = cfg;
+  auto with = [&](const std::function<void(SamplerSettings&)>& edit) {
+    SamplerSettings sc = cfg;
     edit(sc);
     return sc;
   };
-  for (const std::string& e : both(init, with([](SamplerConfig& s) { s.filters.top_p = 1.5; })))
+  for (const std::string& e : both(init, with([](SamplerSettings& s) { s.filters.top_p = 1.5; })))
     CHECK(e.find("sampler: top-p (--top-p) is 1.5: must be in (0, 1]") != std::string::npos);
-  for (const std::string& e : both(init, with([](SamplerConfig& s) { s.filters.top_p = 0; })))
+  for (const std::string& e : both(init, with([](SamplerSettings& s) { s.filters.top_p = 0; })))
     CHECK(e.find("top-p (--top-p) is 0") != std::string::npos);
-  for (const std::string& e : both(init, with([](SamplerConfig& s) { s.steps = -2; })))
+  for (const std::string& e : both(init, with([](SamplerSettings& s) { s.steps = -2; })))
     CHECK(e.find("sampler: steps (--steps) is -2: must be positive") != std::string::npos);
-  for (const std::string& e : both(init, with([](SamplerConfig& s) { s.filters.temperature = 0; })))
+  for (const std::string& e : both(init, with([](SamplerSettings& s) { s.filters.temperature = 0; })))
     CHECK(e.find("temperature (--temperature) is 0") != std::string::npos);
-  for (const std::string& e : both(init, with([](SamplerConfig& s) { s.filters.top_k = -1; })))
+  for (const std::string& e : both(init, with([](SamplerSettings& s) { s.filters.top_k = -1; })))
     CHECK(e.find("top-k (--top-k) is -1") != std::string::npos);
   // A prompt longer than the window of semi-autoregressive sampling.
   const std::vector<std::int32_t> long_prompt(static_cast<std::size_t>(len), 3);
-  CHECK(error_of([&] { sample_semi_ar(d, LogLinearSchedule{}, cfg, long_prompt, 1, 2 * len, len, len / 2); })
+  CHECK(error_of([&] { sample_semi_ar(d, LogLinearSchedule{}, Ancestral{}, cfg, long_prompt, 1, 2 * len, len, len / 2); })
             .find("the prompt (24 tokens) must be shorter than the window (24)") != std::string::npos);
 }
 

@@ -18,8 +18,8 @@ using mdlm::testing::random_vector;
 namespace {
 
 // A single ancestral step from t_max to t_min, no noise removal.
-SamplerConfig one_step(double t_max, double t_min, std::uint64_t seed) {
-  SamplerConfig c;
+SamplerSettings one_step(double t_max, double t_min, std::uint64_t seed) {
+  SamplerSettings c;
   c.steps = 1;
   c.t_max = t_max;
   c.t_min = t_min;
@@ -29,8 +29,8 @@ SamplerConfig one_step(double t_max, double t_min, std::uint64_t seed) {
 }
 
 // Every position gets the same fixed distribution over the first vocab-1 tokens (mask last).
-Denoiser fixed_denoiser(const std::vector<double>& probs) {
-  Denoiser d;
+FunctionDenoiser<> fixed_denoiser(const std::vector<double>& probs) {
+  FunctionDenoiser<> d;
   d.vocab = static_cast<std::int64_t>(probs.size()) + 1;
   d.mask_id = d.vocab - 1;
   d.fn = [probs, d](const std::vector<std::int32_t>& z, std::int64_t, std::int64_t, const std::vector<double>&,
@@ -46,8 +46,8 @@ Denoiser fixed_denoiser(const std::vector<double>& probs) {
 
 // Position-dependent, context-dependent logits (so caching matters): token v at position i
 // scores cos(i * v) + 0.3 * (number of unmasked tokens in the sequence).
-Denoiser contextual_denoiser(std::int64_t vocab) {
-  Denoiser d;
+FunctionDenoiser<> contextual_denoiser(std::int64_t vocab) {
+  FunctionDenoiser<> d;
   d.vocab = vocab;
   d.mask_id = vocab - 1;
   d.fn = [d](const std::vector<std::int32_t>& z, std::int64_t n, std::int64_t len, const std::vector<double>&,
@@ -90,11 +90,11 @@ void check_binomial(std::int64_t count, std::int64_t n, double p) {
 
 TEST_CASE("one ancestral step: stay masked w.p. (1-a_s)/(1-a_t), else p_theta (a_s - a_t)/(1 - a_t)") {
   const std::vector<double> p{0.1, 0.2, 0.3, 0.4};
-  Denoiser d = fixed_denoiser(p);
+  FunctionDenoiser<> d = fixed_denoiser(p);
   LogLinearSchedule sched;
-  SamplerConfig cfg = one_step(0.8, 0.5, 3);
+  SamplerSettings cfg = one_step(0.8, 0.5, 3);
   const std::int64_t n = 400, len = 100;
-  SampleResult r = sample(d, sched, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 4), n, len);
+  SampleResult r = sample(d, sched, Ancestral{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 4), n, len);
   const double stay = sched.move_chance(0.5) / sched.move_chance(0.8);
   std::vector<std::int64_t> count(5, 0);
   for (std::int32_t v : r.ids) count[static_cast<std::size_t>(v)]++;
@@ -104,12 +104,12 @@ TEST_CASE("one ancestral step: stay masked w.p. (1-a_s)/(1-a_t), else p_theta (a
 
 TEST_CASE("the full ancestral sampler reproduces a factorized target's marginals; mask is never emitted") {
   const std::vector<double> p{0.05, 0.15, 0.3, 0.5};
-  Denoiser d = fixed_denoiser(p);
-  SamplerConfig cfg;
+  FunctionDenoiser<> d = fixed_denoiser(p);
+  SamplerSettings cfg;
   cfg.steps = 32;
   cfg.seed = 11;
   const std::int64_t n = 500, len = 40;
-  SampleResult r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 4), n, len);
+  SampleResult r = sample(d, LogLinearSchedule{}, Ancestral{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 4), n, len);
   std::vector<std::int64_t> count(5, 0);
   for (std::int32_t v : r.ids) count[static_cast<std::size_t>(v)]++;
   CHECK(count[4] == 0);
@@ -120,21 +120,21 @@ TEST_CASE("the full ancestral sampler reproduces a factorized target's marginals
 
 TEST_CASE("top-k and top-p never emit filtered tokens; temperature sharpens") {
   const std::vector<double> p{0.02, 0.08, 0.1, 0.3, 0.5};
-  Denoiser d = fixed_denoiser(p);
+  FunctionDenoiser<> d = fixed_denoiser(p);
   const std::int64_t n = 200, len = 20;
-  SamplerConfig cfg;
+  SamplerSettings cfg;
   cfg.steps = 8;
   cfg.filters.top_k = 2;
-  SampleResult r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
+  SampleResult r = sample(d, LogLinearSchedule{}, Ancestral{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
   for (std::int32_t v : r.ids) REQUIRE((v == 3 || v == 4));
   cfg.filters = {};
   cfg.filters.top_p = 0.85;  // keeps {4, 3, 2}: 0.5 + 0.3 + 0.1 >= 0.85
-  r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
+  r = sample(d, LogLinearSchedule{}, Ancestral{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
   std::set<std::int32_t> seen(r.ids.begin(), r.ids.end());
   CHECK(seen == std::set<std::int32_t>{2, 3, 4});
   cfg.filters = {};
   cfg.filters.temperature = 0.25;
-  r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
+  r = sample(d, LogLinearSchedule{}, Ancestral{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 5), n, len);
   std::int64_t top = 0;
   for (std::int32_t v : r.ids) top += v == 4;
   CHECK(static_cast<double>(top) / static_cast<double>(n * len) > 0.85);  // p^4 normalized: 0.5^4/(sum) = 0.87
@@ -172,24 +172,23 @@ TEST_CASE("tokens below fp32's noise floor: exact draws find them, the fp32 draw
 }
 
 TEST_CASE("caching gives identical samples with fewer network evaluations when steps > length") {
-  Denoiser d = contextual_denoiser(9);
+  FunctionDenoiser<> d = contextual_denoiser(9);
   const std::int64_t n = 6, len = 12;
-  SamplerConfig cfg;
+  SamplerSettings cfg;
   cfg.steps = 64;
   cfg.seed = 5;
   std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 8);
-  SampleResult plain = sample(d, LogLinearSchedule{}, cfg, init, n, len);
-  cfg.kind = SamplerKind::Cached;
-  SampleResult cached = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  SampleResult plain = sample(d, LogLinearSchedule{}, Ancestral{}, cfg, init, n, len);
+  SampleResult cached = sample(d, LogLinearSchedule{}, Cached{}, cfg, init, n, len);
   CHECK(cached.ids == plain.ids);
   CHECK(cached.nfe_sequences < plain.nfe_sequences);
   CHECK(cached.nfe_sequences <= n * (len + 1));  // at most one evaluation per change (+ the first)
   d.time_conditioning = true;
-  CHECK_THROWS_WITH_AS(sample(d, LogLinearSchedule{}, cfg, init, n, len), doctest::Contains("time-agnostic"), Error);
+  CHECK_THROWS_WITH_AS(sample(d, LogLinearSchedule{}, Cached{}, cfg, init, n, len), doctest::Contains("time-agnostic"), Error);
 }
 
 TEST_CASE("prompted and infilled positions are never altered, by any sampler") {
-  Denoiser d = contextual_denoiser(9);
+  FunctionDenoiser<> d = contextual_denoiser(9);
   const std::int64_t n = 4, len = 16;
   std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 8);
   for (std::int64_t b = 0; b < n; ++b) {
@@ -198,51 +197,51 @@ TEST_CASE("prompted and infilled positions are never altered, by any sampler") {
     init[static_cast<std::size_t>(b * len + 9)] = 7;  // an infilled span
     init[static_cast<std::size_t>(b * len + 10)] = 0;
   }
-  for (auto kind : {SamplerKind::Ancestral, SamplerKind::Cached, SamplerKind::Confidence, SamplerKind::ReMdm, SamplerKind::FirstHit}) {
-    CAPTURE(static_cast<int>(kind));
-    SamplerConfig cfg;
-    cfg.kind = kind;
+  const std::vector<mdlm::testing::AnySampler> samplers{Ancestral{}, Cached{}, Confidence{}, ReMdm{0.5}, FirstHit{}};
+  for (std::size_t kind = 0; kind < samplers.size(); ++kind) {
+    CAPTURE(kind);
+    SamplerSettings cfg;
     cfg.steps = 20;
-    cfg.remdm_eta = 0.5;
-    SampleResult r = sample(d, LogLinearSchedule{}, cfg, init, n, len);
-    for (std::size_t k = 0; k < init.size(); ++k) {
-      if (init[k] != 8) REQUIRE(r.ids[k] == init[k]);
-      REQUIRE(r.ids[k] != 8);  // nothing left masked
-    }
-    if (kind == SamplerKind::FirstHit) CHECK(r.nfe_sequences == n * (len - 4));  // one token per evaluation
+    std::visit([&](const auto& sampler) {
+      SampleResult r = sample(d, LogLinearSchedule{}, sampler, cfg, init, n, len);
+      for (std::size_t k = 0; k < init.size(); ++k) {
+        if (init[k] != 8) REQUIRE(r.ids[k] == init[k]);
+        REQUIRE(r.ids[k] != 8);  // nothing left masked
+      }
+      if constexpr (std::same_as<std::decay_t<decltype(sampler)>, FirstHit>) CHECK(r.nfe_sequences == n * (len - 4));  // one token per evaluation
+    }, samplers[kind]);
   }
 }
 
 TEST_CASE("confidence sampling unmasks k = remaining / steps-left per step; threshold mode at least one") {
-  Denoiser d = contextual_denoiser(9);
+  FunctionDenoiser<> d = contextual_denoiser(9);
   const std::int64_t n = 2, len = 10;
-  SamplerConfig cfg;
-  cfg.kind = SamplerKind::Confidence;
+  SamplerSettings cfg;
   cfg.steps = 5;
   cfg.noise_removal = false;
-  SampleResult r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 8), n, len);
+  SampleResult r = sample(d, LogLinearSchedule{}, Confidence{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 8), n, len);
   for (std::int32_t v : r.ids) CHECK(v != 8);  // 10 tokens in 5 steps of 2
   CHECK(r.nfe_calls == 5);
-  cfg.threshold = 0.999;  // nothing is that confident: one token per step
+  const Confidence threshold{0.999};  // nothing is that confident: one token per step
   cfg.steps = 3;
-  r = sample(d, LogLinearSchedule{}, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 8), n, len);
+  r = sample(d, LogLinearSchedule{}, threshold, cfg, std::vector<std::int32_t>(static_cast<std::size_t>(n * len), 8), n, len);
   std::int64_t masked = 0;
   for (std::int32_t v : r.ids) masked += v == 8;
   CHECK(masked == n * (len - 3));
 }
 
 TEST_CASE("semi-autoregressive generation has the requested length and keeps its prompt") {
-  Denoiser d = contextual_denoiser(9);
-  SamplerConfig cfg;
+  FunctionDenoiser<> d = contextual_denoiser(9);
+  SamplerSettings cfg;
   cfg.steps = 8;
   const std::vector<std::int32_t> prompt{3, 1, 4};
-  SampleResult r = sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, 2, 50, 16, 6);
+  SampleResult r = sample_semi_ar(d, LogLinearSchedule{}, Ancestral{}, cfg, prompt, 2, 50, 16, 6);
   REQUIRE(r.ids.size() == 100);
   for (std::int64_t b = 0; b < 2; ++b) {
     for (std::size_t k = 0; k < prompt.size(); ++k) CHECK(r.ids[static_cast<std::size_t>(b * 50) + k] == prompt[k]);
   }
   for (std::int32_t v : r.ids) CHECK(v != 8);
-  CHECK_THROWS_AS(sample_semi_ar(d, LogLinearSchedule{}, cfg, prompt, 1, 50, 16, 0), Error);
+  CHECK_THROWS_AS(sample_semi_ar(d, LogLinearSchedule{}, Ancestral{}, cfg, prompt, 1, 50, 16, 0), Error);
 }
 
 TEST_CASE("per-sample unigram entropy") {
@@ -309,13 +308,13 @@ TEST_CASE("order_key orders floats like <, fixed masses sum exactly") {
 }
 
 TEST_CASE("the fused sampler step (the CUDA kernel's Host twin) takes the same decisions as the sampler") {
-  Denoiser d = contextual_denoiser(11);
+  FunctionDenoiser<> d = contextual_denoiser(11);
   const std::int64_t n = 8, len = 20;
   std::vector<std::int32_t> init(static_cast<std::size_t>(n * len), 10);
   init[3] = 4;  // one fixed position
-  SamplerConfig cfg = one_step(0.9, 0.4, 21);
+  SamplerSettings cfg = one_step(0.9, 0.4, 21);
   cfg.filters.temperature = 0.7;
-  SampleResult want = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+  SampleResult want = sample(d, LogLinearSchedule{}, Ancestral{}, cfg, init, n, len);
   std::vector<float> logits;
   d.fn(init, n, len, std::vector<double>(static_cast<std::size_t>(n), 0.0), logits);
   std::vector<std::int32_t> z = init;
@@ -338,7 +337,7 @@ TEST_CASE("the fused sampler step (the CUDA kernel's Host twin) takes the same d
   for (auto [k, p] : {std::pair{3L, 1.0}, std::pair{0L, 0.6}, std::pair{4L, 0.8}}) {  // with top-k / top-p
     cfg.filters.top_k = a.top_k = k;
     cfg.filters.top_p = a.top_p = p;
-    want = sample(d, LogLinearSchedule{}, cfg, init, n, len);
+    want = sample(d, LogLinearSchedule{}, Ancestral{}, cfg, init, n, len);
     z = init;
     sample_step(Host{}, MatrixView<const float, Host>(logits.data(), n * len, 11), z.data(), fixed.data(), a, changed.data());
     CHECK(z == want.ids);
@@ -357,20 +356,24 @@ TEST_CASE("the batched sampler (the device loop, on the Host kernels) gives samp
     DiT model(mdlm::testing::sampler_test_dit(tc));
     ParamStore<Host, double> store(model.layout());
     mdlm::testing::init_sampler_test_model(model, store);
-    for (auto [name, sc] : mdlm::testing::sampler_cases()) {
-      if (tc && sc.kind == SamplerKind::Cached) {
-        CHECK_THROWS_AS(sample_batched(host, model, store, 29, LogLinearSchedule{}, sc, init, n, len), Error);
-        continue;
-      }
-      INFO("time conditioning ", tc, ", sampler ", std::string(name));
-      SampleResult want = sample(model_denoiser(host, model, store, 29), LogLinearSchedule{}, sc, init, n, len);
-      SampleResult got = sample_batched(host, model, store, 29, LogLinearSchedule{}, sc, init, n, len);
-      CHECK(got.ids == want.ids);
-      CHECK(got.ids[0] == 3);
-      CHECK(got.ids[30] == 7);
-      CHECK(std::find(got.ids.begin(), got.ids.end(), 29) == got.ids.end());
-      if (sc.kind == SamplerKind::Cached) CHECK(got.nfe_sequences == want.nfe_sequences);
-      if (sc.kind == SamplerKind::FirstHit) CHECK(got.nfe_sequences == want.nfe_sequences);
+    for (const auto& c : mdlm::testing::sampler_cases()) {
+      std::visit([&](const auto& sampler) {
+        using S = std::decay_t<decltype(sampler)>;
+        const SamplerSettings& sc = c.cfg;
+        if (tc && std::same_as<S, Cached>) {
+          CHECK_THROWS_AS(sample_batched(host, model, store, 29, LogLinearSchedule{}, sampler, sc, init, n, len), Error);
+          return;
+        }
+        INFO("time conditioning ", tc, ", sampler ", std::string(c.name));
+        SampleResult want = sample(model_denoiser(host, model, store, 29), LogLinearSchedule{}, sampler, sc, init, n, len);
+        SampleResult got = sample_batched(host, model, store, 29, LogLinearSchedule{}, sampler, sc, init, n, len);
+        CHECK(got.ids == want.ids);
+        CHECK(got.ids[0] == 3);
+        CHECK(got.ids[30] == 7);
+        CHECK(std::find(got.ids.begin(), got.ids.end(), 29) == got.ids.end());
+        if (std::same_as<S, Cached>) CHECK(got.nfe_sequences == want.nfe_sequences);
+        if (std::same_as<S, FirstHit>) CHECK(got.nfe_sequences == want.nfe_sequences);
+      }, c.sampler);
     }
   }
 }
@@ -382,11 +385,13 @@ TEST_CASE("NaN logits stop the samplers with mdlm::Error instead of emitting inv
   mdlm::testing::init_sampler_test_model(model, store);
   std::fill(store.values().data(), store.values().data() + model.layout().buffer_elements(), NAN);
   const auto init = mdlm::testing::sampler_test_init();
-  for (auto [name, sc] : mdlm::testing::sampler_cases()) {
-    INFO("sampler ", std::string(name));
-    CHECK_THROWS_WITH_AS(sample_batched(host, model, store, 29, LogLinearSchedule{}, sc, init, 4, 24),
-                         doctest::Contains("finite logit"), Error);
-    CHECK_THROWS_WITH_AS(sample(model_denoiser(host, model, store, 29), LogLinearSchedule{}, sc, init, 4, 24),
-                         doctest::Contains("finite weight"), Error);
+  for (const auto& c : mdlm::testing::sampler_cases()) {
+    INFO("sampler ", std::string(c.name));
+    std::visit([&](const auto& sampler) {
+      CHECK_THROWS_WITH_AS(sample_batched(host, model, store, 29, LogLinearSchedule{}, sampler, c.cfg, init, 4, 24),
+                           doctest::Contains("finite logit"), Error);
+      CHECK_THROWS_WITH_AS(sample(model_denoiser(host, model, store, 29), LogLinearSchedule{}, sampler, c.cfg, init, 4, 24),
+                           doctest::Contains("finite weight"), Error);
+    }, c.sampler);
   }
 }

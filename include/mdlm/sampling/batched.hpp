@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <concepts>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -47,10 +48,11 @@ struct StepTable {
   std::vector<float> sigma;
   std::vector<std::int64_t> active;  // sequences evaluated with effect at each step
 
-  StepTable(const Schedule& sched, const SamplerConfig& cfg, bool time_conditioning, const std::vector<std::int32_t>& init,
+  template <Sampler S>
+  StepTable(const Schedule& sched, const S& sampler, const SamplerSettings& cfg, bool time_conditioning, const std::vector<std::int32_t>& init,
              std::int64_t n, std::int64_t len, std::int64_t mask_id) {
     auto sig = [&](double t) { return time_conditioning ? static_cast<float>(sched.sigma(t)) : 0.0f; };
-    if (cfg.kind == SamplerKind::FirstHit) {
+    if constexpr (std::same_as<S, FirstHit>) {
       std::vector<std::int64_t> masked(static_cast<std::size_t>(n), 0);
       for (std::int64_t b = 0; b < n; ++b)
         for (std::int64_t i = 0; i < len; ++i) masked[static_cast<std::size_t>(b)] += init[static_cast<std::size_t>(b * len + i)] == mask_id;
@@ -73,23 +75,23 @@ struct StepTable {
         steps.push_back(StepPlan{0.0, 0.0, static_cast<std::uint32_t>(step), 1});
         active.push_back(act);
       }
-      return;
-    }
-    for (std::int64_t step = 0; step < cfg.steps; ++step) {
-      const StepProbabilities pr = step_probabilities(sched, cfg, step);
-      steps.push_back(StepPlan{pr.p_unmask, pr.p_remask, static_cast<std::uint32_t>(step),
-                               static_cast<std::int32_t>(cfg.steps - step)});
-      sigma.insert(sigma.end(), static_cast<std::size_t>(n), sig(grid_time(cfg, step)));
-      active.push_back(n);
+    } else {
+      for (std::int64_t step = 0; step < cfg.steps; ++step) {
+        const StepProbabilities pr = step_probabilities(sched, sampler, cfg, step);
+        steps.push_back(StepPlan{pr.p_unmask, pr.p_remask, static_cast<std::uint32_t>(step),
+                                 static_cast<std::int32_t>(cfg.steps - step)});
+        sigma.insert(sigma.end(), static_cast<std::size_t>(n), sig(grid_time(cfg, step)));
+        active.push_back(n);
+      }
     }
   }
 };
 
 }  // namespace sampling_detail
 
-template <class B, class Schedule, class T, class G>
+template <Sampler S, class B, class Schedule, class T, class G>
 SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store, std::int64_t mask_id,
-                              const Schedule& sched, const SamplerConfig& cfg, std::vector<std::int32_t> init, std::int64_t n,
+                              const Schedule& sched, const S& sampler, const SamplerSettings& cfg, std::vector<std::int32_t> init, std::int64_t n,
                               std::int64_t len) {
   static_assert(check_schedule<Schedule>(), "sample_batched(): the schedule must satisfy mdlm::NoiseSchedule");
   using namespace sampling_detail;
@@ -97,9 +99,10 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
   const std::int64_t rows = n * len, vocab = model.config().vocab;
   const bool tc = model.config().time_conditioning;
   MDLM_CHECK(cfg.draw == DrawMode::Exact, "the device sampler draws exactly; the paper-era fp32 draw runs through sample()");
-  MDLM_CHECK(cfg.kind != SamplerKind::Cached || !tc,
+  MDLM_CHECK(!S::caches_logits || !tc,
              "the cached sampler needs a time-agnostic denoiser (this model is time-conditioned)");
   cfg.validate();
+  sampler.validate();
   MDLM_CHECK(mask_id >= 0 && mask_id < vocab, "sampler: mask id ", mask_id, " outside the vocabulary");
   MDLM_CHECK(n > 0 && len > 0, "sampler: ", n, " sequences of length ", len, " (both must be positive)");
   MDLM_CHECK(static_cast<std::int64_t>(init.size()) == rows, "sampler: ", init.size(), " initial tokens for ", n, " x ", len);
@@ -121,7 +124,7 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
   a.top_p = cfg.filters.top_p;
   MDLM_CHECK(!a.filtered() || vocab <= kMaxFilteredVocab, "top-k/top-p: vocabulary ", vocab, " above ", kMaxFilteredVocab);
 
-  const StepTable<Schedule> plan(sched, cfg, tc, init, n, len, mask_id);
+  const StepTable<Schedule> plan(sched, sampler, cfg, tc, init, n, len, mask_id);
   const auto n_steps = static_cast<std::int64_t>(plan.steps.size());
   auto dz = upload(ctx, init);
   auto dfixed = upload(ctx, fixed);
@@ -131,8 +134,9 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
   auto dcounter = upload(ctx, std::vector<int>{0});
   auto dfailed = upload(ctx, std::vector<int>{0});
   a.failed = dfailed.data();
-  Buffer<std::int32_t, B> dcand(cfg.kind == SamplerKind::Confidence ? rows : 0);
-  Buffer<double, B> dconf(cfg.kind == SamplerKind::Confidence ? rows : 0);
+  constexpr bool confidence = std::same_as<S, Confidence>;
+  Buffer<std::int32_t, B> dcand(confidence ? rows : 0);
+  Buffer<double, B> dconf(confidence ? rows : 0);
   Tape<B, T, G> tape(ctx);
   tape.set_recording(false);
   SampleResult res;
@@ -146,9 +150,9 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
     loop_begin_step(ctx, dsigma_table.data(), n, dcounter.data(), dsigma.data());
     Var<T, B> logits = forward_all();
     const MatrixView<const T, B> lv(logits.value);
-    if (cfg.kind == SamplerKind::Confidence) {
-      confidence_step(ctx, lv, dz.data(), dfixed.data(), a, cfg.threshold, 1, dcand.data(), dconf.data(), dplan.data(), dcounter.data());
-    } else if (cfg.kind == SamplerKind::FirstHit) {
+    if constexpr (confidence) {
+      confidence_step(ctx, lv, dz.data(), dfixed.data(), a, sampler.threshold, 1, dcand.data(), dconf.data(), dplan.data(), dcounter.data());
+    } else if constexpr (std::same_as<S, FirstHit>) {
       first_hit_step(ctx, lv, dz.data(), a, dplan.data(), dcounter.data());
     } else {
       sample_step(ctx, lv, dz.data(), dfixed.data(), a, nullptr, dplan.data(), dcounter.data());
@@ -157,7 +161,7 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
   };
 
   std::vector<std::int32_t> host_z = init;
-  if (cfg.kind == SamplerKind::Cached) {
+  if constexpr (S::caches_logits) {
     // eager: evaluate only the sequences that changed, into a device cache of every row's logits
     Buffer<T, B> cache(Shape{rows, vocab});
     auto dchanged = upload(ctx, std::vector<std::uint8_t>(static_cast<std::size_t>(n), 1));
@@ -202,7 +206,7 @@ SampleResult sample_batched(B& ctx, const DiT& model, ParamStore<B, T, G>& store
       replay.step(step, step_body, [&] { tape.reset(); }, res);
     }
     host_z = download(ctx, MatrixView<const std::int32_t, B>(dz.data(), 1, rows));
-    if (cfg.noise_removal && cfg.kind != SamplerKind::FirstHit &&
+    if (cfg.noise_removal && !std::same_as<S, FirstHit> &&
         std::find(host_z.begin(), host_z.end(), static_cast<std::int32_t>(mask_id)) != host_z.end()) {
       upload_into(ctx, std::vector<float>(static_cast<std::size_t>(n), tc ? static_cast<float>(sched.sigma(cfg.t_min)) : 0.0f).data(), n,
                   dsigma.data());

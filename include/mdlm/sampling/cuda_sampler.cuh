@@ -76,11 +76,11 @@ struct StepReplay<Cuda> {
 };
 
 // The batched samplers with z, the logits and the step table on the GPU.
-template <class Schedule, class T, class G>
+template <Sampler S, class Schedule, class T, class G>
 SampleResult sample_on_device(Cuda& ctx, const DiT& model, ParamStore<Cuda, T, G>& store, std::int64_t mask_id,
-                              const Schedule& sched, const SamplerConfig& cfg, std::vector<std::int32_t> init, std::int64_t n,
-                              std::int64_t len) {
-  return sample_batched(ctx, model, store, mask_id, sched, cfg, std::move(init), n, len);
+                              const Schedule& sched, const S& sampler, const SamplerSettings& cfg, std::vector<std::int32_t> init,
+                              std::int64_t n, std::int64_t len) {
+  return sample_batched(ctx, model, store, mask_id, sched, sampler, cfg, std::move(init), n, len);
 }
 
 }  // namespace mdlm

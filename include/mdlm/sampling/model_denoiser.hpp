@@ -13,28 +13,35 @@
 
 namespace mdlm {
 
+// Satisfies Denoiser on any backend; holds references to the context, model and weights.
 template <class B, class T, class G>
-Denoiser model_denoiser(B& ctx, const DiT& model, ParamStore<B, T, G>& store, std::int64_t mask_id) {
-  Denoiser d;
-  d.vocab = model.config().vocab;
-  d.mask_id = mask_id;
-  d.time_conditioning = model.config().time_conditioning;
-  d.fn = [&ctx, &model, &store](const std::vector<std::int32_t>& z, std::int64_t n, std::int64_t len,
-                                const std::vector<double>& sigma, std::vector<float>& logits) {
-    const std::int64_t vocab = model.config().vocab;
+struct ModelDenoiser {
+  B* ctx;
+  const DiT* model;
+  ParamStore<B, T, G>* store;
+  std::int64_t vocab = 0;
+  std::int64_t mask_id = -1;
+  bool time_conditioning = false;
+
+  void operator()(const std::vector<std::int32_t>& z, std::int64_t n, std::int64_t len, const std::vector<double>& sigma,
+                  std::vector<float>& logits) const {
     logits.resize(static_cast<std::size_t>(n * len * vocab));
-    Tape<B, T, G> tape(ctx);
+    Tape<B, T, G> tape(*ctx);
     tape.set_recording(false);
     for (std::int64_t b = 0; b < n; ++b) {
       tape.reset();
       std::vector<std::int32_t> ids(z.begin() + b * len, z.begin() + (b + 1) * len);
-      auto dev = upload(ctx, ids);
-      Var<T, B> out = model.forward(tape, store.params(), DiTInputs{dev.data(), ids.data(), 1, len, &sigma[static_cast<std::size_t>(b)]});
-      auto host = download(ctx, MatrixView<const T, B>(out.value));
+      auto dev = upload(*ctx, ids);
+      Var<T, B> out = model->forward(tape, store->params(), DiTInputs{dev.data(), ids.data(), 1, len, &sigma[static_cast<std::size_t>(b)]});
+      auto host = download(*ctx, MatrixView<const T, B>(out.value));
       for (std::size_t k = 0; k < host.size(); ++k) logits[static_cast<std::size_t>(b * len * vocab) + k] = static_cast<float>(to_compute(host[k]));
     }
-  };
-  return d;
+  }
+};
+
+template <class B, class T, class G>
+ModelDenoiser<B, T, G> model_denoiser(B& ctx, const DiT& model, ParamStore<B, T, G>& store, std::int64_t mask_id) {
+  return ModelDenoiser<B, T, G>{&ctx, &model, &store, model.config().vocab, mask_id, model.config().time_conditioning};
 }
 
 }  // namespace mdlm
