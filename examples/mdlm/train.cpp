@@ -56,7 +56,8 @@ CommandSpec train_spec() {
            {"--resume", "", "continue from OUT/checkpoint.safetensors (same config and schedule)", true},
            {"--time-conditioning", "", "feed sigma(t) to the model (off: a time-agnostic denoiser)", true},
            {"--dtype", "", "f32 or f64 on the Host, bf16 on CUDA (empty: f32 on the Host, bf16 on CUDA)"},
-           {"--zero", "0", "data-parallel (mpirun): 1 shards the AdamW moments, master weights and EMA over the ranks (ZeRO-1)"}}};
+           {"--zero", "0", "data-parallel (mpirun): 1 shards the AdamW moments, master weights and EMA over the ranks (ZeRO-1)"},
+           {"--bucket-mb", "25", "data-parallel (mpirun): MiB of final gradients per all-reduce started during the backward pass"}}};
 }
 
 // Trains with the objective type `obj` on the chosen backend, data-parallel over the ranks of
@@ -183,6 +184,7 @@ int run_train(const CommandLine& cl) {
   MDLM_CHECK(backend == "host" || backend == "cuda", "unknown backend '", backend, "' (expected host or cuda)");
   const std::string dtype = !args.str("--dtype").empty() ? args.str("--dtype") : backend == "host" ? "f32" : "bf16";
   cfg.zero = static_cast<int>(args.integer("--zero"));
+  cfg.bucket_mb = args.real("--bucket-mb");
   // The names become types here, once: the objective (and, for mdlm, the schedule).
   const nlohmann::json schedule = schedule_from_flags(args, objective == "ar");
   const TrainResult r = objective == "ar" ? run_trainer(cl, backend, dtype, cfg, Autoregressive{})

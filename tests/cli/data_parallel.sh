@@ -4,7 +4,9 @@
 # CHECK is one of
 #   equal      mpirun -np 2 (and 3) with global batch B gives the per-step training losses of one
 #              process with batch B, within 1e-6 relative at fp64: plain, with gradient
-#              accumulation, with ZeRO-1, with both; pad batching with an uneven split (B = 5) for
+#              accumulation, with ZeRO-1, with both; with buckets of 10 KB, so the all-reduce of
+#              the output layer's and the block's gradients starts during the backward pass
+#              (with and without accumulation); pad batching with an uneven split (B = 5) for
 #              both objectives (their token means have different denominators)
 #   resume     a 2-rank checkpoint resumes on 1 rank and a 1-rank checkpoint on 2 ranks (ZeRO-1
 #              too), both reaching the losses of an uninterrupted run
@@ -42,6 +44,10 @@ equal)
   $MPI 2 "$MDLM" train $ARGS --accum 2 --out two_accum >/dev/null
   $MPI 2 "$MDLM" train $ARGS --zero 1 --out two_zero >/dev/null
   $MPI 2 "$MDLM" train $ARGS --accum 2 --zero 1 --out two_accum_zero >/dev/null
+  $MPI 2 "$MDLM" train $ARGS --bucket-mb 0.01 --out two_buckets >/dev/null
+  $MPI 2 "$MDLM" train $ARGS --accum 2 --bucket-mb 0.01 --out two_accum_buckets >/dev/null
+  same_losses one two_buckets
+  same_losses one_accum two_accum_buckets
   same_losses one two
   same_losses one_accum two_accum
   same_losses one two_zero

@@ -40,6 +40,28 @@ TEST_CASE("NCCL all-reduce: the sum over ranks, in buckets of any size") {
   }
 }
 
+TEST_CASE("NCCL all-reduce in buckets started while the context's stream still writes other gradients") {
+  Job j;
+  const int n_ranks = j.mpi.size(), rank = j.mpi.rank();
+  NcclCommunicator comm(j.mpi, j.ctx);
+  const std::int64_t n = 1 << 16, part = 1 << 12;
+  std::vector<float> host(n);
+  for (std::int64_t i = 0; i < n; ++i) host[static_cast<std::size_t>(i)] = static_cast<float>((i % 977) * (rank + 1));
+  Buffer<float, Cuda> staged = upload(j.ctx, host), grads(n);
+  fill_zero(j.ctx, MatrixView<float, Cuda>(grads.data(), 1, n));
+  GradientBuckets<NcclCommunicator, Cuda, float> buckets(comm, j.ctx, grads.data(), n, /*bucket_bytes=*/3 * part * 4);
+  buckets.arm();
+  for (std::int64_t end = n; end > 0; end -= part) {  // as a backward pass: the buffer's end is final first
+    copy(j.ctx, MatrixView<const float, Cuda>(staged.data() + end - part, 1, part), MatrixView<float, Cuda>(grads.data() + end - part, 1, part));
+    buckets.ready(end - part, end);  // its all-reduce waits for this copy, not for the copies queued after it
+  }
+  buckets.finish();
+  CHECK(buckets.started().size() == 6);  // 5 buckets of 3 parts during the "backward pass", the last part after it
+  const std::vector<float> got = download(j.ctx, MatrixView<const float, Cuda>(grads.data(), 1, n));
+  const float ranks_sum = static_cast<float>(n_ranks * (n_ranks + 1) / 2);
+  for (std::int64_t i = 0; i < n; ++i) REQUIRE(got[static_cast<std::size_t>(i)] == static_cast<float>(i % 977) * ranks_sum);
+}
+
 TEST_CASE("NCCL reduce-scatter and all-gather: ZeRO-1 shards of gradients, parameters and state") {
   Job j;
   NcclCommunicator comm(j.mpi, j.ctx);

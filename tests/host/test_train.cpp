@@ -446,3 +446,99 @@ TEST_CASE("trainer: resuming after a crash cuts the metrics back to the checkpoi
     if (line.find(",train,") != std::string::npos) train_rows.push_back(line.substr(0, line.find(',')));
   CHECK(train_rows == std::vector<std::string>{"1", "2", "3", "4", "5", "6"});
 }
+
+// A one-rank communicator that keeps a copy of every range whose all-reduce is started.
+struct StartRecorder : SingleProcess {
+  const double* base = nullptr;
+  std::vector<std::pair<std::int64_t, std::int64_t>> ranges;
+  std::vector<std::vector<double>> copies;
+  int finishes = 0;
+  template <class B, class V>
+  void start_all_reduce_sum(B&, V* data, std::int64_t n) {
+    ranges.push_back({data - base, data - base + n});
+    copies.emplace_back(data, data + n);
+  }
+  template <class B>
+  void finish_all_reduces(B&) { ++finishes; }
+};
+
+TEST_CASE("data-parallel all-reduce overlaps the backward pass: each DiT part's gradients start once, when final") {
+  for (bool ar : {false, true}) {
+    for (std::int64_t accum : {1, 2}) {
+      CAPTURE(ar);
+      CAPTURE(accum);
+      DiTConfig mc;
+      mc.vocab = 40, mc.hidden = 16, mc.heads = 2, mc.blocks = 3, mc.cond_dim = 8, mc.freq_dim = 16, mc.ar = ar;
+      mc.time_conditioning = true;
+      const DiT model(mc);
+      const ParamLayout& layout = model.layout();
+      const std::int64_t n = layout.buffer_elements();
+      Host ctx;
+      ParamStore<Host, double> store(layout);
+      Philox rng{5};  // every weight nonzero (DiT's init zeroes adaLN and the head): every gradient is nonzero
+      for (std::int64_t i = 0; i < n; ++i) store.values().data()[i] = 0.6 * rng.uniform_double(Purpose::Init, 0, static_cast<std::uint64_t>(i)) - 0.3;
+      AdamW<Host, double> opt(n, AdamWConfig{}, 0.9);
+      StartRecorder rec;
+      rec.base = store.grads().data();
+      TrainStep<Host, double, double, StartRecorder> step(ctx, store, opt, rec, ZeroSharding{}, /*bucket_bytes=*/64);
+      DiffusionOptions o;
+      o.mask_id = 39;
+      const MaskedDiffusion<LogLinearSchedule> mdlm(LogLinearSchedule{}, o);
+      const std::int64_t batch = 2, len = 8;
+      std::vector<std::int32_t> ids(static_cast<std::size_t>(batch * len));
+      for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7 + 3) % 39);
+      step.gradient(accum, [&](Tape<Host, double, double>& tape, std::int64_t micro) {
+        TokenBatch tb{ids.data(), batch, len, nullptr};
+        return ar ? Autoregressive{}.loss(tape, model, store.params(), tb)
+                  : mdlm.loss(tape, model, store.params(), tb, Philox{3}, static_cast<std::uint32_t>(micro));
+      });
+      // The output layer, then blocks 2, 1, 0 as the backward pass reaches their marks (each
+      // part exceeds the 64-byte bucket), then the embedding and timestep MLP after it.
+      const auto at = [&](const std::string& name) { return layout.spec(layout.find(name)).offset; };
+      const std::vector<std::pair<std::int64_t, std::int64_t>> expect{
+          {at("output_layer.norm_final.weight"), n},
+          {at("blocks.2.norm1.weight"), at("output_layer.norm_final.weight")},
+          {at("blocks.1.norm1.weight"), at("blocks.2.norm1.weight")},
+          {at("blocks.0.norm1.weight"), at("blocks.1.norm1.weight")},
+          {0, at("blocks.0.norm1.weight")}};
+      CHECK(rec.ranges == expect);
+      CHECK(step.started_buckets() == expect);
+      CHECK(rec.finishes == 1);
+      // Each range was final when started: its copy is the gradient after the whole step.
+      for (std::size_t k = 0; k < rec.ranges.size() && k < expect.size(); ++k) {
+        CAPTURE(k);
+        const double* final_grad = store.grads().data() + rec.ranges[k].first;
+        const std::vector<double> now(final_grad, final_grad + (rec.ranges[k].second - rec.ranges[k].first));
+        CHECK(rec.copies[k] == now);
+        CHECK(std::any_of(now.begin(), now.end(), [](double g) { return g != 0; }));
+      }
+    }
+  }
+}
+
+TEST_CASE("gradient buckets: buckets fill from the buffer's end, reports outside an armed pass are ignored, overlaps are errors") {
+  Host ctx;
+  std::vector<double> grads(100, 0.0);
+  StartRecorder rec;
+  rec.base = grads.data();
+  GradientBuckets<StartRecorder, Host, double> buckets(rec, ctx, grads.data(), 100, /*bucket_bytes=*/30 * 8);
+  buckets.ready(80, 100);  // not armed: ignored
+  CHECK(rec.ranges.empty());
+  buckets.arm();
+  buckets.ready(80, 100);  // 20 < 30 elements: waits
+  CHECK(rec.ranges.empty());
+  buckets.ready(40, 60);   // final, but not adjacent to the started part
+  CHECK(rec.ranges.empty());
+  buckets.ready(60, 80);   // [40, 100) final: one bucket of 60
+  REQUIRE(rec.ranges.size() == 1);
+  CHECK(rec.ranges[0] == std::pair<std::int64_t, std::int64_t>{40, 100});
+  CHECK_THROWS_WITH_AS(buckets.ready(50, 55), doctest::Contains("[50, 55) were reported final twice"), Error);
+  buckets.ready(0, 10);
+  CHECK_THROWS_WITH_AS(buckets.ready(5, 12), doctest::Contains("reported final twice"), Error);
+  CHECK_THROWS_WITH_AS(buckets.ready(30, 101), doctest::Contains("outside the gradient buffer of 100 elements"), Error);
+  buckets.finish();  // the rest, [0, 40), in one
+  CHECK(buckets.started() == std::vector<std::pair<std::int64_t, std::int64_t>>{{40, 100}, {0, 40}});
+  CHECK(rec.finishes == 1);
+  buckets.finish();  // not armed: nothing more
+  CHECK(rec.finishes == 1);
+}

@@ -15,6 +15,11 @@
 //     gradients are views into the parent's gradient (zero-filled once when first sliced,
 //     so slices accumulate into it).
 //
+// Final gradients: a model marks in its forward pass (mark_gradients_final) where a range of the
+// parameter-gradient buffer stops receiving contributions; when backward() passes the mark, the
+// range is final and on_gradients_final is called with it (data-parallel training starts that
+// range's all-reduce there: dist/gradient_buckets.hpp).
+//
 // Contexts are trivially copyable records stored in a host byte arena with the address of
 // their op's backward function: typed ops, no virtual calls, no allocation in the steady state.
 
@@ -64,6 +69,16 @@ struct TapeOptions {
   std::int64_t batch_first = 0, batch_global = 0;
 };
 
+// Called by backward() with a range [begin, end) of the parameter-gradient buffer (elements)
+// whose gradients are final: no op still to run touches them.
+struct GradientsFinalHook {
+  void* target = nullptr;
+  void (*call)(void* target, std::int64_t begin, std::int64_t end) = nullptr;
+  void operator()(std::int64_t begin, std::int64_t end) const {
+    if (call != nullptr) call(target, begin, end);
+  }
+};
+
 // Tape<B, T, G>: activations and their gradients in T; parameter gradients in G.
 template <class B, class T, class G = T>
 class Tape {
@@ -80,6 +95,7 @@ class Tape {
 
   B& backend() { return backend_; }
   TapeOptions options;
+  GradientsFinalHook on_gradients_final;  // kept across reset()
 
   // Starts a new step: forgets variables and records, recycles the arenas.
   void reset() {
@@ -172,6 +188,11 @@ class Tape {
     records_.push_back({&call_backward<Op, Ctx>, at});
   }
 
+  // Marks this point of the forward pass: the parameter gradients [begin, end) (elements of the
+  // gradient buffer) take no contribution from the ops recorded before it. backward() reaches
+  // the mark after the backward of every op recorded after it, and reports the range final.
+  void mark_gradients_final(std::int64_t begin, std::int64_t end) { record<GradientsFinalOp>(GradientsFinalMark{begin, end}); }
+
   // Sets d(loss)/d(output) and runs every recorded op's backward in reverse order.
   void backward(VarT output, MatrixView<const T, B> output_grad) {
     Entry& e = vars_[static_cast<std::size_t>(output.id)];
@@ -214,6 +235,13 @@ class Tape {
   struct Record {
     BackwardFn fn;
     std::size_t offset;
+  };
+
+  struct GradientsFinalMark {
+    std::int64_t begin, end;
+  };
+  struct GradientsFinalOp {
+    static void backward(Tape& tape, const GradientsFinalMark& m) { tape.on_gradients_final(m.begin, m.end); }
   };
 
   template <class Op, class Ctx>

@@ -11,6 +11,12 @@
 // ZeRO-1 the parameter and optimizer buffers) in backend memory, and a few host scalars (token
 // counts, loss sums, squared norms). Every collective is called by every rank in the same order.
 //   all_reduce_sum(ctx, data, n)            data[0, n) = the sum over ranks, in place
+//   start_all_reduce_sum(ctx, data, n)      the same, started: it runs while the caller goes on
+//                                           (the backward pass computing other gradients);
+//                                           data[0, n) is neither read nor written by the caller
+//                                           until finish_all_reduces
+//   finish_all_reduces(ctx)                 every started all-reduce is complete (Host) or
+//                                           ordered before the context's later work (CUDA)
 //   reduce_scatter_sum(ctx, send, recv, c)  send holds size() * c values; recv[0, c) = the sum
 //                                           over ranks of send[rank() * c, (rank() + 1) * c)
 //   all_gather(ctx, send, recv, c)          recv[k * c, (k + 1) * c) = rank k's send[0, c); send
@@ -37,6 +43,9 @@ concept Communicator = requires(C& c, B& ctx, float* f, double* d, bf16* h, std:
   { c.size() } -> std::convertible_to<int>;
   c.all_reduce_sum(ctx, f, n);
   c.all_reduce_sum(ctx, d, n);
+  c.start_all_reduce_sum(ctx, f, n);
+  c.start_all_reduce_sum(ctx, d, n);
+  c.finish_all_reduces(ctx);
   c.reduce_scatter_sum(ctx, f, f, n);
   c.reduce_scatter_sum(ctx, d, d, n);
   c.all_gather(ctx, f, f, n);
@@ -67,6 +76,10 @@ struct SingleProcess {
   int size() const { return 1; }
   template <class B, class V>
   void all_reduce_sum(B&, V*, std::int64_t) {}
+  template <class B, class V>
+  void start_all_reduce_sum(B&, V*, std::int64_t) {}
+  template <class B>
+  void finish_all_reduces(B&) {}
   template <class B, class V>
   void reduce_scatter_sum(B& ctx, const V* send, V* recv, std::int64_t count) {
     if (send != recv) copy_elements(ctx, send, recv, count);

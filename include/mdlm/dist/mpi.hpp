@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "mdlm/dist/communicator.hpp"
 
@@ -107,6 +108,25 @@ class MpiCommunicator {
       MPI_Allreduce(MPI_IN_PLACE, data + at, count_of(std::min(kMaxCount, n - at)), mpi_datatype<V>(), MPI_SUM, comm_);
     }
   }
+  // Non-blocking (MPI_Iallreduce): started now, complete at finish_all_reduces. Each start also
+  // tests the earlier ones, which lets MPI progress them while the backward pass runs.
+  template <class V>
+  void start_all_reduce_sum(const Host&, V* data, std::int64_t n) {
+    if (!distributed()) return;
+    for (std::int64_t at = 0; at < n; at += kMaxCount) {
+      MPI_Request request;
+      MPI_Iallreduce(MPI_IN_PLACE, data + at, count_of(std::min(kMaxCount, n - at)), mpi_datatype<V>(), MPI_SUM, comm_,
+                     &request);
+      pending_.push_back(request);
+    }
+    int done = 0;
+    MPI_Testall(static_cast<int>(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE);
+  }
+  void finish_all_reduces(const Host&) {
+    if (pending_.empty()) return;
+    MPI_Waitall(static_cast<int>(pending_.size()), pending_.data(), MPI_STATUSES_IGNORE);
+    pending_.clear();
+  }
   template <class V>
   void reduce_scatter_sum(const Host& ctx, const V* send, V* recv, std::int64_t count) {
     if (!distributed()) return SingleProcess{}.reduce_scatter_sum(ctx, send, recv, count);
@@ -147,6 +167,7 @@ class MpiCommunicator {
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, local_rank_ = 0;
+  std::vector<MPI_Request> pending_;  // started all-reduces
 };
 
 static_assert(Communicator<MpiCommunicator, Host> && Communicator<SingleProcess, Host>);

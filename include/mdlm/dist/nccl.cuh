@@ -11,10 +11,11 @@
 //
 // The collectives run on the communicator's own stream, ordered after the work already queued on
 // the context's stream and before anything queued there afterwards (two events), with no host
-// synchronization. The gradient all-reduce goes in buckets of `bucket_bytes` (25 MiB by default,
-// PyTorch DDP's size). Not yet: starting a bucket while the backward pass still computes the
-// gradients of earlier layers (that needs the tape to report when a parameter's gradient is
-// final); today the whole all-reduce follows the backward pass.
+// synchronization. A started all-reduce (start_all_reduce_sum: a bucket of final gradients,
+// dist/gradient_buckets.hpp) waits only for the work queued so far on the context's stream, so
+// it runs while the context's stream computes the gradients of earlier layers; the context's
+// stream waits for all of them at finish_all_reduces. Long ranges go in NCCL calls of at most
+// `bucket_bytes` (25 MiB by default, PyTorch DDP's bucket size).
 // Host scalars (token counts, loss sums, squared norms) go over MPI.
 
 #include <nccl.h>
@@ -28,6 +29,7 @@
 #include "mdlm/backend/cuda/context.cuh"
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/dist/communicator.hpp"
+#include "mdlm/dist/gradient_buckets.hpp"
 #include "mdlm/dist/mpi.hpp"
 
 #define MDLM_NCCL_CHECK(expr)                                                                              \
@@ -51,7 +53,7 @@ ncclDataType_t nccl_datatype() {
 
 class NcclCommunicator {
  public:
-  static constexpr std::int64_t kDefaultBucketBytes = std::int64_t{25} << 20;
+  static constexpr std::int64_t kDefaultBucketBytes = kGradientBucketBytes;
 
   // The GPU of this rank: its rank among the ranks of its node, modulo the node's GPUs.
   static int device_for(const MpiCommunicator& mpi) {
@@ -90,14 +92,25 @@ class NcclCommunicator {
 
   template <class V>
   void all_reduce_sum(Cuda& ctx, V* data, std::int64_t n) {
+    start_all_reduce_sum(ctx, data, n);
+    finish_all_reduces(ctx);
+  }
+  // On the communicator's stream, after the work queued so far on ctx's stream.
+  template <class V>
+  void start_all_reduce_sum(Cuda& ctx, V* data, std::int64_t n) {
     if (comm_ == nullptr) return;
-    const std::int64_t per_bucket = std::max<std::int64_t>(1, bucket_bytes_ / static_cast<std::int64_t>(sizeof(V)));
-    on_own_stream(ctx, [&] {
-      for (std::int64_t at = 0; at < n; at += per_bucket) {
-        MDLM_NCCL_CHECK(ncclAllReduce(data + at, data + at, static_cast<std::size_t>(std::min(per_bucket, n - at)),
-                                      nccl_datatype<V>(), ncclSum, comm_, stream_));
-      }
-    });
+    after_queued_work(ctx);
+    const std::int64_t per_call = std::max<std::int64_t>(1, bucket_bytes_ / static_cast<std::int64_t>(sizeof(V)));
+    for (std::int64_t at = 0; at < n; at += per_call) {
+      MDLM_NCCL_CHECK(ncclAllReduce(data + at, data + at, static_cast<std::size_t>(std::min(per_call, n - at)),
+                                    nccl_datatype<V>(), ncclSum, comm_, stream_));
+    }
+  }
+  // ctx's later work waits for every collective queued on the communicator's stream.
+  void finish_all_reduces(Cuda& ctx) {
+    if (comm_ == nullptr) return;
+    MDLM_CUDA_CHECK(cudaEventRecord(done_, stream_));
+    MDLM_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), done_, 0));
   }
   template <class V>
   void reduce_scatter_sum(Cuda& ctx, const V* send, V* recv, std::int64_t count) {
@@ -128,11 +141,14 @@ class NcclCommunicator {
   // makes ctx's later work wait for it.
   template <class F>
   void on_own_stream(Cuda& ctx, F&& enqueue) {
+    after_queued_work(ctx);
+    enqueue();
+    finish_all_reduces(ctx);
+  }
+  // The communicator's stream waits for the work queued so far on ctx's stream.
+  void after_queued_work(Cuda& ctx) {
     MDLM_CUDA_CHECK(cudaEventRecord(queued_, ctx.stream()));
     MDLM_CUDA_CHECK(cudaStreamWaitEvent(stream_, queued_, 0));
-    enqueue();
-    MDLM_CUDA_CHECK(cudaEventRecord(done_, stream_));
-    MDLM_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), done_, 0));
   }
 
   MpiCommunicator& mpi_;

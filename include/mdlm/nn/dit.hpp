@@ -165,6 +165,7 @@ class DiT {
     embed_ = Embedding::make(layout_, "vocab_embed", cfg_.vocab, d);
     if (!cfg_.ar) sigma_map_ = TimestepEmbedder::make(layout_, "sigma_map", cfg_.freq_dim, cfg_.cond_dim);
     for (std::int64_t i = 0; i < cfg_.blocks; ++i) {
+      block_begin_.push_back(layout_.buffer_elements());
       const std::string p = "blocks." + std::to_string(i);
       DiTBlock blk;
       blk.norm1 = LayerNorm::make(layout_, p + ".norm1", d);
@@ -176,6 +177,7 @@ class DiT {
       if (!cfg_.ar) blk.ada_ln = Linear::make(layout_, p + ".adaLN_modulation", cfg_.cond_dim, 6 * d, true);
       blocks_.push_back(blk);
     }
+    block_begin_.push_back(layout_.buffer_elements());  // the output layer's parameters follow
     final_.norm_final = LayerNorm::make(layout_, "output_layer.norm_final", d);
     final_.linear = Linear::make(layout_, "output_layer.linear", d, cfg_.vocab, true);
     if (!cfg_.ar) final_.ada_ln = Linear::make(layout_, "output_layer.adaLN_modulation", cfg_.cond_dim, 2 * d, true);
@@ -251,6 +253,10 @@ class DiT {
     MDLM_CHECK(in.batch > 0 && in.seq_len > 0, "forward: empty batch (", in.batch, " x ", in.seq_len, ")");
     const std::int64_t n = in.batch * in.seq_len, d = cfg_.hidden, L = in.seq_len;
     const double eps = cfg_.layer_norm_eps;
+    // Each part's parameters (the embedding and timestep MLP, each block, the output layer) are
+    // used only from their mark on, so backward() reports their gradients final there
+    // (data-parallel training starts their all-reduce while the earlier layers' backward runs).
+    tape.mark_gradients_final(0, block_begin_.front());
     Var<T, B> x = EmbeddingOp<B, T, G>::forward(tape, in.ids, in.host_ids, n, p[static_cast<std::size_t>(embed_.table)]);
 
     Var<T, B> c;
@@ -272,7 +278,9 @@ class DiT {
       c = SiluOp<B, T, G>::forward(tape, sigma_map_.l2.forward(tape, p, h));
     }
 
-    for (const DiTBlock& blk : blocks_) {
+    for (std::size_t i = 0; i < blocks_.size(); ++i) {
+      const DiTBlock& blk = blocks_[i];
+      tape.mark_gradients_final(block_begin_[i], block_begin_[i + 1]);
       Var<T, B> shift1, scale1, gate1, shift2, scale2, gate2;
       if (!cfg_.ar) {
         Var<T, B> mod = blk.ada_ln.forward(tape, p, c);  // (B, 6d)
@@ -292,6 +300,7 @@ class DiT {
       x = GatedResidualOp<B, T, G>::forward(tape, x, m, gate2, L, cfg_.dropout);
     }
 
+    tape.mark_gradients_final(block_begin_.back(), layout_.buffer_elements());
     Var<T, B> shift, scale;
     if (!cfg_.ar) {
       Var<T, B> mod = final_.ada_ln.forward(tape, p, c);  // (B, 2d): shift, scale
@@ -308,6 +317,9 @@ class DiT {
   TimestepEmbedder sigma_map_;
   std::vector<DiTBlock> blocks_;
   FinalLayer final_;
+  // Where block i's parameters begin in the parameter buffer (elements); the last entry is where
+  // the output layer's begin.
+  std::vector<std::int64_t> block_begin_;
 };
 
 }  // namespace mdlm

@@ -40,6 +40,7 @@
 #include "mdlm/diffusion/masked_diffusion.hpp"
 #include "mdlm/diffusion/schedule_json.hpp"
 #include "mdlm/dist/communicator.hpp"
+#include "mdlm/dist/gradient_buckets.hpp"
 #include "mdlm/io/checkpoint.hpp"
 #include "mdlm/nn/dit.hpp"
 #include "mdlm/nn/params.hpp"
@@ -64,6 +65,7 @@ struct TrainConfig {
   bool quiet = false;
   double peak_tflops = 0;       // for MFU on the progress line (0: not shown)
   int zero = 0;                 // data-parallel optimizer sharding: 0 (none) or 1 (ZeRO-1)
+  double bucket_mb = 25;        // data-parallel: MiB of final gradients per started all-reduce
 
   // Every setting in range, checked before any file is read (Trainer::run calls it); an error
   // names the field, its `mdlm train` flag and the value.
@@ -86,7 +88,10 @@ struct TrainConfig {
     require(eval_batches > 0, "eval_batches", "--eval-batches", eval_batches, "must be positive");
     require(save_every >= 0, "save_every", "--save-every", save_every, "must be >= 0 (0: only at the end)");
     require(stop_after >= 0, "stop_after", "--stop-after", stop_after, "must be >= 0 (0: never)");
+    require(std::isfinite(bucket_mb) && bucket_mb * 1048576.0 >= 1 && bucket_mb <= 1048576.0, "bucket_mb", "--bucket-mb",
+            bucket_mb, "must be at least one byte (1e-6) and at most 1 TiB (1048576)");
   }
+  std::int64_t bucket_bytes() const { return static_cast<std::int64_t>(bucket_mb * 1048576.0); }
 
   nlohmann::json to_json() const {
     return {{"style", style}, {"seq_len", seq_len}, {"batch", batch}, {"accum", accum},
@@ -240,7 +245,9 @@ struct ZeroSharding {
 // Data-parallel over a Communicator `comm`: micro_loss returns this rank's share of the global
 // micro-batch's loss (TokenBatch::loss_denominator); the gradients and losses are summed over the
 // ranks (an all-reduce, or with ZeRO-1 a reduce-scatter into this rank's shard, whose AdamW
-// update is then all-gathered into every rank's parameters).
+// update is then all-gathered into every rank's parameters). The all-reduce runs in buckets of
+// `bucket_bytes` started during the last micro-batch's backward pass, as the model reports
+// gradients final (GradientBuckets); the ZeRO-1 reduce-scatter follows the backward pass.
 template <class B, class T, class G = float, class Comm = SingleProcess>
 class TrainStep {
  public:
@@ -252,10 +259,13 @@ class TrainStep {
 
   TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt)
     requires std::same_as<Comm, SingleProcess>
-      : ctx_(ctx), store_(store), opt_(opt), comm_(one_process_), tape_(ctx) {}
+      : TrainStep(ctx, store, opt, one_process_) {}
   // `opt` holds this rank's shard under ZeRO-1 (zero.shard elements), else the whole buffer.
-  TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt, Comm& comm, ZeroSharding zero = {})
-      : ctx_(ctx), store_(store), opt_(opt), comm_(comm), zero_(zero), tape_(ctx) {
+  TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt, Comm& comm, ZeroSharding zero = {},
+            std::int64_t bucket_bytes = kGradientBucketBytes)
+      : ctx_(ctx), store_(store), opt_(opt), comm_(comm), zero_(zero), tape_(ctx),
+        buckets_(comm, ctx, store.grads().data(), store.layout().buffer_elements(), bucket_bytes) {
+    tape_.on_gradients_final = buckets_.hook();
     const std::int64_t n = store.layout().buffer_elements();
     MDLM_CHECK(opt.size() == zero.optimizer_elements(n), "train step: an optimizer of ", opt.size(), " elements for ",
                zero.optimizer_elements(n));
@@ -279,6 +289,7 @@ class TrainStep {
     for (std::int64_t micro = 0; micro < accum; ++micro) {
       tape_.reset();
       LossOutput<B, T> out = micro_loss(tape_, micro);
+      if (micro + 1 == accum && !zero_.enabled) buckets_.arm();  // its backward makes the gradients final
       tape_.backward(out.loss, MatrixView<const T, B>(seed_.data(), 1, 1));
       g.loss += static_cast<double>(to_compute(download(ctx_, MatrixView<const T, B>(out.loss.value))[0])) /
                 static_cast<double>(accum);
@@ -290,7 +301,7 @@ class TrainStep {
       g.loss = sums[0];
       g.norm = std::sqrt(sums[1]);
     } else {
-      comm_.all_reduce_sum(ctx_, store_.grads().data(), store_.layout().buffer_elements());
+      buckets_.finish();  // the buckets not started during the backward pass, then all complete
       comm_.all_reduce_host_sum(&g.loss, 1);
       g.norm = opt_.grad_norm(ctx_, store_.grads().data());
     }
@@ -315,6 +326,9 @@ class TrainStep {
   }
 
   Tape<B, T, G>& tape() { return tape_; }
+  // The gradient ranges whose all-reduce the last step started, in order (the last one after
+  // the backward pass).
+  const std::vector<std::pair<std::int64_t, std::int64_t>>& started_buckets() const { return buckets_.started(); }
 
  private:
   B& ctx_;
@@ -324,6 +338,7 @@ class TrainStep {
   Comm& comm_;
   ZeroSharding zero_;
   Tape<B, T, G> tape_;
+  GradientBuckets<Comm, B, G> buckets_;
   Buffer<T, B> seed_;
   std::int64_t seed_accum_ = 0;
   Buffer<G, B> grad_shard_;
@@ -459,7 +474,7 @@ class Trainer {
 
     std::optional<MetricsLog> metrics;  // rank 0's
     if (lead) metrics.emplace(cfg.out_dir, start > 0 ? start : -1);  // resumed: rows after the checkpoint are cut
-    TrainStep<B, T, G, Comm> stepper(ctx, store, opt, comm, zero);
+    TrainStep<B, T, G, Comm> stepper(ctx, store, opt, comm, zero, cfg.bucket_bytes());
     std::vector<std::int32_t> ids;
     std::vector<double> mask;
     std::int64_t last_saved = start;
@@ -590,6 +605,7 @@ class Trainer {
     c.erase("data");
     c["model"] = model_config_json(cfg.model);
     c["zero"] = cfg.zero;
+    c["bucket_mb"] = cfg.bucket_mb;  // the ranks' collectives must match one to one
     c["resume"] = cfg.resume;
     c["stop_after"] = cfg.stop_after;
     c["objective"] = Obj::name();
