@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -337,6 +338,34 @@ TEST_CASE("CUDA MaskedDiffusion step (trimmed head) matches Host: same z_t, loss
   REQUIRE(zts.size() == 3);
   CHECK(zts[0] == zts[1]);
   CHECK(zts[0] == zts[2]);
+}
+
+TEST_CASE("CUDA head: rows padded to a multiple of 128 keep the cuBLASLt plan cache bounded over 1,000 steps") {
+  DiT model(mdlm::testing::small_dit(41, 32, 4, 1, 16));
+  Cuda ctx;
+  ParamStore<Cuda, float> store(model.layout());  // zero weights: the shapes are what counts
+  const std::int64_t batch = 8, seq = 64, n = batch * seq;  // head rows in {0, 128, 256, 384, 512}
+  std::vector<std::int32_t> x0(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = static_cast<std::int32_t>((i * 11) % 40);
+  DiffusionOptions opt;
+  opt.mask_id = 40;
+  MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{}, opt);
+  Tape<Cuda, float> tape(ctx);
+  Buffer<float, Cuda> one = upload(ctx, std::vector<float>{1.0f});
+  std::size_t after_first = 0;
+  std::set<std::int64_t> masked;
+  for (std::uint32_t step = 0; step < 1000; ++step) {
+    tape.reset();
+    auto out = objective.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, seq, nullptr}, Philox{3}, step);
+    REQUIRE((out.head_rows % 128 == 0 || out.head_rows == n));
+    masked.insert(out.masked);
+    tape.backward(out.loss, MatrixView<const float, Cuda>(one.data(), 1, 1));
+    if (step == 0) after_first = ctx.lt().plan_count();
+  }
+  ctx.synchronize();
+  CHECK(masked.size() > 20);  // without the padding: a head shape per masked count
+  // Each further head row count adds at most its forward, dX and dW GEMM plans.
+  CHECK(ctx.lt().plan_count() <= after_first + 3 * (n / 128));
 }
 
 TEST_CASE("CUDA fused sampler step draws the same tokens as the Host step (fp32 and bf16 logits)") {

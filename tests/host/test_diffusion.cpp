@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -163,16 +164,49 @@ TEST_CASE("fused SUBS loss equals the unfused path (materialized log-probs), and
   CHECK(r.passed(1e-8));
 }
 
-TEST_CASE("MaskedDiffusion: head trimming changes nothing but the work; draws are reproducible") {
+TEST_CASE("MaskedDiffusion: padded head rows take few distinct counts over 1,000 steps (a bounded GEMM plan cache)") {
+  DiTConfig cfg = mdlm::testing::small_dit(21, 16, 2, 1, 8);
+  DiT model(cfg);
+  ParamStore<Host, float> store(model.layout());
+  model.init(store, 1);
+  const std::int64_t batch = 4, len = 64, n = batch * len;
+  std::vector<std::int32_t> x0(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = static_cast<std::int32_t>((i * 7 + 1) % 20);
+  DiffusionOptions opt;
+  opt.mask_id = 20;
+  opt.head_row_multiple = 32;
+  MaskedDiffusion<LogLinearSchedule> obj(LogLinearSchedule{}, opt);
+  Host host;
+  Tape<Host, float> tape(host);
+  tape.set_recording(false);
+  std::set<std::int64_t> padded, masked;
+  for (std::uint32_t step = 0; step < 1000; ++step) {
+    tape.reset();
+    auto out = obj.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, len, nullptr}, Philox{4}, step);
+    padded.insert(out.head_rows);
+    masked.insert(out.masked);
+    CHECK((out.head_rows % 32 == 0 || out.head_rows == n));
+    CHECK(out.head_rows >= out.masked);
+    CHECK(out.head_rows < out.masked + 32);
+  }
+  CHECK(padded.size() <= static_cast<std::size_t>(n / 32 + 1));
+  CHECK(masked.size() > 3 * padded.size());  // unpadded, the head would take many more shapes
+}
+
+TEST_CASE("MaskedDiffusion: head trimming and its row padding change nothing but the work; draws are reproducible") {
   DiTConfig cfg = mdlm::testing::small_dit(21, 16, 2, 2, 8);
   cfg.dropout = 0.0f;
   DiT model(cfg);
-  ParamStore<Host, double> full(model.layout()), trimmed(model.layout());
+  // 0: the head on every row; 1: on the masked rows; 2: on the masked rows padded to a multiple
+  // of 16 with weight-0 rows (what CUDA does with 128).
+  std::vector<ParamStore<Host, double>> stores;
+  for (int k = 0; k < 3; ++k) stores.emplace_back(model.layout());
+  ParamStore<Host, double>& full = stores[0];
   model.init(full, 1);
   Philox jitter{2};
   for (std::int64_t i = 0; i < model.layout().buffer_elements(); ++i) {
     full.values().data()[i] += 0.1 * (jitter.uniform_double(Purpose::Test, 0, static_cast<std::uint64_t>(i)) - 0.5);
-    trimmed.values().data()[i] = full.values().data()[i];
+    for (int k = 1; k < 3; ++k) stores[static_cast<std::size_t>(k)].values().data()[i] = full.values().data()[i];
   }
   const std::int64_t batch = 4, len = 16;
   std::vector<std::int32_t> x0(static_cast<std::size_t>(batch * len));
@@ -181,30 +215,37 @@ TEST_CASE("MaskedDiffusion: head trimming changes nothing but the work; draws ar
   DiffusionOptions opt;
   opt.mask_id = 20;
   Host host;
-  double loss[2];
-  std::int64_t head_rows[2];
-  for (int trim = 0; trim < 2; ++trim) {
-    opt.trim_head = trim == 1;
+  double loss[3];
+  std::int64_t head_rows[3], masked = 0;
+  for (int k = 0; k < 3; ++k) {
+    opt.trim_head = k > 0;
+    opt.head_row_multiple = k == 2 ? 16 : 0;  // 0: the Host's default, 1
     MaskedDiffusion<LogLinearSchedule> obj(LogLinearSchedule{}, opt);
     Tape<Host, double> tape(host);
-    ParamStore<Host, double>& store = trim ? trimmed : full;
+    ParamStore<Host, double>& store = stores[static_cast<std::size_t>(k)];
     auto out = obj.loss(tape, model, store.params(), tb, Philox{9}, 5);
-    loss[trim] = out.loss.value.data[0];
-    head_rows[trim] = out.head_rows;
+    loss[k] = out.loss.value.data[0];
+    head_rows[k] = out.head_rows;
+    masked = out.masked;
     CHECK(out.masked > 0);
     CHECK(out.loss_tokens == batch * len);
     const double one = 1;
     tape.backward(out.loss, MatrixView<const double, Host>(&one, 1, 1));
   }
   CHECK(loss[0] == doctest::Approx(loss[1]).epsilon(1e-13));
+  CHECK(loss[2] == loss[1]);  // weight-0 rows add exact zeros
   CHECK(head_rows[0] == batch * len);
-  CHECK(head_rows[1] < head_rows[0]);  // only masked rows
-  double gerr = 0, gscale = 0;
-  for (std::int64_t i = 0; i < model.layout().buffer_elements(); ++i) {
-    gerr = std::max(gerr, std::abs(full.grads().data()[i] - trimmed.grads().data()[i]));
-    gscale = std::max(gscale, std::abs(full.grads().data()[i]));
+  CHECK(head_rows[1] == masked);  // only masked rows
+  CHECK(head_rows[2] == std::min(batch * len, (masked + 15) / 16 * 16));
+  CHECK(head_rows[2] > head_rows[1]);
+  for (int k = 1; k < 3; ++k) {
+    double gerr = 0, gscale = 0;
+    for (std::int64_t i = 0; i < model.layout().buffer_elements(); ++i) {
+      gerr = std::max(gerr, std::abs(full.grads().data()[i] - stores[static_cast<std::size_t>(k)].grads().data()[i]));
+      gscale = std::max(gscale, std::abs(full.grads().data()[i]));
+    }
+    CHECK(gerr / gscale < 1e-12);
   }
-  CHECK(gerr / gscale < 1e-12);
   // Same seed and step: same draws; another step: other draws.
   MaskedDiffusion<LogLinearSchedule> obj(LogLinearSchedule{}, opt);
   Tape<Host, double> t1(host), t2(host), t3(host);

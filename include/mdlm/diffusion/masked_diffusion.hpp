@@ -14,6 +14,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "mdlm/autograd/tape.hpp"
@@ -75,6 +76,10 @@ struct DiffusionOptions {
   double t_eps = 1e-3;       // t in [eps, 1)
   int discrete_steps = 0;    // 0: continuous-time NELBO; T > 0: the discrete-time one
   bool trim_head = true;     // run the output head only on rows that carry loss
+  // With trim_head: the head's row count is rounded up to a multiple of this (at most all rows)
+  // with rows of weight zero, so the head's GEMMs take few distinct shapes (a bounded cuBLASLt
+  // plan cache) and tensor-core-friendly ones. 0: 128 on CUDA, 1 on the Host.
+  std::int64_t head_row_multiple = 0;
 };
 
 // What one loss evaluation drew and built. Owns the backend buffers the tape reads in backward.
@@ -193,6 +198,17 @@ class MaskedDiffusion {
           rows.push_back(static_cast<std::int32_t>(r));
           target.push_back(targets.target[static_cast<std::size_t>(r)]);
           coef.push_back(targets.coef[static_cast<std::size_t>(r)]);
+        }
+      }
+      // Rounded up with rows that carry no loss (distinct, as the gather needs; weight 0, so
+      // they add exactly zero to the loss and the gradients).
+      const std::int64_t multiple = opt_.head_row_multiple > 0 ? opt_.head_row_multiple : std::is_same_v<B, Host> ? 1 : 128;
+      const std::int64_t padded = std::min(n, (static_cast<std::int64_t>(rows.size()) + multiple - 1) / multiple * multiple);
+      for (std::int64_t r = 0; r < n && static_cast<std::int64_t>(rows.size()) < padded; ++r) {
+        if (targets.coef[static_cast<std::size_t>(r)] == 0.0) {
+          rows.push_back(static_cast<std::int32_t>(r));
+          target.push_back(targets.target[static_cast<std::size_t>(r)]);
+          coef.push_back(0.0);
         }
       }
       out.head_rows = static_cast<std::int64_t>(rows.size());

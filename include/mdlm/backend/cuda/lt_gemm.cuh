@@ -160,6 +160,10 @@ inline LtDescriptors lt_describe(const LtProblem& p, std::uint64_t workspace_byt
 class LtGemm {
  public:
   static constexpr std::size_t kWorkspaceBytes = 32u << 20;  // what cuBLAS recommends for Hopper
+  // At most this many plans are kept; a new shape past it starts the cache afresh. A training
+  // step takes a fixed set of shapes (the output head's rows are padded to a multiple of 128,
+  // diffusion/masked_diffusion.hpp), far fewer than this, so the cap only bounds misuse.
+  static constexpr std::size_t kMaxPlans = 4096;
 
   explicit LtGemm(cudaStream_t stream) : stream_(stream) {
     MDLM_CUBLAS_CHECK(cublasLtCreate(&handle_));
@@ -235,6 +239,7 @@ class LtGemm {
     key.align_bias = p.bias ? lt_alignment(p.bias) : 0;
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
+    if (plans_.size() >= kMaxPlans) plans_.clear();
     Plan& plan = plans_[key];
     try {
       build(plan, p);
