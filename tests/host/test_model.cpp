@@ -2,6 +2,7 @@
 // fp64 fixtures, whole-model gradcheck, initialization, parameter I/O.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -183,4 +184,75 @@ TEST_CASE("inference forward (tape not recording, no saved attention probabiliti
       CHECK(infer_bytes < train_bytes);  // the (B, H, T, T) probabilities were not allocated
     }
   }
+}
+
+namespace {
+// A RangeHook that logs "+name" for every opened range and "-" for every closed one.
+struct RangeLog {
+  std::vector<std::string> events;
+  int depth = 0;
+  bool underflow = false;
+  RangeHook hook() {
+    return {this,
+            [](void* self, const char* name) {
+              auto& log = *static_cast<RangeLog*>(self);
+              log.events.push_back(std::string("+") + name);
+              ++log.depth;
+            },
+            [](void* self) {
+              auto& log = *static_cast<RangeLog*>(self);
+              log.events.push_back("-");
+              log.underflow |= --log.depth < 0;
+            }};
+  }
+};
+std::vector<std::string> opened(std::vector<std::string>::const_iterator from, std::vector<std::string>::const_iterator to,
+                                const std::vector<std::string>& names) {
+  std::vector<std::string> out;
+  for (auto it = from; it != to; ++it)
+    if (std::find(names.begin(), names.end(), it->substr(1)) != names.end() && (*it)[0] == '+') out.push_back(it->substr(1));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("profiling ranges: every layer and op is named in the forward pass and again around its backward, balanced") {
+  DiTConfig cfg = mdlm::testing::small_dit(21, 16, 2, 2, 8);
+  cfg.time_conditioning = true;
+  DiT model(cfg);
+  ParamStore<Host, double> store(model.layout());
+  model.init(store, 1);
+  Host host;
+  Tape<Host, double> tape(host);
+  CHECK(!tape.ranges.on());  // the Host has no ranges of its own
+  RangeLog log;
+  tape.ranges = log.hook();
+  const std::int64_t batch = 2, len = 8;
+  std::vector<std::int32_t> x0(static_cast<std::size_t>(batch * len));
+  for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = static_cast<std::int32_t>((i * 3 + 1) % 20);
+  DiffusionOptions opt;
+  opt.mask_id = 20;
+  auto out = MaskedDiffusion<LogLinearSchedule>(LogLinearSchedule{}, opt)
+                 .loss(tape, model, store.params(), TokenBatch{x0.data(), batch, len, nullptr}, Philox{1}, 0);
+  CHECK(log.depth == 0);
+  const std::size_t forward_events = log.events.size();
+  const double one = 1;
+  tape.backward(out.loss, MatrixView<const double, Host>(&one, 1, 1));
+  CHECK(log.depth == 0);
+  CHECK(!log.underflow);
+  const auto mid = log.events.begin() + static_cast<std::ptrdiff_t>(forward_events);
+  const std::vector<std::string> layers{"sigma_map", "block 0", "block 1", "output_layer", "head"};
+  CHECK(opened(log.events.begin(), mid, layers) == layers);
+  CHECK(opened(mid, log.events.end(), layers) == std::vector<std::string>{"head", "output_layer", "block 1", "block 0", "sigma_map"});
+  for (const char* op : {"embedding", "linear", "silu", "layernorm_modulate", "rope", "attention", "gated_residual",
+                         "gather_rows", "cross_entropy"}) {
+    CAPTURE(op);
+    const std::string e = std::string("+") + op;
+    const auto in_forward = std::count(log.events.begin(), mid, e), in_backward = std::count(mid, log.events.end(), e);
+    CHECK(in_forward > 0);
+    CHECK(in_backward == in_forward);
+  }
+  // The backward of block 1 runs inside its range: its ops' ranges open between "+block 1" and its close.
+  const auto b1 = std::find(mid, log.events.end(), "+block 1");
+  REQUIRE(b1 != log.events.end());
+  CHECK(*(b1 + 1) == "+gated_residual");  // its last forward op, first backward
 }

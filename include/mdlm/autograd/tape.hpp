@@ -20,6 +20,11 @@
 // range is final and on_gradients_final is called with it (data-parallel training starts that
 // range's all-reduce there: dist/gradient_buckets.hpp).
 //
+// Profiling ranges: Tape::range(name) opens a named range until the returned object goes, around
+// a layer or an op's forward; while recording, the backward pass gets the same range around the
+// backward of what the range held. The ranges go to the tape's RangeHook: on CUDA NVTX (nsys and
+// ncu show every layer and op by name), on the Host none unless a caller sets one.
+//
 // Contexts are trivially copyable records stored in a host byte arena with the address of
 // their op's backward function: typed ops, no virtual calls, no allocation in the steady state.
 
@@ -79,6 +84,21 @@ struct GradientsFinalHook {
   }
 };
 
+// Where profiling ranges go (Tape::ranges): push(name) opens one, pop() closes the last.
+struct RangeHook {
+  void* target = nullptr;
+  void (*push)(void* target, const char* name) = nullptr;
+  void (*pop)(void* target) = nullptr;
+  bool on() const { return push != nullptr && pop != nullptr; }
+};
+
+// Backends with profiling ranges of their own (CUDA: NVTX).
+template <class B>
+concept RangeBackend = requires(B& b, const char* name) {
+  b.range_push(name);
+  b.range_pop();
+};
+
 // Tape<B, T, G>: activations and their gradients in T; parameter gradients in G.
 template <class B, class T, class G = T>
 class Tape {
@@ -91,11 +111,40 @@ class Tape {
   using BackwardFn = void (*)(Tape&, const void*);
 
   explicit Tape(B& backend, std::size_t arena_bytes = 1 << 20)
-      : backend_(backend), values_(backend, arena_bytes), grads_(backend, arena_bytes) {}
+      : backend_(backend), values_(backend, arena_bytes), grads_(backend, arena_bytes) {
+    if constexpr (RangeBackend<B>) {
+      ranges = {&backend, [](void* b, const char* name) { static_cast<B*>(b)->range_push(name); },
+                [](void* b) { static_cast<B*>(b)->range_pop(); }};
+    }
+  }
 
   B& backend() { return backend_; }
   TapeOptions options;
   GradientsFinalHook on_gradients_final;  // kept across reset()
+  RangeHook ranges;                       // profiling ranges (the backend's, if it has them)
+
+  // A profiling range named `name` (a string that outlives the tape's records) until the object
+  // goes: forward now, and the backward of the ops recorded inside it.
+  class Range {
+   public:
+    Range(Tape& tape, const char* name) : tape_(tape), name_(name) {
+      if (!tape_.ranges.on()) return;
+      tape_.ranges.push(tape_.ranges.target, name_);
+      tape_.template record<RangeCloseOp>(RangeMark{name_});  // backward reaches it last: closes
+    }
+    ~Range() {
+      if (!tape_.ranges.on()) return;
+      tape_.ranges.pop(tape_.ranges.target);
+      tape_.template record<RangeOpenOp>(RangeMark{name_});  // backward reaches it first: opens
+    }
+    Range(const Range&) = delete;
+    Range& operator=(const Range&) = delete;
+
+   private:
+    Tape& tape_;
+    const char* name_;
+  };
+  [[nodiscard]] Range range(const char* name) { return Range(*this, name); }
 
   // Starts a new step: forgets variables and records, recycles the arenas.
   void reset() {
@@ -242,6 +291,16 @@ class Tape {
   };
   struct GradientsFinalOp {
     static void backward(Tape& tape, const GradientsFinalMark& m) { tape.on_gradients_final(m.begin, m.end); }
+  };
+
+  struct RangeMark {
+    const char* name;
+  };
+  struct RangeOpenOp {
+    static void backward(Tape& tape, const RangeMark& m) { tape.ranges.push(tape.ranges.target, m.name); }
+  };
+  struct RangeCloseOp {
+    static void backward(Tape& tape, const RangeMark&) { tape.ranges.pop(tape.ranges.target); }
   };
 
   template <class Op, class Ctx>

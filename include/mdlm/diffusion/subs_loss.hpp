@@ -76,6 +76,7 @@ void cross_entropy_backward(const Host& ctx, MatrixView<const T, Host> logits, C
 // The scalar loss as a tape op: output is a (1, 1) variable.
 template <class B, class T, class G = T>
 struct CrossEntropyOp {
+  static constexpr const char* kName = "cross_entropy";  // its profiling range
   using V = Var<T, B>;
   struct Ctx {
     V logits, loss;
@@ -83,6 +84,7 @@ struct CrossEntropyOp {
     const double* lse;
   };
   static V forward(Tape<B, T, G>& tape, V logits, CrossEntropyRows rows) {
+    const auto range = tape.range(kName);
     auto lse = tape.template scratch<double>(Shape{logits.rows()});
     V loss = tape.new_var(1, 1);
     cross_entropy_forward(tape.backend(), MatrixView<const T, B>(logits.value), rows, lse.data, loss.value.data);

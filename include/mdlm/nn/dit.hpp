@@ -166,6 +166,7 @@ class DiT {
     if (!cfg_.ar) sigma_map_ = TimestepEmbedder::make(layout_, "sigma_map", cfg_.freq_dim, cfg_.cond_dim);
     for (std::int64_t i = 0; i < cfg_.blocks; ++i) {
       block_begin_.push_back(layout_.buffer_elements());
+      block_names_.push_back("block " + std::to_string(i));
       const std::string p = "blocks." + std::to_string(i);
       DiTBlock blk;
       blk.norm1 = LayerNorm::make(layout_, p + ".norm1", d);
@@ -242,6 +243,7 @@ class DiT {
   // it on the rows that matter (the masked ones under SUBS).
   template <class B, class T, class G>
   Var<T, B> head(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> h) const {
+    const auto range = tape.range("head");
     return final_.linear.forward(tape, p, h);
   }
 
@@ -274,6 +276,7 @@ class DiT {
         timestep_embedding(tape.backend(), sigma.data(), in.batch, emb_view);
       }
       Var<T, B> e = tape.constant(emb_view);
+      const auto range = tape.range("sigma_map");
       Var<T, B> h = SiluOp<B, T, G>::forward(tape, sigma_map_.l0.forward(tape, p, e));
       c = SiluOp<B, T, G>::forward(tape, sigma_map_.l2.forward(tape, p, h));
     }
@@ -281,6 +284,7 @@ class DiT {
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       const DiTBlock& blk = blocks_[i];
       tape.mark_gradients_final(block_begin_[i], block_begin_[i + 1]);
+      const auto range = tape.range(block_names_[i].c_str());
       Var<T, B> shift1, scale1, gate1, shift2, scale2, gate2;
       if (!cfg_.ar) {
         Var<T, B> mod = blk.ada_ln.forward(tape, p, c);  // (B, 6d)
@@ -301,6 +305,7 @@ class DiT {
     }
 
     tape.mark_gradients_final(block_begin_.back(), layout_.buffer_elements());
+    const auto range = tape.range("output_layer");
     Var<T, B> shift, scale;
     if (!cfg_.ar) {
       Var<T, B> mod = final_.ada_ln.forward(tape, p, c);  // (B, 2d): shift, scale
@@ -320,6 +325,7 @@ class DiT {
   // Where block i's parameters begin in the parameter buffer (elements); the last entry is where
   // the output layer's begin.
   std::vector<std::int64_t> block_begin_;
+  std::vector<std::string> block_names_;  // profiling ranges: "block 0", ...
 };
 
 }  // namespace mdlm

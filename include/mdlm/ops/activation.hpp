@@ -37,11 +37,13 @@ void silu_backward(const Host& ctx, MatrixView<const T, Host> dy, MatrixView<con
 
 template <class B, class T, class G = T>
 struct SiluOp {
+  static constexpr const char* kName = "silu";  // its profiling range
   using V = Var<T, B>;
   struct Ctx {
     V x, y;
   };
   static V forward(Tape<B, T, G>& tape, V x) {
+    const auto range = tape.range(kName);
     V y = tape.new_var(x.rows(), x.cols());
     silu_forward(tape.backend(), MatrixView<const T, B>(x.value), y.value);
     tape.template record<SiluOp>(Ctx{x, y});

@@ -292,6 +292,7 @@ void attention_backward(const Host& ctx, MatrixView<const T, Host> dout, MatrixV
 
 template <class B, class T, class G = T>
 struct AttentionOp {
+  static constexpr const char* kName = "attention";  // its profiling range
   using V = Var<T, B>;
   struct Ctx {
     V qkv, out;
@@ -301,6 +302,7 @@ struct AttentionOp {
   };
 
   static V forward(Tape<B, T, G>& tape, V qkv, std::int64_t seq_len, std::int64_t heads, bool causal) {
+    const auto range = tape.range(kName);
     MDLM_CHECK(qkv.cols() % (3 * heads) == 0, "attention: ", qkv.cols(), " columns are not 3 x ", heads, " heads");
     MDLM_CHECK(seq_len > 0 && qkv.rows() % seq_len == 0, "attention: ", qkv.rows(), " rows are not whole sequences of ",
                seq_len);

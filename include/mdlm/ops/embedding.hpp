@@ -38,6 +38,7 @@ void embedding_backward(const Host& ctx, const std::int32_t* ids, MatrixView<con
 
 template <class B, class T, class G = T>
 struct EmbeddingOp {
+  static constexpr const char* kName = "embedding";  // its profiling range
   using V = Var<T, B>;
   using P = Param<T, G, B>;
   struct Ctx {
@@ -50,6 +51,7 @@ struct EmbeddingOp {
   // the ids were produced on the device by code that keeps them in range (a sampler step), and
   // reading them back would break CUDA-graph capture.
   static V forward(Tape<B, T, G>& tape, const std::int32_t* ids, const std::int32_t* host_ids, std::int64_t n, P table) {
+    const auto range = tape.range(kName);
     if (host_ids != nullptr) check_token_ids(host_ids, n, table.rows());
     V out = tape.new_var(n, table.cols());
     embedding_forward(tape.backend(), ids, MatrixView<const T, B>(table.value), out.value);

@@ -259,6 +259,7 @@ void flash_attention_backward(const Host& ctx, MatrixView<const T, Host> dout, M
 // flash_attention_forward / flash_attention_backward (Host here, Cuda in ops/cuda/) do the work.
 template <class B, class T, class G = T>
 struct FlashAttentionOp {
+  static constexpr const char* kName = "flash_attention";  // its profiling range
   using V = Var<T, B>;
   using C = compute_t<T>;
   struct Ctx {
@@ -270,6 +271,7 @@ struct FlashAttentionOp {
   };
 
   static V forward(Tape<B, T, G>& tape, V qkv, std::int64_t seq_len, std::int64_t heads, bool causal) {
+    const auto range = tape.range(kName);
     MDLM_CHECK(qkv.cols() % (3 * heads) == 0, "flash attention: ", qkv.cols(), " columns are not 3 x ", heads, " heads");
     MDLM_CHECK(seq_len > 0 && qkv.rows() % seq_len == 0, "flash attention: ", qkv.rows(),
                " rows are not whole sequences of ", seq_len);

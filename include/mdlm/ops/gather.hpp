@@ -28,6 +28,7 @@ void scatter_add_rows(const Host& ctx, MatrixView<const T, Host> dout, const std
 
 template <class B, class T, class G = T>
 struct GatherRowsOp {
+  static constexpr const char* kName = "gather_rows";  // its profiling range
   using V = Var<T, B>;
   struct Ctx {
     V x, out;
@@ -35,6 +36,7 @@ struct GatherRowsOp {
   };
   // idx: m distinct row indices in backend memory; host_idx: the same on the host (checked).
   static V forward(Tape<B, T, G>& tape, V x, const std::int32_t* idx, const std::int32_t* host_idx, std::int64_t m) {
+    const auto range = tape.range(kName);
     for (std::int64_t i = 0; i < m; ++i) {
       MDLM_CHECK(host_idx[i] >= 0 && host_idx[i] < x.rows(), "gather: row ", host_idx[i], " at ", i, " is out of range for ",
                  x.rows(), " rows");

@@ -120,6 +120,7 @@ void layernorm_modulate_backward(const Host& ctx, MatrixView<const T, Host> dh, 
 
 template <class B, class T, class G = T>
 struct LayerNormModulateOp {
+  static constexpr const char* kName = "layernorm_modulate";  // its profiling range
   using V = Var<T, B>;
   using P = Param<T, G, B>;
   struct Ctx {
@@ -132,6 +133,7 @@ struct LayerNormModulateOp {
 
   // shift/scale may be invalid Vars (plain LayerNorm, as in the AR model).
   static V forward(Tape<B, T, G>& tape, V x, P w, V shift, V scale, std::int64_t seq_len, double eps) {
+    const auto range = tape.range(kName);
     MDLM_CHECK(w.numel() == x.cols(), "layernorm: weight has ", w.numel(), " entries for ", x.cols(), " features");
     MDLM_CHECK(seq_len > 0 && x.rows() % seq_len == 0, "layernorm: ", x.rows(), " rows are not whole sequences of ",
                seq_len);

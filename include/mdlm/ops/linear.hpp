@@ -48,6 +48,7 @@ void gelu_backward(const Host& ctx, MatrixView<const T, Host> dy, MatrixView<con
 
 template <class B, class T, class G = T>
 struct LinearOp {
+  static constexpr const char* kName = "linear";  // its profiling range
   using V = Var<T, B>;
   using P = Param<T, G, B>;
   struct Ctx {
@@ -59,6 +60,7 @@ struct LinearOp {
 
   // b may be an empty Param (no bias).
   static V forward(Tape<B, T, G>& tape, V x, P w, P b, bool gelu = false) {
+    const auto range = tape.range(kName);
     MDLM_CHECK(x.cols() == w.cols(), "linear: input has ", x.cols(), " features, weight is ", w.rows(), "x", w.cols());
     MDLM_CHECK(!gelu || b.valid(), "linear: the fused GELU epilogue needs a bias");
     if (b.valid()) MDLM_CHECK(b.numel() == w.rows(), "linear: bias has ", b.numel(), " entries for ", w.rows(), " outputs");

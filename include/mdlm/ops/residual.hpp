@@ -147,6 +147,7 @@ void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, Ma
 
 template <class B, class T, class G = T>
 struct GatedResidualOp {
+  static constexpr const char* kName = "gated_residual";  // its profiling range
   using V = Var<T, B>;
   struct Ctx {
     V x, y, gate, out;
@@ -156,6 +157,7 @@ struct GatedResidualOp {
 
   // `dropout` is the drop probability of the branch; it applies only when the tape is training.
   static V forward(Tape<B, T, G>& tape, V x, V y, V gate, std::int64_t seq_len, float dropout = 0.0f) {
+    const auto range = tape.range(kName);
     MDLM_CHECK(x.rows() == y.rows() && x.cols() == y.cols(), "residual: x is ", x.rows(), "x", x.cols(), ", y is ",
                y.rows(), "x", y.cols());
     MDLM_CHECK(seq_len > 0 && x.rows() % seq_len == 0, "residual: ", x.rows(), " rows are not whole sequences of ",

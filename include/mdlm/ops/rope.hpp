@@ -74,6 +74,7 @@ void rope_apply(const Host& ctx, MatrixView<const T, Host> in, std::int64_t seq_
 
 template <class B, class T, class G = T>
 struct RopeOp {
+  static constexpr const char* kName = "rope";  // its profiling range
   using V = Var<T, B>;
   struct Ctx {
     V in, out;
@@ -82,6 +83,7 @@ struct RopeOp {
   };
 
   static V forward(Tape<B, T, G>& tape, V qkv, std::int64_t seq_len, std::int64_t heads, double base) {
+    const auto range = tape.range(kName);
     MDLM_CHECK(qkv.cols() % (3 * heads) == 0, "rope: ", qkv.cols(), " columns are not 3 x ", heads, " heads");
     MDLM_CHECK((qkv.cols() / 3 / heads) % 2 == 0, "rope: head dimension ", qkv.cols() / 3 / heads, " must be even");
     V out = tape.new_var(qkv.rows(), qkv.cols());

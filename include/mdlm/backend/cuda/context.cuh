@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <cuda_runtime.h>
+#include <nvtx3/nvToolsExt.h>  // header-only NVTX 3: no library to link; free without a profiler
 
 #include "mdlm/backend/cuda/check.cuh"
 #include "mdlm/backend/cuda/launch_config.hpp"
@@ -108,6 +109,9 @@ struct Cuda {
   // The device's launch limits (launch() checks every kernel launch against them).
   const DeviceLimits& limits() const { return limits_; }
   void synchronize() const { MDLM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  // NVTX ranges (the tape's profiling ranges: every layer and op by name in nsys and ncu).
+  void range_push(const char* name) const { nvtxRangePushA(name); }
+  void range_pop() const { nvtxRangePop(); }
 
   // Number of usable devices; 0 when there is no GPU or no driver (never throws).
   static int device_count() noexcept {
