@@ -572,6 +572,14 @@ TEST_CASE("CUDA two-stage column sums give the Host twin's bits (fp32, bf16 inpu
       auto got = upload(cuda, start);
       column_sum(cuda, cx, got.data(), true, ReduceScratch<float, Cuda>{scratch.data(), scratch.shape().numel()});
       CHECK(same_bits(fetch(cuda, got), want));
+      // Written, twice: the same bits every call.
+      std::vector<float> want_w(static_cast<std::size_t>(z.cols), 0.0f);
+      column_sum(host, hx, want_w.data(), false);
+      for (int rep = 0; rep < 2; ++rep) {
+        auto w = upload(cuda, start);
+        column_sum(cuda, cx, w.data(), false, ReduceScratch<float, Cuda>{scratch.data(), scratch.shape().numel()});
+        CHECK(same_bits(fetch(cuda, w), want_w));
+      }
       // Through the Linear op's entry point.
       auto again = upload(cuda, start);
       bias_grad_accumulate(cuda, cx, again.data(), ReduceScratch<float, Cuda>{scratch.data(), scratch.shape().numel()});
