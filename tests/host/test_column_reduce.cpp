@@ -92,7 +92,8 @@ TEST_CASE("column_sum twin: fp64 sums within tolerance, the documented order bit
   for (const Size& z : kSizes) {
     CAPTURE(z.rows);
     CAPTURE(z.cols);
-    const auto xd = random_vector<double>(static_cast<std::size_t>(z.rows * z.cols), 11 + static_cast<std::uint64_t>(z.rows));
+    const auto xd =
+        random_vector<double>(static_cast<std::size_t>(z.rows * z.cols), 11 + static_cast<std::uint64_t>(z.rows));
     const std::vector<float> xf = cast_vector<float>(xd);
     std::vector<double> want(static_cast<std::size_t>(z.cols), 0.0), mag(static_cast<std::size_t>(z.cols), 0.0);
     for (std::int64_t r = 0; r < z.rows; ++r) {
@@ -180,7 +181,8 @@ TEST_CASE("column_sum_per_sequence twin: per-sequence fp64 sums, documented orde
             }
             worst = std::max(worst, std::abs(static_cast<double>(g) - w) / (m + 1e-30));
           }
-          for (std::int64_t c = cols; c < ld; ++c) CHECK(out[static_cast<std::size_t>(b * ld + c)] == 9.0f);  // untouched
+          for (std::int64_t c = cols; c < ld; ++c)
+            CHECK(out[static_cast<std::size_t>(b * ld + c)] == 9.0f);  // untouched
         }
         CHECK(mismatches == 0);
         CHECK(worst < 1e-6);
@@ -220,15 +222,16 @@ TEST_CASE("LayerNorm parameter-gradient twin matches the Host backward (fp32 and
           shift = MatrixView<const T, Host>(sh.data(), batches, cols);
         }
         const MatrixView<const T, Host> xv(x.data(), rows, cols), dhv(dh.data(), rows, cols);
-        layernorm_modulate_forward(host, xv, w.data(), shift, scale, seq, 1e-5, MatrixView<T, Host>(h.data(), rows, cols),
-                                   mean.data(), rstd.data());
+        layernorm_modulate_forward(host, xv, w.data(), shift, scale, seq, 1e-5,
+                                   MatrixView<T, Host>(h.data(), rows, cols), mean.data(), rstd.data());
         std::vector<T> dx(static_cast<std::size_t>(rows * cols)), dw(static_cast<std::size_t>(cols), T(0.25)),
             dshift(static_cast<std::size_t>(batches * cols)), dscale(static_cast<std::size_t>(batches * cols));
         layernorm_modulate_backward(host, dhv, xv, w.data(), scale, seq, mean.data(), rstd.data(),
                                     MatrixView<T, Host>(dx.data(), rows, cols), false, dw.data(),
                                     MatrixView<T, Host>(dshift.data(), batches, cols),
                                     MatrixView<T, Host>(dscale.data(), batches, cols), false);
-        std::vector<T> tw(static_cast<std::size_t>(cols), T(0.25)), tshift(dshift.size(), T(0)), tscale(dscale.size(), T(0));
+        std::vector<T> tw(static_cast<std::size_t>(cols), T(0.25)), tshift(dshift.size(), T(0)),
+            tscale(dscale.size(), T(0));
         layernorm_param_grads_twin(host, dhv, xv, w.data(), scale, seq, mean.data(), rstd.data(), tw.data(),
                                    MatrixView<T, Host>(tshift.data(), batches, cols),
                                    MatrixView<T, Host>(tscale.data(), batches, cols), false);
@@ -296,8 +299,9 @@ TEST_CASE("sorted embedding backward (the CUDA algorithm) gives the Host embeddi
   Host host{};
   const std::int64_t vocab = 23, n = 700, cols = 41;
   std::vector<std::int32_t> ids(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) ids[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * i * 7 + i / 3) % 19);
-  ids[5] = 22;                                                             // a run of one
+  for (std::int64_t i = 0; i < n; ++i)
+    ids[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * i * 7 + i / 3) % 19);
+  ids[5] = 22;                                                                    // a run of one
   for (std::int64_t i = 100; i < 400; ++i) ids[static_cast<std::size_t>(i)] = 3;  // a long run (the mask token)
   const auto dd = random_vector<double>(static_cast<std::size_t>(n * cols), 8);
   auto check = [&]<class T, class G>(T, G) {

@@ -36,9 +36,9 @@
 
 namespace mdlm {
 
-inline constexpr int kReduceCols = 32;                 // columns per stripe: a warp's lanes
-inline constexpr int kReduceWarps = 8;                 // warps per block, interleaved over rows
-inline constexpr std::int64_t kReduceTileRows = 256;   // rows per block of stage 1
+inline constexpr int kReduceCols = 32;                // columns per stripe: a warp's lanes
+inline constexpr int kReduceWarps = 8;                // warps per block, interleaved over rows
+inline constexpr std::int64_t kReduceTileRows = 256;  // rows per block of stage 1
 
 // The shape of a (segmented) column reduction.
 struct ColumnReduceShape {
@@ -66,10 +66,13 @@ struct ColumnReduceShape {
 // a + b, rounded once, never contracted with a product that produced b.
 template <class Acc>
 MDLM_HD inline Acc reduce_add(Acc a, Acc b) {
-  static_assert(std::is_same_v<Acc, float> || std::is_same_v<Acc, double>, "column reductions accumulate in fp32 or fp64");
+  static_assert(std::is_same_v<Acc, float> || std::is_same_v<Acc, double>,
+                "column reductions accumulate in fp32 or fp64");
 #if defined(__CUDA_ARCH__)
-  if constexpr (std::is_same_v<Acc, float>) return __fadd_rn(a, b);
-  else return __dadd_rn(a, b);
+  if constexpr (std::is_same_v<Acc, float>)
+    return __fadd_rn(a, b);
+  else
+    return __dadd_rn(a, b);
 #else
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
   __asm__("" : "+x"(b));  // b is a finished value in a register: no a + x * y -> fma(x, y, a)
@@ -94,7 +97,9 @@ struct ReduceScratch {
 // Accumulator elements of scratch a backend's reduction of `s` needs: the Host's column sums
 // need none (the CUDA overload, in ops/cuda/column_reduce.cuh, is found by argument-dependent
 // lookup).
-inline std::int64_t column_reduce_scratch(const Host&, const ColumnReduceShape&) { return 0; }
+inline std::int64_t column_reduce_scratch(const Host&, const ColumnReduceShape&) {
+  return 0;
+}
 
 // ---- sinks: what stage 2 does with a finished sum ------------------------------------------
 
@@ -119,7 +124,9 @@ template <class T, class Acc>
 struct ColumnValue {
   const T* data = nullptr;
   std::int64_t ld = 0;
-  MDLM_HD Acc operator()(std::int64_t r, std::int64_t c) const { return static_cast<Acc>(to_compute(data[r * ld + c])); }
+  MDLM_HD Acc operator()(std::int64_t r, std::int64_t c) const {
+    return static_cast<Acc>(to_compute(data[r * ld + c]));
+  }
 };
 
 // ---- the Host twin ------------------------------------------------------------------------
@@ -152,7 +159,8 @@ void column_reduce(const Host& ctx, const ColumnReduceShape& s, const Term& term
     }
     for (std::int64_t l = 0; l < nc; ++l) {
       Acc v = blocks > 0 ? partial[static_cast<std::size_t>(l)] : Acc(0);
-      for (std::int64_t rb = 1; rb < blocks; ++rb) v = reduce_add(v, partial[static_cast<std::size_t>(rb * kReduceCols + l)]);
+      for (std::int64_t rb = 1; rb < blocks; ++rb)
+        v = reduce_add(v, partial[static_cast<std::size_t>(rb * kReduceCols + l)]);
       sink(seg, c0 + l, v);
     }
   });
@@ -168,8 +176,8 @@ void column_sum(const Host& ctx, MatrixView<const T, Host> x, D* dst, bool accum
 
 // The segmented twin: dst[s, c] (+)= sum over the rows of sequence s of x[r, c].
 template <class T, class D>
-void column_sum_per_sequence(const Host& ctx, MatrixView<const T, Host> x, std::int64_t seq_len, MatrixView<D, Host> dst,
-                             bool accumulate) {
+void column_sum_per_sequence(const Host& ctx, MatrixView<const T, Host> x, std::int64_t seq_len,
+                             MatrixView<D, Host> dst, bool accumulate) {
   using Acc = compute_t<T>;
   column_reduce<Acc>(ctx, ColumnReduceShape::per_sequence(x.rows, x.cols, seq_len), ColumnValue<T, Acc>{x.data, x.ld},
                      ColumnSink<D>{dst.data, dst.ld, accumulate});

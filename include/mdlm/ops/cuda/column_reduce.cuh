@@ -78,7 +78,9 @@ inline LaunchConfig column_reduce_finish(const ColumnReduceShape& s) {
 }  // namespace launches
 
 // Scratch (accumulator elements) of a CUDA column reduction: the stage-1 partials.
-inline std::int64_t column_reduce_scratch(const Cuda&, const ColumnReduceShape& s) { return s.partials(); }
+inline std::int64_t column_reduce_scratch(const Cuda&, const ColumnReduceShape& s) {
+  return s.partials();
+}
 
 // sink(s, c, sum over the rows r of segment s of term(r, c)) for every segment and column.
 // Term: Acc operator()(int64 r, int64 c) const; Sink: void operator()(int64 s, int64 c, Acc)
@@ -98,7 +100,8 @@ void column_reduce(Cuda& ctx, const ColumnReduceShape& s, const Term& term, cons
 
 // dst[c] (+)= sum_r x[r, c]: bias gradients.
 template <class T, class D>
-void column_sum(Cuda& ctx, MatrixView<const T, Cuda> x, D* dst, bool accumulate, ReduceScratch<compute_t<T>, Cuda> scratch) {
+void column_sum(Cuda& ctx, MatrixView<const T, Cuda> x, D* dst, bool accumulate,
+                ReduceScratch<compute_t<T>, Cuda> scratch) {
   using Acc = compute_t<T>;
   column_reduce(ctx, ColumnReduceShape::plain(x.rows, x.cols), ColumnValue<T, Acc>{x.data, x.ld},
                 ColumnSink<D>{dst, 0, accumulate}, scratch);
