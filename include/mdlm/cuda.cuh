@@ -7,6 +7,7 @@
 #include "mdlm/backend/cuda/launch.cuh"
 #include "mdlm/backend/cuda/lt_gemm.cuh"
 #include "mdlm/ops/cuda/attention.cuh"
+#include "mdlm/ops/cuda/column_reduce.cuh"
 #include "mdlm/ops/cuda/flash_attention.cuh"
 #include "mdlm/ops/cuda/elementwise.cuh"
 #include "mdlm/ops/cuda/gemm.cuh"

@@ -14,6 +14,7 @@
 
 #include "mdlm/ops/activation.hpp"
 #include "mdlm/ops/attention.hpp"
+#include "mdlm/ops/column_reduce.hpp"
 #include "mdlm/ops/flash_attention.hpp"
 #include "mdlm/ops/embedding.hpp"
 #include "mdlm/ops/gelu.hpp"

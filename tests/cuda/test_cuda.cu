@@ -342,6 +342,11 @@ TEST_CASE("kernel static shared memory is what the launch configurations count")
   CHECK(static_bytes(cuda_kernels::cross_entropy_rows<bf16>) <= launches::cross_entropy_rows(16).static_smem);
   CHECK(static_bytes(cuda_kernels::sum_rows_ordered<float>) <= launches::sum_rows_ordered().static_smem);
   CHECK(static_bytes(cuda_kernels::sum_of_squares_partial<float>) <= launches::sum_of_squares_partial().static_smem);
+  const auto shape = ColumnReduceShape::plain(1000, 100);
+  CHECK(static_bytes(cuda_kernels::column_reduce_partials<float, ColumnValue<bf16, float>>) <=
+        launches::column_reduce_partials(shape, sizeof(float)).static_smem);
+  CHECK(static_bytes(cuda_kernels::column_reduce_partials<double, ColumnValue<double, double>>) <=
+        launches::column_reduce_partials(shape, sizeof(double)).static_smem);
 }
 
 int main(int argc, char** argv) {

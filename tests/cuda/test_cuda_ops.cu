@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <set>
 #include <string>
@@ -544,5 +545,204 @@ TEST_CASE("CUDA on-device samplers follow the Host samplers' trajectories (fp32 
       CHECK(d.ids[30] == 7);
       CHECK(std::find(d.ids.begin(), d.ids.end(), 29) == d.ids.end());
     }, c.sampler);
+  }
+}
+
+// ---- deterministic reductions: every kernel against its Host twin, bit for bit ---------------
+
+namespace {
+
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+template <class T>
+std::vector<T> fetch(Cuda& ctx, const Buffer<T, Cuda>& b) {
+  return to_host(ctx, View<const T, Cuda>{b.data(), Shape{b.shape().numel()}});
+}
+
+// A Host context in the GPU's floating-point mode (IEEE denormals), so the twins' bits are the
+// kernels' bits on any data.
+Host ieee_host() {
+  Host h;
+  h.flush_denormals = false;
+  return h;
+}
+
+struct ReduceCase {
+  std::int64_t rows, cols, seq;  // seq: rows per sequence of the segmented form
+};
+// 1 row; a ragged stripe; a tile plus one; several ragged tiles; long sequences (several row
+// blocks per sequence); sequences shorter than a tile.
+const ReduceCase kReduceCases[] = {{1, 1, 1},         {3, 37, 1},        {257, 65, 257},  {1000, 95, 250},
+                                   {2049, 33, 2049},  {4 * 300, 64, 300}, {8 * 1024, 96, 1024}, {64 * 7, 130, 7}};
+
+}  // namespace
+
+TEST_CASE("CUDA two-stage column sums give the Host twin's bits (fp32, bf16 inputs; plain and per sequence)") {
+  Cuda cuda;
+  const Host host = ieee_host();
+  auto check = [&]<class T>(T) {
+    for (const ReduceCase& z : kReduceCases) {
+      CAPTURE(z.rows);
+      CAPTURE(z.cols);
+      CAPTURE(z.seq);
+      const auto x = cast_vector<T>(random_vector<double>(static_cast<std::size_t>(z.rows * z.cols), 21));
+      auto dx = upload(cuda, x);
+      const MatrixView<const T, Host> hx(x.data(), z.rows, z.cols);
+      const MatrixView<const T, Cuda> cx(dx.data(), z.rows, z.cols);
+      // Plain, accumulated into an fp32 gradient (the bias gradients).
+      const auto plain = ColumnReduceShape::plain(z.rows, z.cols);
+      Buffer<float, Cuda> scratch(cuda, Shape{std::max<std::int64_t>(1, column_reduce_scratch(cuda, plain))});
+      const auto start = cast_vector<float>(random_vector<double>(static_cast<std::size_t>(z.cols), 22));
+      std::vector<float> want = start;
+      column_sum(host, hx, want.data(), true);
+      auto got = upload(cuda, start);
+      column_sum(cuda, cx, got.data(), true, ReduceScratch<float, Cuda>{scratch.data(), scratch.shape().numel()});
+      CHECK(same_bits(fetch(cuda, got), want));
+      // Written, twice: the same bits every call.
+      std::vector<float> want_w(static_cast<std::size_t>(z.cols), 0.0f);
+      column_sum(host, hx, want_w.data(), false);
+      for (int rep = 0; rep < 2; ++rep) {
+        auto w = upload(cuda, start);
+        column_sum(cuda, cx, w.data(), false, ReduceScratch<float, Cuda>{scratch.data(), scratch.shape().numel()});
+        CHECK(same_bits(fetch(cuda, w), want_w));
+      }
+      // Through the Linear op's entry point.
+      auto again = upload(cuda, start);
+      bias_grad_accumulate(cuda, cx, again.data(), ReduceScratch<float, Cuda>{scratch.data(), scratch.shape().numel()});
+      CHECK(same_bits(fetch(cuda, again), want));
+      // Per sequence, written into a strided T matrix (an adaLN chunk of a wider gradient).
+      const auto seg = ColumnReduceShape::per_sequence(z.rows, z.cols, z.seq);
+      Buffer<float, Cuda> seg_scratch(cuda, Shape{column_reduce_scratch(cuda, seg)});
+      const std::int64_t batches = z.rows / z.seq, ld = z.cols + 5;
+      const std::vector<T> fill(static_cast<std::size_t>(batches * ld), from_compute<T>(7.0f));
+      std::vector<T> want_seg = fill;
+      column_sum_per_sequence(host, hx, z.seq, MatrixView<T, Host>(want_seg.data(), batches, z.cols, ld), false);
+      auto got_seg = upload(cuda, fill);
+      column_sum_per_sequence(cuda, cx, z.seq, MatrixView<T, Cuda>(got_seg.data(), batches, z.cols, ld), false,
+                              ReduceScratch<float, Cuda>{seg_scratch.data(), seg_scratch.shape().numel()});
+      CHECK(same_bits(fetch(cuda, got_seg), want_seg));
+    }
+  };
+  check(float{});
+  check(bf16{});
+  // A scratch that is too small is an error, not an overrun.
+  auto x = upload(cuda, std::vector<float>(600 * 40, 1.0f));
+  auto out = upload(cuda, std::vector<float>(40, 0.0f));
+  Buffer<float, Cuda> small(cuda, Shape{40});
+  CHECK_THROWS_AS(column_sum(cuda, MatrixView<const float, Cuda>(x.data(), 600, 40), out.data(), false,
+                             ReduceScratch<float, Cuda>{small.data(), 40}),
+                  Error);
+}
+
+TEST_CASE("CUDA LayerNorm dw/dshift/dscale and the gate gradient give their Host twins' bits") {
+  Cuda cuda;
+  const Host host = ieee_host();
+  auto check = [&]<class T>(T) {
+    for (const ReduceCase& z : kReduceCases) {
+      for (bool acc : {false, true}) {
+        CAPTURE(z.rows);
+        CAPTURE(z.cols);
+        CAPTURE(z.seq);
+        CAPTURE(acc);
+        const std::int64_t rows = z.rows, cols = z.cols, batches = rows / z.seq;
+        const auto x = cast_vector<T>(random_vector<double>(static_cast<std::size_t>(rows * cols), 31));
+        const auto dh = cast_vector<T>(random_vector<double>(static_cast<std::size_t>(rows * cols), 32));
+        const auto w = cast_vector<T>(random_vector<double>(static_cast<std::size_t>(cols), 33));
+        const auto sc = cast_vector<T>(random_vector<double>(static_cast<std::size_t>(batches * cols), 34));
+        auto mean = cast_vector<float>(random_vector<double>(static_cast<std::size_t>(rows), 35));
+        auto rstd = cast_vector<float>(random_vector<double>(static_cast<std::size_t>(rows), 36));
+        for (float& r : rstd) r = 1.0f + 0.5f * r;
+        const auto dw0 = cast_vector<float>(random_vector<double>(static_cast<std::size_t>(cols), 37));
+        const auto mod0 = cast_vector<T>(random_vector<double>(static_cast<std::size_t>(batches * cols), 38));
+        // Host twin.
+        std::vector<float> hdw = dw0;
+        std::vector<T> hshift = mod0, hscale = mod0;
+        layernorm_param_grads_twin(host, MatrixView<const T, Host>(dh.data(), rows, cols),
+                                   MatrixView<const T, Host>(x.data(), rows, cols), w.data(),
+                                   MatrixView<const T, Host>(sc.data(), batches, cols), z.seq, mean.data(), rstd.data(),
+                                   hdw.data(), MatrixView<T, Host>(hshift.data(), batches, cols),
+                                   MatrixView<T, Host>(hscale.data(), batches, cols), acc);
+        // CUDA backward (dx too; not compared here: the op-level tests hold it to the Host).
+        auto d_x = upload(cuda, x), d_dh = upload(cuda, dh), d_w = upload(cuda, w), d_sc = upload(cuda, sc);
+        auto d_mean = upload(cuda, mean), d_rstd = upload(cuda, rstd), d_dw = upload(cuda, dw0);
+        auto d_shift = upload(cuda, mod0), d_scale = upload(cuda, mod0);
+        Buffer<T, Cuda> d_dx(cuda, Shape{rows, cols});
+        const std::int64_t n = layernorm_reduce_scratch(cuda, rows, cols, z.seq, true, true);
+        Buffer<float, Cuda> scratch(cuda, Shape{n});
+        layernorm_modulate_backward(cuda, MatrixView<const T, Cuda>(d_dh.data(), rows, cols),
+                                    MatrixView<const T, Cuda>(d_x.data(), rows, cols), d_w.data(),
+                                    MatrixView<const T, Cuda>(d_sc.data(), batches, cols), z.seq, d_mean.data(),
+                                    d_rstd.data(), MatrixView<T, Cuda>(d_dx.data(), rows, cols), false, d_dw.data(),
+                                    MatrixView<T, Cuda>(d_shift.data(), batches, cols),
+                                    MatrixView<T, Cuda>(d_scale.data(), batches, cols), acc,
+                                    ReduceScratch<float, Cuda>{scratch.data(), n});
+        CHECK(same_bits(fetch(cuda, d_dw), hdw));
+        CHECK(same_bits(fetch(cuda, d_shift), hshift));
+        CHECK(same_bits(fetch(cuda, d_scale), hscale));
+        // Gate gradient with dropout (the DiT's residual branches).
+        DropoutSite drop;
+        drop.p = 0.1f;
+        drop.rng = Philox{41};
+        drop.step = 3;
+        drop.offset = 1000;
+        std::vector<T> hgate = mod0;
+        gated_residual_dgate_twin(host, MatrixView<const T, Host>(dh.data(), rows, cols),
+                                  MatrixView<const T, Host>(x.data(), rows, cols), z.seq, drop,
+                                  MatrixView<T, Host>(hgate.data(), batches, cols), acc);
+        auto d_gate = upload(cuda, mod0);
+        Buffer<float, Cuda> gscratch(
+            cuda, Shape{column_reduce_scratch(cuda, ColumnReduceShape::per_sequence(rows, cols, z.seq))});
+        gated_residual_backward(cuda, MatrixView<const T, Cuda>(d_dh.data(), rows, cols),
+                                MatrixView<const T, Cuda>(d_x.data(), rows, cols),
+                                MatrixView<const T, Cuda>(d_sc.data(), batches, cols), z.seq, drop, MatrixView<T, Cuda>{},
+                                false, MatrixView<T, Cuda>{}, false, MatrixView<T, Cuda>(d_gate.data(), batches, cols),
+                                acc, ReduceScratch<float, Cuda>{gscratch.data(), gscratch.shape().numel()});
+        CHECK(same_bits(fetch(cuda, d_gate), hgate));
+      }
+    }
+  };
+  check(float{});
+  check(bf16{});
+}
+
+TEST_CASE("CUDA embedding backward (radix sort + ordered runs) gives the Host embedding backward's bits") {
+  Cuda cuda;
+  const Host host = ieee_host();
+  for (std::int64_t n : {1, 7, 700, 20000}) {
+    for (std::int64_t vocab : {5, 50258}) {
+      CAPTURE(n);
+      CAPTURE(vocab);
+      const std::int64_t cols = 77;
+      std::vector<std::int32_t> ids(static_cast<std::size_t>(n));
+      for (std::int64_t i = 0; i < n; ++i) {
+        ids[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * i * 7919 + i / 3) % vocab);
+      }
+      for (std::int64_t i = n / 4; i < n / 2; ++i) ids[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(vocab - 1);  // a long run
+      auto d_ids = upload(cuda, ids);
+      auto check = [&]<class T>(T) {
+        const auto dout = cast_vector<T>(random_vector<double>(static_cast<std::size_t>(n * cols), 51));
+        const auto table0 = cast_vector<float>(random_vector<double>(static_cast<std::size_t>(vocab * cols), 52));
+        std::vector<float> want = table0;
+        embedding_backward(host, ids.data(), MatrixView<const T, Host>(dout.data(), n, cols),
+                           MatrixView<float, Host>(want.data(), vocab, cols));
+        auto d_dout = upload(cuda, dout);
+        auto d_table = upload(cuda, table0);
+        const std::size_t bytes = embedding_backward_scratch(cuda, n, vocab);
+        Buffer<std::byte, Cuda> scratch(cuda, Shape{static_cast<std::int64_t>(bytes)});
+        for (int rep = 0; rep < 2; ++rep) {  // twice: the same bits each time (and twice the sum)
+          embedding_backward(cuda, d_ids.data(), MatrixView<const T, Cuda>(d_dout.data(), n, cols),
+                             MatrixView<float, Cuda>(d_table.data(), vocab, cols), vocab,
+                             ReduceScratch<std::byte, Cuda>{scratch.data(), static_cast<std::int64_t>(bytes)});
+          CHECK(same_bits(fetch(cuda, d_table), want));
+          embedding_backward(host, ids.data(), MatrixView<const T, Host>(dout.data(), n, cols),
+                             MatrixView<float, Host>(want.data(), vocab, cols));
+        }
+      };
+      check(float{});
+      check(bf16{});
+    }
   }
 }

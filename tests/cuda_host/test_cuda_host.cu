@@ -49,14 +49,24 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   const std::int64_t params = DiT(m.cfg).layout().buffer_elements();
   std::vector<LaunchConfig> l;
   l.push_back(launches::embedding_forward(rows * c));
-  l.push_back(launches::embedding_backward(c));
-  for (std::int64_t cols : {c, 3 * c, mlp, 6 * c, 2 * c, v, cond}) l.push_back(launches::bias_grad_accumulate(cols));
+  l.push_back(launches::embedding_iota_rows(rows));
+  l.push_back(launches::embedding_backward_runs(rows));
+  // Column sums: every bias gradient (the head's too, over all rows), LayerNorm dw; per sequence:
+  // dshift/dscale and the gate gradients. Stage 1 with fp32 and fp64 accumulators, then stage 2.
+  std::vector<ColumnReduceShape> sums;
+  for (std::int64_t cols : {c, 3 * c, mlp, 6 * c, 2 * c, v, cond}) sums.push_back(ColumnReduceShape::plain(rows, cols));
+  sums.push_back(ColumnReduceShape::plain(b, 6 * c));  // the adaLN Linear's bias: one row per sequence
+  sums.push_back(ColumnReduceShape::per_sequence(rows, c, t));
+  for (const ColumnReduceShape& s : sums) {
+    l.push_back(launches::column_reduce_partials(s, sizeof(float)));
+    l.push_back(launches::column_reduce_partials(s, sizeof(double)));
+    l.push_back(launches::column_reduce_finish(s));
+  }
   l.push_back(launches::gelu_backward(rows * mlp));
   l.push_back(launches::silu_forward(b * cond));
   l.push_back(launches::silu_backward(b * cond));
   l.push_back(launches::gated_residual_forward(rows * c));
   l.push_back(launches::gated_residual_backward(rows * c));
-  l.push_back(launches::gated_residual_dgate(b * c));
   l.push_back(launches::rope_rotate(rows * (c / m.cfg.heads / 2)));
   l.push_back(launches::rope_copy_v(rows * c));
   l.push_back(launches::timestep_embedding(b * freq));
@@ -64,8 +74,6 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   l.push_back(launches::scatter_add_rows(rows * c));
   l.push_back(launches::layernorm_forward(rows));
   l.push_back(launches::layernorm_backward_dx(rows));
-  l.push_back(launches::layernorm_backward_dw(c));
-  l.push_back(launches::layernorm_backward_mod(b, c));
   const auto s = cuda_detail::attention_shape(rows, 3 * c, t, m.cfg.heads, false);
   l.push_back(launches::attention_forward(s, true));
   l.push_back(launches::attention_forward(s, false));  // inference: scores in shared memory
@@ -142,6 +150,51 @@ TEST_CASE("one-thread-per-item grids cover every item; grid-stride grids stay wi
   CHECK_NOTHROW(check_launch(stride));
   CHECK(launch_detail::one_thread_each("k", 0).empty());  // nothing to do: launch() issues nothing
   CHECK_NOTHROW(check_launch(launch_detail::one_thread_each("k", 0)));
+}
+
+TEST_CASE("column reduction launches: a block per (segment, row block, stripe), 32 x 8 threads, the limits") {
+  for (const ColumnReduceShape& s : {ColumnReduceShape::plain(1, 1), ColumnReduceShape::plain(257, 33),
+                                     ColumnReduceShape::plain(32768, 50258), ColumnReduceShape::per_sequence(8 * 8192, 768, 8192),
+                                     ColumnReduceShape::per_sequence(256 * 128, 4608, 128),
+                                     ColumnReduceShape::per_sequence(5, 7, 1)}) {
+    CAPTURE(s.segments);
+    CAPTURE(s.segment_rows);
+    CAPTURE(s.cols);
+    const LaunchConfig p = launches::column_reduce_partials(s, sizeof(float));
+    CHECK_NOTHROW(check_launch(p));
+    CHECK(p.grid.x == s.segments * ((s.segment_rows + kReduceTileRows - 1) / kReduceTileRows));
+    CHECK(p.grid.y * kReduceCols >= s.cols);
+    CHECK((p.grid.y - 1) * kReduceCols < s.cols);
+    CHECK(p.block.x == 32);
+    CHECK(p.block.y == kReduceWarps);
+    CHECK(p.static_smem == sizeof(float) * 32 * kReduceWarps);
+    CHECK(launches::column_reduce_partials(s, sizeof(double)).static_smem == sizeof(double) * 32 * kReduceWarps);
+    const LaunchConfig f = launches::column_reduce_finish(s);
+    CHECK_NOTHROW(check_launch(f));
+    CHECK(f.grid.x * f.block.x >= s.segments * s.cols);
+    // Scratch: a partial per (segment, row block, column).
+    CHECK(s.partials() == p.grid.x * s.cols);
+  }
+  // Empty reductions issue no stage 1 (stage 2 still writes the zero sums).
+  CHECK(launches::column_reduce_partials(ColumnReduceShape::plain(0, 10), 4).empty());
+  CHECK(launches::column_reduce_partials(ColumnReduceShape::plain(10, 0), 4).empty());
+  CHECK(launches::column_reduce_finish(ColumnReduceShape::plain(0, 10)).grid.x == 1);
+  // More stripes than grid.y holds is an error naming the kernel, not a failed launch.
+  const auto wide = ColumnReduceShape::plain(4, 65536 * std::int64_t{kReduceCols});
+  CHECK_THROWS_WITH_AS(check_launch(launches::column_reduce_partials(wide, 4)), doctest::Contains("column_reduce_partials"),
+                       Error);
+  CHECK_NOTHROW(check_launch(launches::column_reduce_partials(ColumnReduceShape::plain(4, 65535 * std::int64_t{kReduceCols}), 4)));
+  // The embedding backward: a block per row, whole warps over the columns.
+  const LaunchConfig e = launches::embedding_backward_runs(32 * 1024);
+  CHECK_NOTHROW(check_launch(e));
+  CHECK(e.grid.x == 32 * 1024);
+  CHECK(e.block.x % 32 == 0);
+  CHECK(launches::embedding_backward_runs(0).empty());
+  CHECK(cuda_detail::id_bits(2) == 1);
+  CHECK(cuda_detail::id_bits(50258) == 16);
+  CHECK(cuda_detail::id_bits(65536) == 16);
+  CHECK(cuda_detail::id_bits(65537) == 17);
+  CHECK(cuda_detail::id_bits(1) == 1);
 }
 
 TEST_CASE("shapes the kernels cannot take are mdlm::Errors naming the kernel") {

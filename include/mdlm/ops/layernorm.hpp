@@ -15,6 +15,7 @@
 #include "mdlm/autograd/tape.hpp"
 #include "mdlm/backend/host.hpp"
 #include "mdlm/core/math.hpp"
+#include "mdlm/ops/column_reduce.hpp"
 
 namespace mdlm {
 
@@ -54,7 +55,8 @@ template <class T, class G>
 void layernorm_modulate_backward(const Host& ctx, MatrixView<const T, Host> dh, MatrixView<const T, Host> x, const T* w,
                                  MatrixView<const T, Host> scale, std::int64_t seq_len, const compute_t<T>* mean,
                                  const compute_t<T>* rstd, MatrixView<T, Host> dx, bool accumulate_dx, G* dw,
-                                 MatrixView<T, Host> dshift, MatrixView<T, Host> dscale, bool accumulate_mod) {
+                                 MatrixView<T, Host> dshift, MatrixView<T, Host> dscale, bool accumulate_mod,
+                                 ReduceScratch<compute_t<T>, Host> = {}) {
   using C = compute_t<T>;
   const std::int64_t rows = x.rows, cols = x.cols;
   const bool modulated = scale.data != nullptr;
@@ -118,6 +120,74 @@ void layernorm_modulate_backward(const Host& ctx, MatrixView<const T, Host> dh, 
   }
 }
 
+// The terms of the parameter-side column sums for the two-stage reduction
+// (ops/column_reduce.hpp), in the CUDA kernels' arithmetic (xhat = (x - mean) * rstd):
+//   dw:     sum over all rows of dn * xhat, dn = dh * (1 + scale[b]) (dh without modulation);
+//   dscale: per sequence, sum of dh * xhat * w;   dshift: per sequence, sum of dh (ColumnValue).
+template <class T, class Acc>
+struct LayerNormDwTerm {
+  const T* dh = nullptr;
+  std::int64_t ld_dh = 0;
+  const T* x = nullptr;
+  std::int64_t ld_x = 0;
+  const T* scale = nullptr;  // nullptr: not modulated
+  std::int64_t ld_scale = 0;
+  std::int64_t seq_len = 1;
+  const Acc* mean = nullptr;
+  const Acc* rstd = nullptr;
+  MDLM_HD Acc operator()(std::int64_t r, std::int64_t c) const {
+    Acc dn = static_cast<Acc>(to_compute(dh[r * ld_dh + c]));
+    if (scale != nullptr) dn *= Acc(1) + static_cast<Acc>(to_compute(scale[(r / seq_len) * ld_scale + c]));
+    return dn * (static_cast<Acc>(to_compute(x[r * ld_x + c])) - mean[r]) * rstd[r];
+  }
+};
+template <class T, class Acc>
+struct LayerNormDscaleTerm {
+  const T* dh = nullptr;
+  std::int64_t ld_dh = 0;
+  const T* x = nullptr;
+  std::int64_t ld_x = 0;
+  const T* w = nullptr;
+  const Acc* mean = nullptr;
+  const Acc* rstd = nullptr;
+  MDLM_HD Acc operator()(std::int64_t r, std::int64_t c) const {
+    return static_cast<Acc>(to_compute(dh[r * ld_dh + c])) * (static_cast<Acc>(to_compute(x[r * ld_x + c])) - mean[r]) *
+           rstd[r] * static_cast<Acc>(to_compute(w[c]));
+  }
+};
+
+// Scratch (accumulator elements) of the LayerNorm backward's column sums on a backend: the
+// largest of its reductions (the per-sequence ones when modulated), used one after another.
+template <class Ctx>
+std::int64_t layernorm_reduce_scratch(const Ctx& ctx, std::int64_t rows, std::int64_t cols, std::int64_t seq_len,
+                                      bool dw, bool modulated) {
+  std::int64_t n = 0;
+  if (dw) n = column_reduce_scratch(ctx, ColumnReduceShape::plain(rows, cols));
+  if (modulated) n = std::max(n, column_reduce_scratch(ctx, ColumnReduceShape::per_sequence(rows, cols, seq_len)));
+  return n;
+}
+
+// Host twin of the CUDA backward's column sums (dw added; dshift, dscale written or added), the
+// CUDA bits for fp32 statistics and inputs.
+template <class T, class G>
+void layernorm_param_grads_twin(const Host& ctx, MatrixView<const T, Host> dh, MatrixView<const T, Host> x, const T* w,
+                                MatrixView<const T, Host> scale, std::int64_t seq_len, const compute_t<T>* mean,
+                                const compute_t<T>* rstd, G* dw, MatrixView<T, Host> dshift, MatrixView<T, Host> dscale,
+                                bool accumulate_mod) {
+  using Acc = compute_t<T>;
+  if (dw != nullptr) {
+    column_reduce<Acc>(ctx, ColumnReduceShape::plain(x.rows, x.cols),
+                       LayerNormDwTerm<T, Acc>{dh.data, dh.ld, x.data, x.ld, scale.data, scale.ld, seq_len, mean, rstd},
+                       ColumnSink<G>{dw, 0, true});
+  }
+  if (scale.data != nullptr) {
+    const ColumnReduceShape s = ColumnReduceShape::per_sequence(x.rows, x.cols, seq_len);
+    column_reduce<Acc>(ctx, s, ColumnValue<T, Acc>{dh.data, dh.ld}, ColumnSink<T>{dshift.data, dshift.ld, accumulate_mod});
+    column_reduce<Acc>(ctx, s, LayerNormDscaleTerm<T, Acc>{dh.data, dh.ld, x.data, x.ld, w, mean, rstd},
+                       ColumnSink<T>{dscale.data, dscale.ld, accumulate_mod});
+  }
+}
+
 template <class B, class T, class G = T>
 struct LayerNormModulateOp {
   static constexpr const char* kName = "layernorm_modulate";  // its profiling range
@@ -164,10 +234,13 @@ struct LayerNormModulateOp {
       MDLM_CHECK(dshift.accumulate == dscale.accumulate, "layernorm: shift and scale gradients out of step");
     }
     MDLM_CHECK(dx.needed, "layernorm: the input must take a gradient");
+    const std::int64_t scratch = layernorm_reduce_scratch(tape.backend(), ctx.x.rows(), ctx.x.cols(), ctx.seq_len,
+                                                          ctx.w.grad.data != nullptr, ctx.scale.valid());
+    compute_t<T>* ws = scratch > 0 ? tape.template scratch<compute_t<T>>(Shape{scratch}).data : nullptr;
     layernorm_modulate_backward(tape.backend(), MatrixView<const T, B>(dh), MatrixView<const T, B>(ctx.x.value),
                                 ctx.w.value.data, MatrixView<const T, B>(ctx.scale.value), ctx.seq_len, ctx.mean,
                                 ctx.rstd, dx.grad, dx.accumulate, ctx.w.grad.data, dshift.grad, dscale.grad,
-                                dshift.accumulate);
+                                dshift.accumulate, ReduceScratch<compute_t<T>, B>{ws, scratch});
   }
 };
 

@@ -13,14 +13,16 @@
 
 #include "mdlm/autograd/tape.hpp"
 #include "mdlm/backend/host.hpp"
+#include "mdlm/ops/column_reduce.hpp"
 #include "mdlm/ops/gelu.hpp"
 #include "mdlm/ops/gemm.hpp"
 
 namespace mdlm {
 
-// db += column sums of dy (N, out): Host kernel.
+// db += column sums of dy (N, out): Host kernel (its own order; the CUDA kernel's twin is
+// column_sum in ops/column_reduce.hpp).
 template <class T, class G>
-void bias_grad_accumulate(const Host& ctx, MatrixView<const T, Host> dy, G* db) {
+void bias_grad_accumulate(const Host& ctx, MatrixView<const T, Host> dy, G* db, ReduceScratch<compute_t<T>, Host> = {}) {
   // A task sums a block of columns over all rows into a local vector (contiguous, vectorized
   // loads); each column still sums its rows in ascending order.
   constexpr std::int64_t kCols = 64;
@@ -95,7 +97,10 @@ struct LinearOp {
            compute_t<G>(1), compute_t<G>(1));
     }
     if (ctx.b.valid() && ctx.b.grad.data != nullptr) {
-      bias_grad_accumulate(tape.backend(), MatrixView<const T, B>(dy), ctx.b.grad.data);
+      const std::int64_t scratch = column_reduce_scratch(tape.backend(), ColumnReduceShape::plain(dy.rows, dy.cols));
+      compute_t<T>* ws = scratch > 0 ? tape.template scratch<compute_t<T>>(Shape{scratch}).data : nullptr;
+      bias_grad_accumulate(tape.backend(), MatrixView<const T, B>(dy), ctx.b.grad.data,
+                           ReduceScratch<compute_t<T>, B>{ws, scratch});
     }
   }
 };

@@ -12,6 +12,7 @@
 #include "mdlm/autograd/tape.hpp"
 #include "mdlm/backend/host.hpp"
 #include "mdlm/core/philox.hpp"
+#include "mdlm/ops/column_reduce.hpp"
 
 namespace mdlm {
 
@@ -93,7 +94,7 @@ template <class T>
 void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, MatrixView<const T, Host> y,
                              MatrixView<const T, Host> gate, std::int64_t seq_len, DropoutSite drop,
                              MatrixView<T, Host> dx, bool accumulate_dx, MatrixView<T, Host> dy, bool accumulate_dy,
-                             MatrixView<T, Host> dgate, bool accumulate_dgate) {
+                             MatrixView<T, Host> dgate, bool accumulate_dgate, ReduceScratch<compute_t<T>, Host> = {}) {
   using C = compute_t<T>;
   const std::int64_t cols = dout.cols, chunks = (cols + kDropoutChunk - 1) / kDropoutChunk;
   // dx and dy of columns [c0, c0 + nc) of row r (sequence b) given their factors f; with s, also
@@ -145,6 +146,34 @@ void gated_residual_backward(const Host& ctx, MatrixView<const T, Host> dout, Ma
   });
 }
 
+// The gate gradient's term for the two-stage column reduction (ops/column_reduce.hpp), summed
+// per sequence: dout[r, c] * y[r, c] * the dropout factor of element r * cols + c. The CUDA
+// backward reduces it (ops/cuda/elementwise.cuh); gated_residual_dgate_twin is its Host twin.
+template <class T, class Acc>
+struct GateGradTerm {
+  const T* dout = nullptr;
+  std::int64_t ld_dout = 0;
+  const T* y = nullptr;
+  std::int64_t ld_y = 0;
+  std::int64_t cols = 0;
+  DropoutSite drop;
+  MDLM_HD Acc operator()(std::int64_t r, std::int64_t c) const {
+    if (!drop.keep(static_cast<std::uint64_t>(r * cols + c))) return Acc(0);
+    return static_cast<Acc>(to_compute(dout[r * ld_dout + c])) * static_cast<Acc>(to_compute(y[r * ld_y + c])) *
+           drop.template scale<Acc>();
+  }
+};
+
+// Host twin of the CUDA gate gradient: dgate[b] (+)= sum_t dout * drop(y), the CUDA bits for fp32.
+template <class T>
+void gated_residual_dgate_twin(const Host& ctx, MatrixView<const T, Host> dout, MatrixView<const T, Host> y,
+                               std::int64_t seq_len, DropoutSite drop, MatrixView<T, Host> dgate, bool accumulate) {
+  using Acc = compute_t<T>;
+  column_reduce<Acc>(ctx, ColumnReduceShape::per_sequence(dout.rows, dout.cols, seq_len),
+                     GateGradTerm<T, Acc>{dout.data, dout.ld, y.data, y.ld, dout.cols, drop},
+                     ColumnSink<T>{dgate.data, dgate.ld, accumulate});
+}
+
 template <class B, class T, class G = T>
 struct GatedResidualOp {
   static constexpr const char* kName = "gated_residual";  // its profiling range
@@ -187,9 +216,16 @@ struct GatedResidualOp {
     auto dy = tape.grad_in(ctx.y);
     typename Tape<B, T, G>::GradTarget dgate;
     if (ctx.gate.valid()) dgate = tape.grad_in(ctx.gate);
+    // Scratch of the gate gradient's per-sequence column sums (none on the Host).
+    std::int64_t scratch = 0;
+    if (dgate.grad.data != nullptr) {
+      scratch = column_reduce_scratch(tape.backend(), ColumnReduceShape::per_sequence(dout.rows, dout.cols, ctx.seq_len));
+    }
+    compute_t<T>* ws = scratch > 0 ? tape.template scratch<compute_t<T>>(Shape{scratch}).data : nullptr;
     gated_residual_backward(tape.backend(), MatrixView<const T, B>(dout), MatrixView<const T, B>(ctx.y.value),
                             MatrixView<const T, B>(ctx.gate.value), ctx.seq_len, ctx.drop, dx.grad, dx.accumulate,
-                            dy.grad, dy.accumulate, dgate.grad, dgate.accumulate);
+                            dy.grad, dy.accumulate, dgate.grad, dgate.accumulate,
+                            ReduceScratch<compute_t<T>, B>{ws, scratch});
   }
 };
 

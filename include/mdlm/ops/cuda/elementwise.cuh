@@ -1,18 +1,23 @@
 #pragma once
 // CUDA kernels of the elementwise and small-reduction ops: embedding, Linear's bias gradient
 // and GELU backward, SiLU, the gated residual with dropout, RoPE, and the timestep embedding.
-// Same contracts as the Host kernels in ops/*.hpp (see there for the math); reductions run in
-// a fixed order (one thread per output, sequential loop), so results are deterministic.
+// Same contracts as the Host kernels in ops/*.hpp (see there for the math). Column sums (bias
+// and gate gradients) are the two-stage reductions of ops/cuda/column_reduce.cuh; the embedding
+// backward sorts (id, row) pairs with CUB and adds each run of equal ids in row order. No float
+// atomics: every result is deterministic.
 
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include <cub/device/device_radix_sort.cuh>
 
 #include "mdlm/backend/cuda/check.cuh"
 #include "mdlm/backend/cuda/context.cuh"
 #include "mdlm/backend/cuda/launch.cuh"
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/ops/activation.hpp"
+#include "mdlm/ops/cuda/column_reduce.cuh"
 #include "mdlm/ops/embedding.hpp"
 #include "mdlm/ops/gather.hpp"
 #include "mdlm/ops/gelu.hpp"
@@ -39,23 +44,33 @@ __global__ void embedding_forward(const std::int32_t* ids, MatrixView<const T, C
     out.data[r * out.ld + c] = table.data[static_cast<std::int64_t>(ids[r]) * table.ld + c];
   }
 }
-template <class T, class G>
-__global__ void embedding_backward(const std::int32_t* ids, MatrixView<const T, Cuda> dout, MatrixView<G, Cuda> dtable) {
-  const std::int64_t c = global_index();
-  if (c >= dout.cols) return;
-  for (std::int64_t r = 0; r < dout.rows; ++r) {
-    G& d = dtable.data[static_cast<std::int64_t>(ids[r]) * dtable.ld + c];
-    d = from_compute<G>(to_compute(d) + to_compute(dout.data[r * dout.ld + c]));
-  }
+// rows[i] = i: the values the sort carries along with the ids.
+template <class Index>
+__global__ void iota_rows(Index* rows, std::int64_t n) {
+  for (std::int64_t i = global_index(); i < n; i += global_stride()) rows[i] = static_cast<Index>(i);
 }
 
+// One block per sorted position; the block at the first position of a run of equal ids adds the
+// run's rows (in row order: the sort is stable) into dtable[id], a column per thread.
 template <class T, class G>
-__global__ void bias_grad_accumulate(MatrixView<const T, Cuda> dy, G* db) {
-  const std::int64_t c = global_index();
-  if (c >= dy.cols) return;
-  compute_t<G> s = 0;
-  for (std::int64_t r = 0; r < dy.rows; ++r) s += to_compute(dy.data[r * dy.ld + c]);
-  db[c] = from_compute<G>(to_compute(db[c]) + s);
+__global__ void embedding_backward_runs(const std::uint32_t* sorted_ids, const std::int32_t* sorted_rows, std::int64_t n,
+                                        MatrixView<const T, Cuda> dout, MatrixView<G, Cuda> dtable) {
+  using Acc = compute_t<G>;
+  const std::int64_t i0 = blockIdx.x;
+  if (i0 >= n) return;
+  const std::uint32_t id = sorted_ids[i0];
+  if (i0 > 0 && sorted_ids[i0 - 1] == id) return;  // not the first of its run
+  std::int64_t i1 = i0 + 1;
+  while (i1 < n && sorted_ids[i1] == id) ++i1;
+  G* dst = dtable.data + static_cast<std::int64_t>(id) * dtable.ld;
+  for (std::int64_t c = threadIdx.x; c < dout.cols; c += blockDim.x) {
+    Acc v = to_compute(dst[c]);
+    for (std::int64_t i = i0; i < i1; ++i) {
+      const T g = dout.data[static_cast<std::int64_t>(sorted_rows[i]) * dout.ld + c];
+      v = reduce_add(v, to_compute(static_cast<G>(g)));
+    }
+    dst[c] = from_compute<G>(v);
+  }
 }
 
 template <class T>
@@ -115,24 +130,6 @@ __global__ void gated_residual_backward(MatrixView<const T, Cuda> dout, MatrixVi
     }
   }
 }
-template <class T>
-__global__ void gated_residual_dgate(MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> y, std::int64_t seq_len,
-                                     DropoutSite drop, MatrixView<T, Cuda> dgate, bool accumulate) {
-  using C = compute_t<T>;
-  const std::int64_t batches = dout.rows / seq_len;
-  const std::int64_t i = global_index();
-  if (i >= batches * dout.cols) return;
-  const std::int64_t b = i / dout.cols, c = i % dout.cols;
-  C s = 0;
-  for (std::int64_t t = 0; t < seq_len; ++t) {
-    const std::int64_t r = b * seq_len + t;
-    if (drop.keep(static_cast<std::uint64_t>(r * dout.cols + c))) {
-      s += to_compute(dout.data[r * dout.ld + c]) * to_compute(y.data[r * y.ld + c]) * drop.template scale<C>();
-    }
-  }
-  store(dgate.data[b * dgate.ld + c], s, accumulate);
-}
-
 // One thread per (row, frequency i < D/2): the angle t * base^(-2i/D) is computed once in fp64
 // (positions reach 1e4 and more) and its cosine and sine rotate the i-th pair of every q and k
 // head of the row (2H pairs), the same fp64-then-cast arithmetic as the Host's table.
@@ -190,14 +187,21 @@ namespace launches {
 using launch_detail::grid_stride;
 using launch_detail::one_thread_each;
 inline LaunchConfig embedding_forward(std::int64_t n) { return grid_stride("embedding_forward", n); }
-inline LaunchConfig embedding_backward(std::int64_t cols) { return one_thread_each("embedding_backward", cols); }
-inline LaunchConfig bias_grad_accumulate(std::int64_t cols) { return one_thread_each("bias_grad_accumulate", cols); }
+inline constexpr std::int64_t kEmbeddingRunThreads = 256;
+inline LaunchConfig embedding_iota_rows(std::int64_t n) { return grid_stride("iota_rows", n); }
+// One block per sorted row (only the first of each run works), its threads over the columns.
+inline LaunchConfig embedding_backward_runs(std::int64_t rows) {
+  LaunchConfig c;
+  c.kernel = "embedding_backward_runs";
+  c.grid.x = rows < 0 ? 0 : rows;
+  c.block.x = kEmbeddingRunThreads;
+  return c;
+}
 inline LaunchConfig gelu_backward(std::int64_t n) { return grid_stride("gelu_backward", n); }
 inline LaunchConfig silu_forward(std::int64_t n) { return grid_stride("silu_forward", n); }
 inline LaunchConfig silu_backward(std::int64_t n) { return grid_stride("silu_backward", n); }
 inline LaunchConfig gated_residual_forward(std::int64_t n) { return grid_stride("gated_residual_forward", n); }
 inline LaunchConfig gated_residual_backward(std::int64_t n) { return grid_stride("gated_residual_backward", n); }
-inline LaunchConfig gated_residual_dgate(std::int64_t n) { return one_thread_each("gated_residual_dgate", n); }
 inline LaunchConfig rope_rotate(std::int64_t n) { return grid_stride("rope_rotate", n); }
 inline LaunchConfig rope_copy_v(std::int64_t n) { return grid_stride("rope_copy_v", n); }
 inline LaunchConfig timestep_embedding(std::int64_t n) { return grid_stride("timestep_embedding", n); }
@@ -211,13 +215,79 @@ template <class T>
 void embedding_forward(Cuda& ctx, const std::int32_t* ids, MatrixView<const T, Cuda> table, MatrixView<T, Cuda> out) {
   launch(ctx, launches::embedding_forward(out.rows * out.cols), cuda_kernels::embedding_forward<T>, ids, table, out);
 }
+namespace cuda_detail {
+// The embedding backward's scratch: sorted ids, the rows before and after the sort, and CUB's
+// temporary storage, each at a 256-byte boundary.
+struct EmbeddingSortLayout {
+  std::size_t ids_out = 0, rows_in = 0, rows_out = 0, temp = 0, temp_bytes = 0, total = 0;
+  int end_bit = 1;
+};
+inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
+// Bits of the largest id (vocab - 1): the sort looks at no more.
+inline int id_bits(std::int64_t vocab) {
+  int bits = 1;
+  while (bits < 31 && (std::int64_t{1} << bits) < vocab) ++bits;
+  return bits;
+}
+// Needs the device (CUB sizes its temporary storage for it); no launch, no synchronization.
+inline EmbeddingSortLayout embedding_sort_layout(std::int64_t n, std::int64_t vocab) {
+  MDLM_CHECK(n >= 0 && n <= 2147483647, "embedding backward: ", n, " rows exceed the sort's 32-bit row index");
+  EmbeddingSortLayout l;
+  l.end_bit = id_bits(vocab);
+  const std::size_t arr = align256(static_cast<std::size_t>(n) * 4);
+  l.ids_out = 0;
+  l.rows_in = arr;
+  l.rows_out = 2 * arr;
+  l.temp = 3 * arr;
+  std::size_t temp = 0;
+  if (n > 0) {
+    MDLM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp, static_cast<const std::uint32_t*>(nullptr),
+                                                    static_cast<std::uint32_t*>(nullptr),
+                                                    static_cast<const std::int32_t*>(nullptr),
+                                                    static_cast<std::int32_t*>(nullptr), static_cast<int>(n), 0,
+                                                    l.end_bit));
+  }
+  l.temp_bytes = temp;
+  l.total = l.temp + align256(temp);
+  return l;
+}
+}  // namespace cuda_detail
+
+// Scratch bytes of the CUDA embedding backward for n rows of ids below `vocab`.
+inline std::size_t embedding_backward_scratch(const Cuda&, std::int64_t n, std::int64_t vocab) {
+  return cuda_detail::embedding_sort_layout(n, vocab).total;
+}
+
+// dtable[ids[r]] += dout[r]: ids (device, n = dout.rows, all in [0, vocab)) sorted with their
+// row numbers by a stable radix sort, then each run of equal ids added in row order (the Host
+// op's additions in its order). `scratch`: embedding_backward_scratch(ctx, n, vocab) bytes.
 template <class T, class G>
-void embedding_backward(Cuda& ctx, const std::int32_t* ids, MatrixView<const T, Cuda> dout, MatrixView<G, Cuda> dtable) {
-  launch(ctx, launches::embedding_backward(dout.cols), cuda_kernels::embedding_backward<T, G>, ids, dout, dtable);
+void embedding_backward(Cuda& ctx, const std::int32_t* ids, MatrixView<const T, Cuda> dout, MatrixView<G, Cuda> dtable,
+                        std::int64_t vocab, ReduceScratch<std::byte, Cuda> scratch) {
+  const std::int64_t n = dout.rows;
+  if (n == 0 || dout.cols == 0) return;
+  MDLM_CHECK(vocab > 0 && vocab <= dtable.rows, "embedding backward: vocabulary ", vocab, " for a table of ",
+             dtable.rows, " rows");
+  const cuda_detail::EmbeddingSortLayout l = cuda_detail::embedding_sort_layout(n, vocab);
+  MDLM_CHECK(scratch.data != nullptr && static_cast<std::size_t>(scratch.size) >= l.total,
+             "embedding backward: scratch of ", scratch.size, " bytes, ", l.total, " needed for ", n, " rows");
+  auto* ids_out = reinterpret_cast<std::uint32_t*>(scratch.data + l.ids_out);
+  auto* rows_in = reinterpret_cast<std::int32_t*>(scratch.data + l.rows_in);
+  auto* rows_out = reinterpret_cast<std::int32_t*>(scratch.data + l.rows_out);
+  launch(ctx, launches::embedding_iota_rows(n), cuda_kernels::iota_rows<std::int32_t>, rows_in, n);
+  std::size_t temp = l.temp_bytes;
+  // Non-negative int32 ids have the bits of the same uint32 keys.
+  MDLM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(static_cast<void*>(scratch.data + l.temp), temp,
+                                                  reinterpret_cast<const std::uint32_t*>(ids), ids_out,
+                                                  static_cast<const std::int32_t*>(rows_in), rows_out,
+                                                  static_cast<int>(n), 0, l.end_bit, ctx.stream()));
+  MDLM_CUDA_CHECK_LAUNCH();
+  launch(ctx, launches::embedding_backward_runs(n), cuda_kernels::embedding_backward_runs<T, G>,
+         static_cast<const std::uint32_t*>(ids_out), static_cast<const std::int32_t*>(rows_out), n, dout, dtable);
 }
 template <class T, class G>
-void bias_grad_accumulate(Cuda& ctx, MatrixView<const T, Cuda> dy, G* db) {
-  launch(ctx, launches::bias_grad_accumulate(dy.cols), cuda_kernels::bias_grad_accumulate<T, G>, dy, db);
+void bias_grad_accumulate(Cuda& ctx, MatrixView<const T, Cuda> dy, G* db, ReduceScratch<compute_t<T>, Cuda> scratch) {
+  column_sum(ctx, dy, db, /*accumulate=*/true, scratch);
 }
 template <class T>
 void gelu_backward(Cuda& ctx, MatrixView<const T, Cuda> dy, MatrixView<const T, Cuda> pre, MatrixView<T, Cuda> d) {
@@ -242,10 +312,13 @@ template <class T>
 void gated_residual_backward(Cuda& ctx, MatrixView<const T, Cuda> dout, MatrixView<const T, Cuda> y,
                              MatrixView<const T, Cuda> gate, std::int64_t seq_len, DropoutSite drop,
                              MatrixView<T, Cuda> dx, bool accumulate_dx, MatrixView<T, Cuda> dy, bool accumulate_dy,
-                             MatrixView<T, Cuda> dgate, bool accumulate_dgate) {
+                             MatrixView<T, Cuda> dgate, bool accumulate_dgate, ReduceScratch<compute_t<T>, Cuda> scratch) {
   launch(ctx, launches::gated_residual_backward(dout.rows * dout.cols), cuda_kernels::gated_residual_backward<T>, dout, gate, seq_len, drop, dx, accumulate_dx, dy, accumulate_dy);
-  if (dgate.data != nullptr) {
-    launch(ctx, launches::gated_residual_dgate(dout.rows / seq_len * dout.cols), cuda_kernels::gated_residual_dgate<T>, dout, y, seq_len, drop, dgate, accumulate_dgate);
+  if (dgate.data != nullptr) {  // dgate[b] (+)= sum_t dout * drop(y): the per-sequence two-stage reduction
+    using Acc = compute_t<T>;
+    column_reduce(ctx, ColumnReduceShape::per_sequence(dout.rows, dout.cols, seq_len),
+                  GateGradTerm<T, Acc>{dout.data, dout.ld, y.data, y.ld, dout.cols, drop},
+                  ColumnSink<T>{dgate.data, dgate.ld, accumulate_dgate}, scratch);
   }
 }
 template <class T>

@@ -1,13 +1,16 @@
 #pragma once
 // CUDA LayerNorm (no bias, fp32 statistics) fused with the adaLN modulation; see
-// ops/layernorm.hpp for the math. Forward and dx: one warp per row. dw: one thread per column,
-// rows in order. dshift/dscale: one thread per (sequence, column), positions in order.
+// ops/layernorm.hpp for the math. Forward and dx: one warp per row. dw (over all rows) and
+// dshift/dscale (per sequence): the deterministic two-stage column reductions of
+// ops/cuda/column_reduce.cuh on the terms of ops/layernorm.hpp (Host twin:
+// layernorm_param_grads_twin).
 
 #include <cstdint>
 
 #include "mdlm/backend/cuda/check.cuh"
 #include "mdlm/backend/cuda/context.cuh"
 #include "mdlm/backend/cuda/launch.cuh"
+#include "mdlm/ops/cuda/column_reduce.cuh"
 #include "mdlm/ops/layernorm.hpp"
 
 namespace mdlm {
@@ -74,43 +77,6 @@ __global__ void layernorm_modulate_backward_dx(MatrixView<const T, Cuda> dh, Mat
   }
 }
 
-template <class T, class G>
-__global__ void layernorm_modulate_backward_dw(MatrixView<const T, Cuda> dh, MatrixView<const T, Cuda> x,
-                                               MatrixView<const T, Cuda> scale, std::int64_t seq_len, const float* mean,
-                                               const float* rstd, G* dw) {
-  const std::int64_t c = cuda_detail::global_index();
-  if (c >= x.cols) return;
-  float s = 0;
-  for (std::int64_t r = 0; r < x.rows; ++r) {
-    float dn = to_compute(dh.data[r * dh.ld + c]);
-    if (scale.data != nullptr) dn *= 1.0f + to_compute(scale.data[(r / seq_len) * scale.ld + c]);
-    s += dn * (to_compute(x.data[r * x.ld + c]) - mean[r]) * rstd[r];
-  }
-  dw[c] = from_compute<G>(to_compute(dw[c]) + s);
-}
-
-template <class T>
-__global__ void layernorm_modulate_backward_mod(MatrixView<const T, Cuda> dh, MatrixView<const T, Cuda> x, const T* w,
-                                                std::int64_t seq_len, const float* mean, const float* rstd,
-                                                MatrixView<T, Cuda> dshift, MatrixView<T, Cuda> dscale,
-                                                bool accumulate) {
-  const std::int64_t i = cuda_detail::global_index();
-  const std::int64_t batches = x.rows / seq_len;
-  if (i >= batches * x.cols) return;
-  const std::int64_t b = i / x.cols, c = i % x.cols;
-  float ds = 0, dsc = 0;
-  for (std::int64_t t = 0; t < seq_len; ++t) {
-    const std::int64_t r = b * seq_len + t;
-    const float g = to_compute(dh.data[r * dh.ld + c]);
-    ds += g;
-    dsc += g * (to_compute(x.data[r * x.ld + c]) - mean[r]) * rstd[r] * to_compute(w[c]);
-  }
-  T& s0 = dshift.data[b * dshift.ld + c];
-  T& s1 = dscale.data[b * dscale.ld + c];
-  s0 = accumulate ? from_compute<T>(to_compute(s0) + ds) : from_compute<T>(ds);
-  s1 = accumulate ? from_compute<T>(to_compute(s1) + dsc) : from_compute<T>(dsc);
-}
-
 }  // namespace cuda_kernels
 
 // Launch configurations (checked on the CPU for every model shape: tests/cuda_host/).
@@ -123,12 +89,6 @@ inline LaunchConfig layernorm_rows(const char* kernel, std::int64_t rows) {
 }
 inline LaunchConfig layernorm_forward(std::int64_t rows) { return layernorm_rows("layernorm_modulate_forward", rows); }
 inline LaunchConfig layernorm_backward_dx(std::int64_t rows) { return layernorm_rows("layernorm_modulate_backward_dx", rows); }
-inline LaunchConfig layernorm_backward_dw(std::int64_t cols) {
-  return launch_detail::one_thread_each("layernorm_modulate_backward_dw", cols);
-}
-inline LaunchConfig layernorm_backward_mod(std::int64_t batches, std::int64_t cols) {
-  return launch_detail::one_thread_each("layernorm_modulate_backward_mod", batches * cols);
-}
 }  // namespace launches
 
 // Statistics are fp32 on CUDA (compute_t<T> is float for float and bf16).
@@ -145,16 +105,24 @@ template <class T, class G>
 void layernorm_modulate_backward(Cuda& ctx, MatrixView<const T, Cuda> dh, MatrixView<const T, Cuda> x, const T* w,
                                  MatrixView<const T, Cuda> scale, std::int64_t seq_len, const float* mean,
                                  const float* rstd, MatrixView<T, Cuda> dx, bool accumulate_dx, G* dw,
-                                 MatrixView<T, Cuda> dshift, MatrixView<T, Cuda> dscale, bool accumulate_mod) {
+                                 MatrixView<T, Cuda> dshift, MatrixView<T, Cuda> dscale, bool accumulate_mod,
+                                 ReduceScratch<compute_t<T>, Cuda> scratch) {
+  static_assert(std::is_same_v<compute_t<T>, float>, "CUDA LayerNorm runs in fp32 statistics");
+  using Acc = float;
   launch(ctx, launches::layernorm_backward_dx(x.rows), cuda_kernels::layernorm_modulate_backward_dx<T>, dh, x, w, scale,
          seq_len, mean, rstd, dx, accumulate_dx);
+  // The reductions share the scratch one after another (stream order).
   if (dw != nullptr) {
-    launch(ctx, launches::layernorm_backward_dw(x.cols), cuda_kernels::layernorm_modulate_backward_dw<T, G>, dh, x,
-           scale, seq_len, mean, rstd, dw);
+    column_reduce(ctx, ColumnReduceShape::plain(x.rows, x.cols),
+                  LayerNormDwTerm<T, Acc>{dh.data, dh.ld, x.data, x.ld, scale.data, scale.ld, seq_len, mean, rstd},
+                  ColumnSink<G>{dw, 0, true}, scratch);
   }
   if (scale.data != nullptr) {
-    launch(ctx, launches::layernorm_backward_mod(x.rows / seq_len, x.cols), cuda_kernels::layernorm_modulate_backward_mod<T>,
-           dh, x, w, seq_len, mean, rstd, dshift, dscale, accumulate_mod);
+    const ColumnReduceShape s = ColumnReduceShape::per_sequence(x.rows, x.cols, seq_len);
+    column_reduce(ctx, s, ColumnValue<T, Acc>{dh.data, dh.ld}, ColumnSink<T>{dshift.data, dshift.ld, accumulate_mod},
+                  scratch);
+    column_reduce(ctx, s, LayerNormDscaleTerm<T, Acc>{dh.data, dh.ld, x.data, x.ld, w, mean, rstd},
+                  ColumnSink<T>{dscale.data, dscale.ld, accumulate_mod}, scratch);
   }
 }
 
