@@ -6,7 +6,10 @@
 
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "mdlm/mdlm.hpp"
@@ -29,50 +32,70 @@ void init_for_benchmark(B& ctx, const DiT& model, ParamStore<B, T, G>& store) {
   upload_into(ctx, host.data(), model.layout().buffer_elements(), store.values().data());
 }
 
-// One MDLM step (MaskedDiffusion, log-linear, head trimmed to the masked rows unless
-// trim_head is false) or, for an AR config, one AR step.
-template <class B, class T, class G, class Sync>
-void train_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int64_t batch, std::int64_t seq,
-                double peak_tflops, bool trim_head, Sync&& sync) {
-  DiT model(cfg);
-  ParamStore<B, T, G> store(model.layout());
-  init_for_benchmark(ctx, model, store);
-  const std::int64_t n = batch * seq;
-  const std::int32_t mask_id = static_cast<std::int32_t>(cfg.vocab - 1);
-  std::vector<std::int32_t> x0(static_cast<std::size_t>(n));
-  Philox rng{3};
-  for (std::int64_t i = 0; i < n; ++i) {
-    x0[static_cast<std::size_t>(i)] =
-        static_cast<std::int32_t>(rng.block(Purpose::Test, 1, static_cast<std::uint64_t>(i)).v[0] % static_cast<std::uint32_t>(mask_id));
-  }
-  auto one = upload(ctx, std::vector<T>{from_compute<T>(1)});
-  Tape<B, T, G> tape(ctx);
-  tape.options = {true, 4, 0};
+// The step under test: an MDLM step (MaskedDiffusion, log-linear, head trimmed to the masked
+// rows unless trim_head is false) or, for an AR config, an AR step, with its weights and tokens.
+template <class B, class T, class G>
+struct StepUnderTest {
+  DiT model;
+  ParamStore<B, T, G> store;
+  std::int64_t batch, seq;
+  bool trim_head;
+  std::vector<std::int32_t> x0;
+  Buffer<T, B> one;
+  Tape<B, T, G> tape;
   std::int64_t head_rows = 0;
-  auto step = [&] {
+
+  StepUnderTest(B& ctx, const DiTConfig& cfg, std::int64_t batch_, std::int64_t seq_, bool trim)
+      : model(cfg), store(model.layout()), batch(batch_), seq(seq_), trim_head(trim),
+        x0(static_cast<std::size_t>(batch_ * seq_)), one(upload(ctx, std::vector<T>{from_compute<T>(1)})), tape(ctx) {
+    init_for_benchmark(ctx, model, store);
+    const std::uint32_t mask_id = static_cast<std::uint32_t>(cfg.vocab - 1);
+    Philox rng{3};
+    for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = static_cast<std::int32_t>(rng.block(Purpose::Test, 1, i).v[0] % mask_id);
+    tape.options = {true, 4, 0};
+  }
+  // One forward + loss + backward; `phase(name)` is called before the forward and the backward.
+  template <class Phase>
+  void run(Phase&& phase) {
     tape.reset();
-    if (cfg.ar) {
+    phase("forward");
+    if (model.config().ar) {
       auto out = Autoregressive{}.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, seq, nullptr});
+      phase("backward");
       tape.backward(out.loss, MatrixView<const T, B>(one.data(), 1, 1));
       head_rows += out.head_rows;
     } else {
       DiffusionOptions opt;
-      opt.mask_id = mask_id;
+      opt.mask_id = model.config().vocab - 1;
       opt.trim_head = trim_head;
       MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{}, opt);
       auto out = objective.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, seq, nullptr}, Philox{5},
                                 tape.options.step);
+      phase("backward");
       tape.backward(out.loss, MatrixView<const T, B>(one.data(), 1, 1));
       head_rows += out.head_rows;
     }
-    sync();
-  };
-  step();  // warm-up: arenas reach their size, GEMM plans are built
-  head_rows = 0;
-  for (auto _ : state) {
-    step();
     ++tape.options.step;
   }
+  void run() {
+    run([](const char*) {});
+  }
+};
+
+template <class B, class T, class G, class Sync>
+void train_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int64_t batch, std::int64_t seq,
+                double peak_tflops, bool trim_head, Sync&& sync) {
+  StepUnderTest<B, T, G> s(ctx, cfg, batch, seq, trim_head);
+  const DiT& model = s.model;
+  const std::int64_t n = batch * seq;
+  s.run();  // warm-up: arenas reach their size, GEMM plans are built
+  sync();
+  s.head_rows = 0;
+  for (auto _ : state) {
+    s.run();
+    sync();
+  }
+  const std::int64_t head_rows = s.head_rows;
   const double iters = static_cast<double>(state.iterations());
   const double tokens = static_cast<double>(n) * iters;
   const double flops = tokens * model.train_flops_per_token(seq);
@@ -87,6 +110,30 @@ void train_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int6
     state.counters["MFU"] = benchmark::Counter(flops / 1e12 / peak_tflops, benchmark::Counter::kIsRate);
     state.counters["MFU_exec"] = benchmark::Counter(executed / 1e12 / peak_tflops, benchmark::Counter::kIsRate);
   }
+}
+
+// The per-range breakdown of `steps` steps (after one warm-up step) with StepProfile on
+// `clock`: milliseconds per op and layer, forward and backward, against the step budget of
+// `goal_tokens_per_s` (0: none). Returns the table.
+template <class B, class T, class G, class Clock, class Sync>
+std::string profile_steps(B& ctx, const DiTConfig& cfg, std::int64_t batch, std::int64_t seq, bool trim_head,
+                          std::int64_t steps, Clock clock, double goal_tokens_per_s, Sync&& sync) {
+  StepUnderTest<B, T, G> s(ctx, cfg, batch, seq, trim_head);
+  s.run();
+  sync();
+  StepProfile<Clock> profile(std::move(clock));
+  s.tape.ranges = profile.hook();
+  double total_ms = 0;
+  for (std::int64_t k = 0; k < steps; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    s.run([&](const char* phase) { profile.phase(phase); });
+    sync();
+    total_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    profile.end_step();
+  }
+  const double step_ms = total_ms / static_cast<double>(steps);
+  const double budget_ms = goal_tokens_per_s > 0 ? 1e3 * static_cast<double>(batch * seq) / goal_tokens_per_s : 0.0;
+  return profile.table(step_ms, budget_ms);
 }
 
 }  // namespace mdlm::bench

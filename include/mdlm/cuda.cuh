@@ -4,6 +4,7 @@
 
 #include "mdlm/backend/cuda/check.cuh"
 #include "mdlm/backend/cuda/context.cuh"
+#include "mdlm/backend/cuda/event_clock.cuh"
 #include "mdlm/backend/cuda/launch.cuh"
 #include "mdlm/backend/cuda/lt_gemm.cuh"
 #include "mdlm/ops/cuda/attention.cuh"

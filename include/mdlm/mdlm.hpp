@@ -50,6 +50,7 @@
 #include "mdlm/io/trained_model.hpp"
 #include "mdlm/optim/adamw.hpp"
 #include "mdlm/train/metrics.hpp"
+#include "mdlm/train/step_profile.hpp"
 #include "mdlm/train/trainer.hpp"
 #include "mdlm/io/trajectory.hpp"
 

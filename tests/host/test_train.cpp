@@ -542,3 +542,53 @@ TEST_CASE("gradient buckets: buckets fill from the buffer's end, reports outside
   buckets.finish();  // not armed: nothing more
   CHECK(rec.finishes == 1);
 }
+
+// A clock whose marks are 0, 1, 2, ... milliseconds: every range's time is known exactly.
+struct TickClock {
+  using Mark = double;
+  double next = 0;
+  Mark mark() { return next++; }
+  double ms(Mark from, Mark to) const { return to - from; }
+  void wait() const {}
+  void recycle() const {}
+};
+
+TEST_CASE("step profile: inclusive and exclusive milliseconds per range, per step, that add up to the step") {
+  StepProfile<TickClock> profile;
+  RangeHook hook = profile.hook();
+  for (int step = 0; step < 2; ++step) {
+    profile.phase("forward");
+    hook.push(hook.target, "block 0");  // mark 0
+    hook.push(hook.target, "linear");   // 1
+    hook.pop(hook.target);              // 2: linear 1 ms
+    hook.push(hook.target, "linear");   // 3
+    hook.pop(hook.target);              // 4: linear 1 ms
+    hook.pop(hook.target);              // 5: block 0 5 ms, 3 of its own
+    profile.phase("backward");
+    hook.push(hook.target, "linear");   // 6
+    hook.pop(hook.target);              // 7
+    profile.end_step();
+  }
+  CHECK(profile.steps() == 2);
+  const auto rows = profile.rows();
+  REQUIRE(rows.size() == 3);
+  CHECK(rows[0].name == "forward/block 0");  // by exclusive time
+  CHECK(rows[0].inclusive_ms == 5);
+  CHECK(rows[0].exclusive_ms == 3);
+  CHECK(rows[0].calls == 1);
+  CHECK(rows[1].name == "forward/linear");
+  CHECK(rows[1].inclusive_ms == 2);  // two calls of 1 ms per step
+  CHECK(rows[1].exclusive_ms == 2);
+  CHECK(rows[1].calls == 2);
+  CHECK(rows[2].name == "backward/linear");
+  CHECK(rows[2].exclusive_ms == 1);
+  const std::string table = profile.table(8.0, 4.0);
+  const std::size_t outside = table.find("(outside every range)");
+  REQUIRE(outside != std::string::npos);
+  CHECK(table.substr(outside, table.find('\n', outside) - outside).find(" 2.000 ") != std::string::npos);  // 8 - (3 + 2 + 1)
+  CHECK(table.find("step 8.000 ms against a budget of 4.000 ms (2.00x)") != std::string::npos);
+  hook.push(hook.target, "open");
+  CHECK_THROWS_WITH_AS(profile.end_step(), doctest::Contains("1 ranges still open"), Error);
+  hook.pop(hook.target);
+  CHECK_THROWS_WITH_AS(hook.pop(hook.target), doctest::Contains("closed that was never opened"), Error);
+}
