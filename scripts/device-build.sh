@@ -17,13 +17,14 @@ cmake -S . -B build-device -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES
   -DMDLM_STATIC_BLAS=ON -DMDLM_HOST_GEMM=openblas -DMDLM_NATIVE_ARCH=OFF -DCMAKE_CUDA_RUNTIME_LIBRARY=Static -DMDLM_MPI=OFF -DMDLM_NCCL=OFF -DMDLM_BUILD_TESTS=ON -DMDLM_BUILD_BENCH=ON \
   -DMDLM_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build-device -j "$MDLM_JOBS" --target mdlm_tests_cuda mdlm_tests_cuda_host mdlm_cli \
-  mdlm_bench_gemm_cuda mdlm_bench_train_step_cuda mdlm_bench_sampler_cuda mdlm_bench_attention_cuda
+  mdlm_bench_gemm_cuda mdlm_bench_train_step_cuda mdlm_bench_sampler_cuda mdlm_bench_attention_cuda mdlm_profile_step_cuda
 # Stage what device-check.sh runs in build-device/stage/{bin,lib}: the one path to carry.
 S=build-device/stage
 rm -rf "$S" && mkdir -p "$S/bin" "$S/lib"
 cp build-device/tests/mdlm_tests_cuda build-device/tests/mdlm_tests_cuda_host build-device/examples/mdlm \
    build-device/bench/mdlm_bench_gemm_cuda build-device/bench/mdlm_bench_train_step_cuda \
-   build-device/bench/mdlm_bench_sampler_cuda build-device/bench/mdlm_bench_attention_cuda "$S/bin/"
+   build-device/bench/mdlm_bench_sampler_cuda build-device/bench/mdlm_bench_attention_cuda \
+   build-device/bench/mdlm_profile_step_cuda "$S/bin/"
 for lib in libutf8proc.so.2 libbenchmark.so.1debian libgomp.so.1; do
   cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$S/lib/"
 done

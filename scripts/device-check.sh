@@ -139,6 +139,7 @@ perf() {
   check bench_train_B8_T256 40 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=B8_T256
   check bench_train_B32_T1024 60 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=B32_T1024_trimmed --benchmark_min_time=1
   check bench_train_lm1b 60 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=lm1b --benchmark_min_time=1
+  check profile_step_owt 40 "$B/mdlm_profile_step_cuda" owt 3
   check bench_sampler_e2e 90 "$B/mdlm_bench_sampler_cuda" --benchmark_filter=sample_small
 }
 
