@@ -162,6 +162,22 @@ TEST_CASE("fused SUBS loss equals the unfused path (materialized log-probs), and
       {{"logits", MatrixView<double, Host>(logits.data(), n, vocab)}});
   CAPTURE(r.max_rel_error);
   CHECK(r.passed(1e-8));
+
+  // The logits' gradient is written over the logits when they are an op's output (one (M, V)
+  // buffer instead of two), and it is the gradient written into a separate buffer.
+  const double one = 1;
+  std::vector<double> g_in_place(logits.size(), 0.0), g_separate(logits.size(), 0.0);
+  std::vector<std::int32_t> every_row(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) every_row[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  Tape<Host, double> t1(host), t2(host);
+  auto x = t1.leaf(MatrixView<double, Host>(logits.data(), n, vocab), MatrixView<double, Host>(g_in_place.data(), n, vocab));
+  auto copied = GatherRowsOp<Host, double>::forward(t1, x, every_row.data(), every_row.data(), n);
+  t1.backward(CrossEntropyOp<Host, double>::forward(t1, copied, tg.rows()), MatrixView<const double, Host>(&one, 1, 1));
+  CHECK(t1.grad_out(copied).data == copied.value.data);
+  auto y = t2.leaf(MatrixView<double, Host>(logits.data(), n, vocab), MatrixView<double, Host>(g_separate.data(), n, vocab));
+  t2.backward(CrossEntropyOp<Host, double>::forward(t2, y, tg.rows()), MatrixView<const double, Host>(&one, 1, 1));
+  CHECK(g_in_place == g_separate);
+  CHECK(std::any_of(g_separate.begin(), g_separate.end(), [](double g) { return g != 0; }));
 }
 
 TEST_CASE("MaskedDiffusion: padded head rows take few distinct counts over 1,000 steps (a bounded GEMM plan cache)") {

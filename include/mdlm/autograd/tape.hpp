@@ -221,6 +221,16 @@ class Tape {
     return t;
   }
 
+  // grad_in for an op whose backward may write its input's gradient over the input's value,
+  // element by element, because no op still to run reads that value (the cross-entropy's
+  // logits: the head's backward reads its input and weights, not its output). If nothing has
+  // written the gradient yet, it takes the value's memory: no second buffer of that size.
+  GradTarget grad_in_place(VarT v) {
+    Entry& e = vars_[static_cast<std::size_t>(v.id)];
+    if (!e.no_grad && e.grad.data == nullptr && !e.accumulate && !e.written && !e.has_slices) e.grad = e.value;
+    return grad_in(v);
+  }
+
   // ---- recording and backward --------------------------------------------------------------
   bool recording() const { return recording_; }
   // Activation-arena bytes handed out since the last reset() (values and op scratch).

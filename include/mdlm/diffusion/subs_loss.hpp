@@ -9,6 +9,7 @@
 // without ever storing probabilities. The AR baseline's token-mean NLL shares the kernel:
 // row (b, t) predicts x[b, t + 1] with weight 1, the last position of each sequence none.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -29,11 +30,15 @@ struct CrossEntropyRows {
 };
 
 // loss[0] = sum_r coef_r * -log softmax(row_r)[target_r] (rows summed in order); writes each
-// counted row's log-sum-exp to lse (others: NaN).
+// counted row's log-sum-exp to lse (others: NaN). `row_loss` (logits.rows doubles in backend
+// memory) holds the per-row losses; nullptr: the function allocates it (on CUDA that costs an
+// allocation and a synchronization, which the tape op avoids by passing its scratch).
 template <class T>
 void cross_entropy_forward(const Host& ctx, MatrixView<const T, Host> logits, CrossEntropyRows rows, double* lse,
-                           T* loss) {
-  std::vector<double> row_loss(static_cast<std::size_t>(logits.rows), 0.0);
+                           T* loss, double* row_loss_scratch = nullptr) {
+  std::vector<double> own(row_loss_scratch ? 0 : static_cast<std::size_t>(logits.rows));
+  double* row_loss = row_loss_scratch ? row_loss_scratch : own.data();
+  std::fill(row_loss, row_loss + logits.rows, 0.0);
   ctx.parallel_for(logits.rows, [&](std::int64_t r) {
     if (rows.coef[r] == 0.0) {
       lse[r] = std::numeric_limits<double>::quiet_NaN();
@@ -46,10 +51,10 @@ void cross_entropy_forward(const Host& ctx, MatrixView<const T, Host> logits, Cr
     double s = 0;
     for (std::int64_t v = 0; v < logits.cols; ++v) s += std::exp(at(v) - mx);
     lse[r] = mx + std::log(s);
-    row_loss[static_cast<std::size_t>(r)] = rows.coef[r] * (lse[r] - at(rows.target[r]));
+    row_loss[r] = rows.coef[r] * (lse[r] - at(rows.target[r]));
   });
   double total = 0;  // fixed order: deterministic
-  for (double v : row_loss) total += v;
+  for (std::int64_t r = 0; r < logits.rows; ++r) total += row_loss[r];
   loss[0] = static_cast<T>(total);
 }
 
@@ -86,14 +91,16 @@ struct CrossEntropyOp {
   static V forward(Tape<B, T, G>& tape, V logits, CrossEntropyRows rows) {
     const auto range = tape.range(kName);
     auto lse = tape.template scratch<double>(Shape{logits.rows()});
+    auto row_loss = tape.template scratch<double>(Shape{std::max<std::int64_t>(logits.rows(), 1)});
     V loss = tape.new_var(1, 1);
-    cross_entropy_forward(tape.backend(), MatrixView<const T, B>(logits.value), rows, lse.data, loss.value.data);
+    cross_entropy_forward(tape.backend(), MatrixView<const T, B>(logits.value), rows, lse.data, loss.value.data,
+                          row_loss.data);
     tape.template record<CrossEntropyOp>(Ctx{logits, loss, rows, lse.data});
     return loss;
   }
   static void backward(Tape<B, T, G>& tape, const Ctx& ctx) {
     const T* dloss = tape.grad_out(ctx.loss).data;
-    auto dl = tape.grad_in(ctx.logits);
+    auto dl = tape.grad_in_place(ctx.logits);  // dlogits over the logits: one (M, V) buffer, not two
     if (!dl.needed) return;
     cross_entropy_backward(tape.backend(), MatrixView<const T, B>(ctx.logits.value), ctx.rows, ctx.lse, dloss, dl.grad,
                            dl.accumulate);

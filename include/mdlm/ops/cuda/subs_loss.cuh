@@ -89,11 +89,18 @@ inline LaunchConfig cross_entropy_grad(std::int64_t rows) {
 }  // namespace launches
 
 template <class T>
-void cross_entropy_forward(Cuda& ctx, MatrixView<const T, Cuda> logits, CrossEntropyRows rows, double* lse, T* loss) {
+void cross_entropy_forward(Cuda& ctx, MatrixView<const T, Cuda> logits, CrossEntropyRows rows, double* lse, T* loss,
+                           double* row_loss_scratch = nullptr) {
+  if (row_loss_scratch != nullptr) {  // the tape's scratch: no allocation, no synchronization
+    if (logits.rows > 0) {
+      launch(ctx, launches::cross_entropy_rows(logits.rows), cuda_kernels::cross_entropy_rows<T>, logits, rows, lse,
+             row_loss_scratch);
+    }
+    launch(ctx, launches::sum_rows_ordered(), cuda_kernels::sum_rows_ordered<T>, row_loss_scratch, logits.rows, loss);
+    return;
+  }
   DeviceBuffer<double> row_loss(ctx, Shape{std::max<std::int64_t>(logits.rows, 1)});
-  launch(ctx, launches::cross_entropy_rows(logits.rows), cuda_kernels::cross_entropy_rows<T>, logits, rows, lse,
-         row_loss.data());
-  launch(ctx, launches::sum_rows_ordered(), cuda_kernels::sum_rows_ordered<T>, row_loss.data(), logits.rows, loss);
+  cross_entropy_forward(ctx, logits, rows, lse, loss, row_loss.data());
   ctx.synchronize();  // row_loss is freed at return
 }
 
