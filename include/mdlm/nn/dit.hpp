@@ -258,7 +258,9 @@ class DiT {
   }
 
   // Everything before the output head: the final adaLN-modulated LayerNorm output (B*T, d).
-  template <class B, class T, class G>
+  // kFuse: the fused residual + LayerNorm ops (the CUDA default; a Host test sets it to check
+  // that path against the unfused one).
+  template <class B, class T, class G, bool kFuse = kFusedResidualLayerNorm<B>>
   Var<T, B> hidden(Tape<B, T, G>& tape, const Params<B, T, G>& p, const DiTInputs& in) const {
     MDLM_CHECK(p.size() == layout_.specs().size(), "forward: ", p.size(), " parameters given, the model has ",
                layout_.specs().size());
@@ -291,7 +293,7 @@ class DiT {
       c = SiluOp<B, T, G>::forward(tape, sigma_map_.l2.forward(tape, p, h));
     }
 
-    // Where kFusedResidualLayerNorm<B> (CUDA), each gated residual is fused with the LayerNorm
+    // With kFuse (kFusedResidualLayerNorm<B>: CUDA), each gated residual is fused with the LayerNorm
     // that reads it (ResidualLayerNormOp): a block's first residual with its norm2, and its
     // second residual with the next block's norm1 (the last block's: with norm_final). That
     // second residual is recorded in the next part, after the next part's gradient mark and
@@ -302,7 +304,7 @@ class DiT {
     // are. The dropout draws keep their order (no other op reserves Philox ranges in between),
     // so the masks are the unfused path's. The Host keeps the unfused ops (bit-identical to the
     // golden fixtures).
-    constexpr bool fused = kFusedResidualLayerNorm<B>;
+    constexpr bool fused = kFuse;
     Var<T, B> pending, pending_gate;  // fused: the previous block's MLP branch and gate2, not yet added
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       const DiTBlock& blk = blocks_[i];

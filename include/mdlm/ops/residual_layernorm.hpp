@@ -57,7 +57,10 @@ MDLM_HD inline void dropout_factors_small(const DropoutSite& d, std::uint64_t i,
       have = w >> 2;
       words = d.rng.block(Purpose::Dropout, d.step, have);
     }
-    f[k] = u01_float(words.v[w & 3]) >= d.p ? s : C(0);
+    // The word by selects, not a dynamic index (which puts the block in local memory on CUDA).
+    const std::uint64_t j = w & 3;
+    const std::uint32_t word = j == 0 ? words.v[0] : j == 1 ? words.v[1] : j == 2 ? words.v[2] : words.v[3];
+    f[k] = u01_float(word) >= d.p ? s : C(0);
   }
 }
 
