@@ -161,10 +161,12 @@ TEST_CASE("gradcheck: fused residual + LayerNorm, with and without adaLN, gate a
   using TapeH = Tape<Host, double>;
   const std::int64_t batches = 2, seq = 3, c = 7;
   std::vector<std::vector<double>> data;
-  const std::int64_t shapes[6][2] = {{batches * seq, c}, {batches * seq, c}, {batches, c}, {1, c}, {batches, c}, {batches, c}};
+  const std::int64_t shapes[6][2] = {{batches * seq, c}, {batches * seq, c}, {batches, c}, {1, c},
+                                     {batches, c},       {batches, c}};
   const char* names[6] = {"x", "y", "gate", "w", "shift", "scale"};
   for (int i = 0; i < 6; ++i) {
-    data.push_back(random_vector<double>(static_cast<std::size_t>(shapes[i][0] * shapes[i][1]), 20 + static_cast<std::uint64_t>(i)));
+    data.push_back(random_vector<double>(static_cast<std::size_t>(shapes[i][0] * shapes[i][1]),
+                                         20 + static_cast<std::uint64_t>(i)));
     if (i == 3)
       for (auto& v : data.back()) v += 1.0;
   }
@@ -178,12 +180,14 @@ TEST_CASE("gradcheck: fused residual + LayerNorm, with and without adaLN, gate a
     for (int i = 0; i < 6; ++i) {
       if ((i == 2 && !gated) || (i >= 4 && !modulated)) continue;
       at[i] = inputs.size();
-      inputs.push_back({names[i], MatrixView<double, Host>(data[static_cast<std::size_t>(i)].data(), shapes[i][0], shapes[i][1])});
+      inputs.push_back(
+          {names[i], MatrixView<double, Host>(data[static_cast<std::size_t>(i)].data(), shapes[i][0], shapes[i][1])});
     }
     auto build = [&](TapeH& t, const GradcheckLeaves& g) {
       const V gate = gated ? g.var(at[2]) : V{};
-      auto o = ResidualLayerNormOp<Host, double>::forward(t, g.var(at[0]), g.var(at[1]), gate, seq, 0.3f, g.param(at[3]),
-                                                          modulated ? g.var(at[4]) : V{}, modulated ? g.var(at[5]) : V{}, 1e-5);
+      auto o = ResidualLayerNormOp<Host, double>::forward(t, g.var(at[0]), g.var(at[1]), gate, seq, 0.3f,
+                                                          g.param(at[3]), modulated ? g.var(at[4]) : V{},
+                                                          modulated ? g.var(at[5]) : V{}, 1e-5);
       // Both outputs reach the checked sum: h + gate * x (the gate input again, or none).
       return GatedResidualOp<Host, double>::forward(t, o.h, o.x, gated ? g.var(at[2]) : V{}, seq);
     };
@@ -239,8 +243,8 @@ ModelRun run_model(const DiTConfig& cfg) {
   std::vector<std::int32_t> ids{1, 10, 3, 3, 0, 7, 2, 9, 4, 4};
   std::vector<double> sigma{0.7, 2.5};
   auto p = store.params();
-  Var<double, Host> h = model.hidden<Host, double, double, kFuse>(
-      tape, p, DiTInputs{ids.data(), ids.data(), batch, seq, sigma.data()});
+  Var<double, Host> h =
+      model.hidden<Host, double, double, kFuse>(tape, p, DiTInputs{ids.data(), ids.data(), batch, seq, sigma.data()});
   r.h = download(host, MatrixView<const double, Host>(h.value));
   auto dh = random_vector<double>(static_cast<std::size_t>(h.rows() * h.cols()), 31);
   tape.backward(h, MatrixView<const double, Host>(dh.data(), h.rows(), h.cols()));
@@ -250,7 +254,8 @@ ModelRun run_model(const DiTConfig& cfg) {
 
 }  // namespace
 
-TEST_CASE("DiT with the fused ops (the CUDA path, across block boundaries) equals the unfused Host path; marks stay final") {
+TEST_CASE(
+    "DiT with the fused ops (the CUDA path, across block boundaries) equals the unfused Host path; marks stay final") {
   for (int variant = 0; variant < 3; ++variant) {
     CAPTURE(variant);
     DiTConfig cfg = mdlm::testing::small_dit(11, 12, 2, 3, 4);  // width 12: not a multiple of 8

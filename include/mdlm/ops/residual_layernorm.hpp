@@ -152,8 +152,7 @@ template <class T>
 void residual_layernorm_forward(const Host& ctx, MatrixView<const T, Host> x, MatrixView<const T, Host> y,
                                 MatrixView<const T, Host> gate, std::int64_t seq_len, DropoutSite drop, const T* w,
                                 MatrixView<const T, Host> shift, MatrixView<const T, Host> scale, double eps,
-                                MatrixView<T, Host> xn, MatrixView<T, Host> h, compute_t<T>* mean,
-                                compute_t<T>* rstd) {
+                                MatrixView<T, Host> xn, MatrixView<T, Host> h, compute_t<T>* mean, compute_t<T>* rstd) {
   using C = compute_t<T>;
   const std::int64_t cols = x.cols;
   ctx.parallel_for(x.rows, [&](std::int64_t r) {
@@ -170,8 +169,8 @@ void residual_layernorm_forward(const Host& ctx, MatrixView<const T, Host> x, Ma
         xr[c0 + k] = static_cast<T>(rln_residual(C(xi[k]), C(yi[k]), f[k], g != nullptr ? C(g[k]) : C(1)));
     }
     const C m = host_lane_sum<C>(cols, [&](std::int64_t c) { return C(xr[c]); }) / static_cast<C>(cols);
-    const C v = host_lane_sum<C>(cols, [&](std::int64_t c) { return (C(xr[c]) - m) * (C(xr[c]) - m); }) /
-                static_cast<C>(cols);
+    const C v =
+        host_lane_sum<C>(cols, [&](std::int64_t c) { return (C(xr[c]) - m) * (C(xr[c]) - m); }) / static_cast<C>(cols);
     const C rs = C(1) / std::sqrt(v + static_cast<C>(eps));
     mean[r] = m;
     rstd[r] = rs;
@@ -201,8 +200,8 @@ void residual_layernorm_backward(const Host& ctx, const ResidualLayerNormGrads<T
     const C mu = a.mean[r], rs = a.rstd[r];
     auto gw = [&](std::int64_t c) { return rln_dxhat(C(dhr[c]), sc != nullptr ? C(sc[c]) : C(0), C(a.w[c])); };
     const C mg = host_lane_sum<C>(cols, [&](std::int64_t c) { return gw(c); }) / static_cast<C>(cols);
-    const C mgx = host_lane_sum<C>(cols, [&](std::int64_t c) { return gw(c) * ((C(xr[c]) - mu) * rs); }) /
-                  static_cast<C>(cols);
+    const C mgx =
+        host_lane_sum<C>(cols, [&](std::int64_t c) { return gw(c) * ((C(xr[c]) - mu) * rs); }) / static_cast<C>(cols);
     const T* dxnr = a.dxn.data + r * a.dxn.ld;
     const T* g = a.gate.data != nullptr ? a.gate.data + b * a.gate.ld : nullptr;
     C f[kDropoutChunk];
@@ -226,9 +225,8 @@ void residual_layernorm_backward(const Host& ctx, const ResidualLayerNormGrads<T
       }
     }
   });
-  residual_layernorm_column_sums(a, [&](const ColumnReduceShape& s, const auto& term, const auto& sink) {
-    column_reduce<C>(ctx, s, term, sink);
-  });
+  residual_layernorm_column_sums(
+      a, [&](const ColumnReduceShape& s, const auto& term, const auto& sink) { column_reduce<C>(ctx, s, term, sink); });
 }
 
 // ---- the tape op --------------------------------------------------------------------------

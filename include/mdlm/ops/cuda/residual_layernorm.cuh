@@ -247,10 +247,16 @@ void residual_layernorm_forward(Cuda& ctx, MatrixView<const T, Cuda> x, MatrixVi
                                 MatrixView<const T, Cuda> shift, MatrixView<const T, Cuda> scale, double eps,
                                 MatrixView<T, Cuda> xn, MatrixView<T, Cuda> h, float* mean, float* rstd) {
   static_assert(std::is_same_v<compute_t<T>, float>, "the CUDA fused residual + LayerNorm runs in fp32");
-  const ResidualLayerNormForward<T> a{x, y, gate, shift, scale, w, seq_len, drop, static_cast<float>(eps), xn, h, mean, rstd};
-  const bool vec = cuda_detail::vector_rows_ok<T>(
-      x.cols, {{x.data, x.ld}, {y.data, y.ld}, {gate.data, gate.ld}, {shift.data, shift.ld}, {scale.data, scale.ld},
-               {w, 0}, {xn.data, xn.ld}, {h.data, h.ld}});
+  const ResidualLayerNormForward<T> a{x,  y, gate, shift, scale, w, seq_len, drop, static_cast<float>(eps),
+                                      xn, h, mean, rstd};
+  const bool vec = cuda_detail::vector_rows_ok<T>(x.cols, {{x.data, x.ld},
+                                                           {y.data, y.ld},
+                                                           {gate.data, gate.ld},
+                                                           {shift.data, shift.ld},
+                                                           {scale.data, scale.ld},
+                                                           {w, 0},
+                                                           {xn.data, xn.ld},
+                                                           {h.data, h.ld}});
   const LaunchConfig cfg = launches::residual_layernorm_forward(x.rows);
   if (vec) {
     launch(ctx, cfg, cuda_kernels::residual_layernorm_forward<T, cuda_detail::kVec16<T>>, a);
@@ -264,10 +270,15 @@ template <class T, class G>
 void residual_layernorm_backward(Cuda& ctx, const ResidualLayerNormGrads<T, G, Cuda>& a,
                                  ReduceScratch<float, Cuda> scratch) {
   static_assert(std::is_same_v<compute_t<T>, float>, "the CUDA fused residual + LayerNorm runs in fp32");
-  const bool vec = cuda_detail::vector_rows_ok<T>(
-      a.xn.cols, {{a.dxn.data, a.dxn.ld}, {a.dh.data, a.dh.ld}, {a.xn.data, a.xn.ld}, {a.gate.data, a.gate.ld},
-                  {a.scale.data, a.scale.ld}, {a.w, 0}, {a.dt.data, a.dt.ld}, {a.dx.data, a.dx.ld},
-                  {a.dy.data, a.dy.ld}});
+  const bool vec = cuda_detail::vector_rows_ok<T>(a.xn.cols, {{a.dxn.data, a.dxn.ld},
+                                                              {a.dh.data, a.dh.ld},
+                                                              {a.xn.data, a.xn.ld},
+                                                              {a.gate.data, a.gate.ld},
+                                                              {a.scale.data, a.scale.ld},
+                                                              {a.w, 0},
+                                                              {a.dt.data, a.dt.ld},
+                                                              {a.dx.data, a.dx.ld},
+                                                              {a.dy.data, a.dy.ld}});
   const LaunchConfig cfg = launches::residual_layernorm_backward_rows(a.xn.rows);
   if (vec) {
     launch(ctx, cfg, cuda_kernels::residual_layernorm_backward_rows<T, G, cuda_detail::kVec16<T>>, a);
