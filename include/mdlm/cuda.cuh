@@ -15,6 +15,7 @@
 #include "mdlm/ops/cuda/layernorm.cuh"
 #include "mdlm/ops/cuda/mask.cuh"
 #include "mdlm/ops/cuda/optim.cuh"
+#include "mdlm/ops/cuda/residual_layernorm.cuh"
 #include "mdlm/ops/cuda/sample.cuh"
 #include "mdlm/ops/cuda/subs_loss.cuh"
 #include "mdlm/sampling/cuda_sampler.cuh"

@@ -24,6 +24,7 @@
 #include "mdlm/ops/mask.hpp"
 #include "mdlm/ops/linear.hpp"
 #include "mdlm/ops/residual.hpp"
+#include "mdlm/ops/residual_layernorm.hpp"
 #include "mdlm/ops/rope.hpp"
 #include "mdlm/ops/timestep.hpp"
 

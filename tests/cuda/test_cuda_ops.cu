@@ -164,6 +164,44 @@ TEST_CASE("CUDA gated residual with dropout draws the same masks as Host") {
                    TapeOptions{true, 1234, 17});
 }
 
+TEST_CASE("CUDA fused residual + LayerNorm (16-byte vectors and scalar rows) matches its Host twin") {
+  const std::int64_t batches = 3, seq = 5;
+  // 48 columns: vectors (fp32 by 4, bf16 by 8); 33: the scalar fallback.
+  for (std::int64_t c : {48, 33}) {
+    for (int mode = 0; mode < 4; ++mode) {
+      const bool modulated = (mode & 1) != 0, gated = (mode & 2) != 0;
+      CAPTURE(c);
+      CAPTURE(mode);
+      auto build = [=](auto& tape, auto& l) {
+        using Tp = std::remove_reference_t<decltype(tape)>;
+        using VarT = typename Tp::VarT;
+        auto o = OpFor<ResidualLayerNormOp, Tp>::forward(tape, l.var(0), l.var(1), gated ? l.var(2) : VarT{}, seq, 0.3f,
+                                                         l.param(3), modulated ? l.var(4) : VarT{},
+                                                         modulated ? l.var(5) : VarT{}, 1e-5);
+        // Both outputs reach the loss: h + gate * xn.
+        return OpFor<GatedResidualOp, Tp>::forward(tape, o.h, o.x, gated ? l.var(2) : VarT{}, seq);
+      };
+      std::vector<CaseInput> inputs{input(batches * seq, c, 40, 2.0), input(batches * seq, c, 41), input(batches, c, 42),
+                                    input(1, c, 43), input(batches, c, 44), input(batches, c, 45)};
+      for (auto& v : inputs[3].data) v += 1.0;  // LayerNorm weights near 1
+      for (bool drop : {false, true}) {
+        const TapeOptions opt = drop ? TapeOptions{true, 1234, 17} : TapeOptions{};
+        compare_backends(inputs, build, opt);
+        // The fp32 Host twin itself, tight.
+        Host host;
+        Cuda cuda;
+        CaseResult twin = run_case<Host, float, float>(host, inputs, build, opt);
+        CaseResult dev = run_case<Cuda, float, float>(cuda, inputs, build, opt);
+        CHECK(rel_err(dev.out, twin.out) < 1e-5);
+        for (std::size_t i = 0; i < inputs.size(); ++i) {
+          CAPTURE(i);
+          CHECK(rel_err(dev.grads[i], twin.grads[i]) < 1e-5);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("CUDA RoPE, attention (bidirectional, causal), SiLU and embedding match Host") {
   const std::int64_t seq = 9, heads = 3, d = 8;
   compare_backends({input(2 * seq, 3 * heads * d, 11)}, [=](auto& tape, auto& l) {

@@ -74,6 +74,8 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   l.push_back(launches::scatter_add_rows(rows * c));
   l.push_back(launches::layernorm_forward(rows));
   l.push_back(launches::layernorm_backward_dx(rows));
+  l.push_back(launches::residual_layernorm_forward(rows));
+  l.push_back(launches::residual_layernorm_backward_rows(rows));
   const auto s = cuda_detail::attention_shape(rows, 3 * c, t, m.cfg.heads, false);
   l.push_back(launches::attention_forward(s, true));
   l.push_back(launches::attention_forward(s, false));  // inference: scores in shared memory
@@ -137,6 +139,38 @@ TEST_CASE("every kernel launch fits the device limits at every model shape") {
       CHECK(c.grid.x * c.block.x > 0);
     }
   }
+}
+
+TEST_CASE("fused residual + LayerNorm: a warp per row in blocks of whole warps; 16-byte vectors at every model width") {
+  for (const ModelShape& m : model_shapes()) {
+    const std::int64_t rows = m.batch * m.seq, c = m.cfg.hidden;
+    CAPTURE(m.name);
+    for (const LaunchConfig& l : {launches::residual_layernorm_forward(rows), launches::residual_layernorm_backward_rows(rows)}) {
+      CHECK_NOTHROW(check_launch(l));
+      CHECK(l.block.x % 32 == 0);
+      CHECK(l.grid.x * l.block.x >= rows * 32);         // a warp for every row
+      CHECK((l.grid.x - 1) * l.block.x < rows * 32);    // and no block without a row
+      CHECK(l.static_smem + l.dynamic_smem == 0);
+    }
+    // The model's operands: activations (B*T, d), the adaLN chunks (B, d) at ld 6d (2d in the
+    // output layer), the norm weight (d); arena and parameter buffers are 256-byte aligned.
+    auto aligned = [&](std::int64_t elem_bytes, std::int64_t offset_elems) {
+      return static_cast<const void*>(fake_pointer<char>(static_cast<std::uintptr_t>(offset_elems * elem_bytes)));
+    };
+    for (std::int64_t chunk = 0; chunk < 6; ++chunk) {
+      CHECK(cuda_detail::vector_rows_ok<float>(c, {{aligned(4, 0), c}, {aligned(4, chunk * c), 6 * c}, {aligned(4, 0), 0}}));
+      CHECK(cuda_detail::vector_rows_ok<bf16>(c, {{aligned(2, 0), c}, {aligned(2, chunk * c), 6 * c}, {aligned(2, 0), 0}}));
+    }
+  }
+  CHECK(cuda_detail::kVec16<float> == 4);
+  CHECK(cuda_detail::kVec16<bf16> == 8);
+  // The scalar fallback: a width, a leading dimension or a pointer off the 16-byte grid.
+  CHECK_FALSE(cuda_detail::vector_rows_ok<float>(33, {{fake_pointer<float>(), 33}}));
+  CHECK_FALSE(cuda_detail::vector_rows_ok<bf16>(36, {{fake_pointer<bf16>(), 36}}));  // 36 % 8 != 0
+  CHECK(cuda_detail::vector_rows_ok<float>(36, {{fake_pointer<float>(), 36}}));
+  CHECK_FALSE(cuda_detail::vector_rows_ok<float>(32, {{fake_pointer<float>(), 34}}));
+  CHECK_FALSE(cuda_detail::vector_rows_ok<float>(32, {{fake_pointer<float>(4), 32}}));
+  CHECK(cuda_detail::vector_rows_ok<float>(32, {{fake_pointer<float>(16), 32}, {nullptr, 3}}));  // absent views do not count
 }
 
 TEST_CASE("one-thread-per-item grids cover every item; grid-stride grids stay within the limit") {

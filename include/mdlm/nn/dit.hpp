@@ -27,6 +27,7 @@
 #include "mdlm/ops/layernorm.hpp"
 #include "mdlm/ops/linear.hpp"
 #include "mdlm/ops/residual.hpp"
+#include "mdlm/ops/residual_layernorm.hpp"
 #include "mdlm/ops/rope.hpp"
 #include "mdlm/ops/timestep.hpp"
 
@@ -105,6 +106,15 @@ struct LayerNorm {
   Var<T, B> forward(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> x, Var<T, B> shift, Var<T, B> scale,
                     std::int64_t seq_len, double eps) const {
     return LayerNormModulateOp<B, T, G>::forward(tape, x, p[static_cast<std::size_t>(w)], shift, scale, seq_len, eps);
+  }
+  // x + gate * drop(y) and this norm of it, in one op (ResidualLayerNormOp): {residual, norm}.
+  template <class B, class T, class G>
+  typename ResidualLayerNormOp<B, T, G>::Out forward_residual(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> x,
+                                                              Var<T, B> y, Var<T, B> gate, float dropout,
+                                                              Var<T, B> shift, Var<T, B> scale, std::int64_t seq_len,
+                                                              double eps) const {
+    return ResidualLayerNormOp<B, T, G>::forward(tape, x, y, gate, seq_len, dropout, p[static_cast<std::size_t>(w)],
+                                                 shift, scale, eps);
   }
 };
 
@@ -248,7 +258,9 @@ class DiT {
   }
 
   // Everything before the output head: the final adaLN-modulated LayerNorm output (B*T, d).
-  template <class B, class T, class G>
+  // kFuse: the fused residual + LayerNorm ops (the CUDA default; a Host test sets it to check
+  // that path against the unfused one).
+  template <class B, class T, class G, bool kFuse = kFusedResidualLayerNorm<B>>
   Var<T, B> hidden(Tape<B, T, G>& tape, const Params<B, T, G>& p, const DiTInputs& in) const {
     MDLM_CHECK(p.size() == layout_.specs().size(), "forward: ", p.size(), " parameters given, the model has ",
                layout_.specs().size());
@@ -281,6 +293,19 @@ class DiT {
       c = SiluOp<B, T, G>::forward(tape, sigma_map_.l2.forward(tape, p, h));
     }
 
+    // With kFuse (kFusedResidualLayerNorm<B>: CUDA), each gated residual is fused with the LayerNorm
+    // that reads it (ResidualLayerNormOp): a block's first residual with its norm2, and its
+    // second residual with the next block's norm1 (the last block's: with norm_final). That
+    // second residual is recorded in the next part, after the next part's gradient mark and
+    // inside its profiling range: the fused op reads the next part's norm weight (and adaLN
+    // shift/scale), which may only be used from that part's mark on, and no parameter of the
+    // block it came from (its gate2 and branch are activations, whose gradients reach that
+    // block's parameters through ops recorded after its own mark). The marks stay where they
+    // are. The dropout draws keep their order (no other op reserves Philox ranges in between),
+    // so the masks are the unfused path's. The Host keeps the unfused ops (bit-identical to the
+    // golden fixtures).
+    constexpr bool fused = kFuse;
+    Var<T, B> pending, pending_gate;  // fused: the previous block's MLP branch and gate2, not yet added
     for (std::size_t i = 0; i < blocks_.size(); ++i) {
       const DiTBlock& blk = blocks_[i];
       tape.mark_gradients_final(block_begin_[i], block_begin_[i + 1]);
@@ -295,13 +320,32 @@ class DiT {
         scale2 = tape.slice_cols(mod, 4 * d, d);
         gate2 = tape.slice_cols(mod, 5 * d, d);
       }
-      Var<T, B> h = blk.norm1.forward(tape, p, x, shift1, scale1, L, eps);
+      Var<T, B> h;
+      if (fused && pending.valid()) {
+        const auto o = blk.norm1.forward_residual(tape, p, x, pending, pending_gate, cfg_.dropout, shift1, scale1, L, eps);
+        x = o.x;
+        h = o.h;
+      } else {
+        h = blk.norm1.forward(tape, p, x, shift1, scale1, L, eps);
+      }
       Var<T, B> qkv = RopeOp<B, T, G>::forward(tape, blk.attn.qkv.forward(tape, p, h), L, cfg_.heads, cfg_.rope_base);
       Var<T, B> a = blk.attn.out.forward(tape, p, ModelAttentionOp<B, T, G>::forward(tape, qkv, L, cfg_.heads, cfg_.ar));
-      x = GatedResidualOp<B, T, G>::forward(tape, x, a, gate1, L, cfg_.dropout);
-      Var<T, B> h2 = blk.norm2.forward(tape, p, x, shift2, scale2, L, eps);
+      Var<T, B> h2;
+      if constexpr (fused) {
+        const auto o = blk.norm2.forward_residual(tape, p, x, a, gate1, cfg_.dropout, shift2, scale2, L, eps);
+        x = o.x;
+        h2 = o.h;
+      } else {
+        x = GatedResidualOp<B, T, G>::forward(tape, x, a, gate1, L, cfg_.dropout);
+        h2 = blk.norm2.forward(tape, p, x, shift2, scale2, L, eps);
+      }
       Var<T, B> m = blk.mlp.proj.forward(tape, p, blk.mlp.fc.forward(tape, p, h2, /*gelu=*/true));
-      x = GatedResidualOp<B, T, G>::forward(tape, x, m, gate2, L, cfg_.dropout);
+      if constexpr (fused) {
+        pending = m;
+        pending_gate = gate2;
+      } else {
+        x = GatedResidualOp<B, T, G>::forward(tape, x, m, gate2, L, cfg_.dropout);
+      }
     }
 
     tape.mark_gradients_final(block_begin_.back(), layout_.buffer_elements());
@@ -311,6 +355,9 @@ class DiT {
       Var<T, B> mod = final_.ada_ln.forward(tape, p, c);  // (B, 2d): shift, scale
       shift = tape.slice_cols(mod, 0, d);
       scale = tape.slice_cols(mod, d, d);
+    }
+    if (fused && pending.valid()) {
+      return final_.norm_final.forward_residual(tape, p, x, pending, pending_gate, cfg_.dropout, shift, scale, L, eps).h;
     }
     return final_.norm_final.forward(tape, p, x, shift, scale, L, eps);
   }
