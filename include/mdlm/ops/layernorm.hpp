@@ -23,30 +23,35 @@ namespace mdlm {
 // of a block into local sums (contiguous loads); each column sums its rows in ascending order.
 inline constexpr std::int64_t kLayerNormColBlock = 64;
 
+// One row: its statistics (mean, rstd) and h = (x - mean) rstd w (1 + scale[b]) + shift[b]
+// (no shift: no modulation), with lane sums in a fixed order. The fused residual + LayerNorm's
+// Host twin (ops/residual_layernorm.hpp) runs the same function.
+template <class T>
+inline void layernorm_modulate_row(const T* xr, std::int64_t cols, const T* w, MatrixView<const T, Host> shift,
+                                   MatrixView<const T, Host> scale, std::int64_t b, double eps, T* hr, compute_t<T>& mean,
+                                   compute_t<T>& rstd) {
+  using C = compute_t<T>;
+  const C m = host_lane_sum<C>(cols, [&](std::int64_t c) { return C(xr[c]); }) / static_cast<C>(cols);
+  const C v =
+      host_lane_sum<C>(cols, [&](std::int64_t c) { return (C(xr[c]) - m) * (C(xr[c]) - m); }) / static_cast<C>(cols);
+  const C rs = C(1) / std::sqrt(v + static_cast<C>(eps));
+  mean = m;
+  rstd = rs;
+  if (shift.data != nullptr) {
+    const T* sc = scale.data + b * scale.ld;
+    const T* sh = shift.data + b * shift.ld;
+    for (std::int64_t c = 0; c < cols; ++c) hr[c] = static_cast<T>((C(xr[c]) - m) * rs * C(w[c]) * (C(1) + C(sc[c])) + C(sh[c]));
+  } else {
+    for (std::int64_t c = 0; c < cols; ++c) hr[c] = static_cast<T>((C(xr[c]) - m) * rs * C(w[c]));
+  }
+}
+
 template <class T>
 void layernorm_modulate_forward(const Host& ctx, MatrixView<const T, Host> x, const T* w, MatrixView<const T, Host> shift,
                                 MatrixView<const T, Host> scale, std::int64_t seq_len, double eps, MatrixView<T, Host> h,
                                 compute_t<T>* mean, compute_t<T>* rstd) {
-  using C = compute_t<T>;
-  const std::int64_t cols = x.cols;
   ctx.parallel_for(x.rows, [&](std::int64_t r) {
-    const T* xr = x.data + r * x.ld;
-    const C m = host_lane_sum<C>(cols, [&](std::int64_t c) { return C(xr[c]); }) / static_cast<C>(cols);
-    const C v = host_lane_sum<C>(cols, [&](std::int64_t c) { return (C(xr[c]) - m) * (C(xr[c]) - m); }) /
-                static_cast<C>(cols);
-    const C rs = C(1) / std::sqrt(v + static_cast<C>(eps));
-    mean[r] = m;
-    rstd[r] = rs;
-    const std::int64_t b = r / seq_len;
-    T* hr = h.data + r * h.ld;
-    if (shift.data != nullptr) {
-      const T* sc = scale.data + b * scale.ld;
-      const T* sh = shift.data + b * shift.ld;
-      for (std::int64_t c = 0; c < cols; ++c)
-        hr[c] = static_cast<T>((C(xr[c]) - m) * rs * C(w[c]) * (C(1) + C(sc[c])) + C(sh[c]));
-    } else {
-      for (std::int64_t c = 0; c < cols; ++c) hr[c] = static_cast<T>((C(xr[c]) - m) * rs * C(w[c]));
-    }
+    layernorm_modulate_row(x.data + r * x.ld, x.cols, w, shift, scale, r / seq_len, eps, h.data + r * h.ld, mean[r], rstd[r]);
   });
 }
 

@@ -168,21 +168,7 @@ void residual_layernorm_forward(const Host& ctx, MatrixView<const T, Host> x, Ma
       for (std::int64_t k = 0; k < nc; ++k)
         xr[c0 + k] = static_cast<T>(rln_residual(C(xi[k]), C(yi[k]), f[k], g != nullptr ? C(g[k]) : C(1)));
     }
-    const C m = host_lane_sum<C>(cols, [&](std::int64_t c) { return C(xr[c]); }) / static_cast<C>(cols);
-    const C v =
-        host_lane_sum<C>(cols, [&](std::int64_t c) { return (C(xr[c]) - m) * (C(xr[c]) - m); }) / static_cast<C>(cols);
-    const C rs = C(1) / std::sqrt(v + static_cast<C>(eps));
-    mean[r] = m;
-    rstd[r] = rs;
-    T* hr = h.data + r * h.ld;
-    if (shift.data != nullptr) {
-      const T* sc = scale.data + b * scale.ld;
-      const T* sh = shift.data + b * shift.ld;
-      for (std::int64_t c = 0; c < cols; ++c)
-        hr[c] = static_cast<T>((C(xr[c]) - m) * rs * C(w[c]) * (C(1) + C(sc[c])) + C(sh[c]));
-    } else {
-      for (std::int64_t c = 0; c < cols; ++c) hr[c] = static_cast<T>((C(xr[c]) - m) * rs * C(w[c]));
-    }
+    layernorm_modulate_row<T>(xr, cols, w, shift, scale, b, eps, h.data + r * h.ld, mean[r], rstd[r]);
   });
 }
 
