@@ -103,7 +103,7 @@ void usage() {
       "        [--batch B] [--accum K] [--steps S] [--lr LR] [--warmup W] [--lr-schedule constant|cosine]\n"
       "        [--ema D] [--seed S] [--backend host|cuda] [--objective mdlm|ar] [--style wrap|pad]\n"
       "        [--dropout P] [--time-conditioning] [--eval-every N] [--save-every N] [--resume]\n"
-      "        [--dtype f32|f64|bf16] [--zero 0|1]   (mpirun -np N mdlm train ...: data-parallel, --batch global)\n"
+      "        [--dtype f32|f64|bf16] [--zero 0|1] [--no-cuda-graph]   (mpirun -np N mdlm train ...: data-parallel, --batch global)\n"
       "  eval --checkpoint DIR|FILE [--data DIR] [--split valid|train] [--batches N] [--batch B] [--ema 0|1]\n"
       "       [--backend host|cuda] [--dtype f32|bf16]\n"
       "                                       the perplexity bound (MDLM) or perplexity (AR)\n"

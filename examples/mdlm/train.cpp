@@ -57,7 +57,8 @@ CommandSpec train_spec() {
            {"--time-conditioning", "", "feed sigma(t) to the model (off: a time-agnostic denoiser)", true},
            {"--dtype", "", "f32 or f64 on the Host, bf16 on CUDA (empty: f32 on the Host, bf16 on CUDA)"},
            {"--zero", "0", "data-parallel (mpirun): 1 shards the AdamW moments, master weights and EMA over the ranks (ZeRO-1)"},
-           {"--bucket-mb", "25", "data-parallel (mpirun): MiB of final gradients per all-reduce started during the backward pass"}}};
+           {"--bucket-mb", "25", "data-parallel (mpirun): MiB of final gradients per all-reduce started during the backward pass"},
+           {"--no-cuda-graph", "", "cuda: run every step eagerly instead of as a captured CUDA graph", true}}};
 }
 
 // Trains with the objective type `obj` on the chosen backend, data-parallel over the ranks of
@@ -185,6 +186,7 @@ int run_train(const CommandLine& cl) {
   const std::string dtype = !args.str("--dtype").empty() ? args.str("--dtype") : backend == "host" ? "f32" : "bf16";
   cfg.zero = static_cast<int>(args.integer("--zero"));
   cfg.bucket_mb = args.real("--bucket-mb");
+  cfg.cuda_graph = args.integer("--no-cuda-graph") == 0;
   // The names become types here, once: the objective (and, for mdlm, the schedule).
   const nlohmann::json schedule = schedule_from_flags(args, objective == "ar");
   const TrainResult r = objective == "ar" ? run_trainer(cl, backend, dtype, cfg, Autoregressive{})

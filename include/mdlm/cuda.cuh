@@ -5,6 +5,7 @@
 #include "mdlm/backend/cuda/check.cuh"
 #include "mdlm/backend/cuda/context.cuh"
 #include "mdlm/backend/cuda/event_clock.cuh"
+#include "mdlm/backend/cuda/graph.cuh"
 #include "mdlm/backend/cuda/launch.cuh"
 #include "mdlm/backend/cuda/lt_gemm.cuh"
 #include "mdlm/ops/cuda/attention.cuh"
@@ -19,3 +20,4 @@
 #include "mdlm/ops/cuda/sample.cuh"
 #include "mdlm/ops/cuda/subs_loss.cuh"
 #include "mdlm/sampling/cuda_sampler.cuh"
+#include "mdlm/train/cuda_step_graph.cuh"

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "mdlm/backend/cuda/context.cuh"
+#include "mdlm/backend/cuda/graph.cuh"
 #include "mdlm/ops/cuda/sample.cuh"
 #include "mdlm/sampling/batched.hpp"
 
@@ -19,14 +20,9 @@ struct StepReplay<Cuda> {
   Cuda& ctx;
   bool enabled;
   bool failed = false;
-  cudaGraphExec_t exec = nullptr;
+  GraphExec exec;
 
   StepReplay(Cuda& c, bool on) : ctx(c), enabled(on) {}
-  StepReplay(const StepReplay&) = delete;
-  StepReplay& operator=(const StepReplay&) = delete;
-  ~StepReplay() {
-    if (exec != nullptr) cudaGraphExecDestroy(exec);
-  }
 
   template <class Body, class Prepare>
   void step(std::int64_t step, Body&& body, Prepare&& prepare, SampleResult& res) {
@@ -34,44 +30,21 @@ struct StepReplay<Cuda> {
       body();
       return;
     }
-    if (exec == nullptr) {
+    if (!exec.ready()) {
       prepare();  // e.g. consolidate the arena grown in step 0: no allocation while capturing
-      // Any failure to capture or instantiate (a CUDA error, an exception from the body, a stream
-      // that cannot be captured) ends the capture, and the loop goes on eagerly, saying why.
-      auto fall_back = [&](const std::string& why) {
-        cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-        if (cudaStreamIsCapturing(ctx.stream(), &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
-          cudaGraph_t g = nullptr;
-          (void)cudaStreamEndCapture(ctx.stream(), &g);
-          if (g != nullptr) cudaGraphDestroy(g);
-        }
-        (void)cudaGetLastError();
+      // Any failure to capture or instantiate ends the capture, and the loop goes on eagerly,
+      // saying why. (Relaxed capture: the loop's kernels were written against it.)
+      GraphCapture c = capture_graph(ctx, body, cudaStreamCaptureModeRelaxed);
+      std::string why = c.ok() ? exec.set(c.graph) : c.error;
+      if (!why.empty()) {
         res.note = "CUDA graph capture failed, ran eagerly: " + why;
         failed = true;
         body();
-      };
-      cudaError_t st = cudaStreamBeginCapture(ctx.stream(), cudaStreamCaptureModeRelaxed);
-      if (st != cudaSuccess) return fall_back(std::string("cudaStreamBeginCapture: ") + cudaGetErrorString(st));
-      try {
-        body();
-      } catch (const std::exception& e) {
-        return fall_back(e.what());
-      }
-      cudaGraph_t g = nullptr;
-      st = cudaStreamEndCapture(ctx.stream(), &g);
-      if (st != cudaSuccess) {
-        if (g != nullptr) cudaGraphDestroy(g);
-        return fall_back(std::string("cudaStreamEndCapture: ") + cudaGetErrorString(st));
-      }
-      st = cudaGraphInstantiate(&exec, g, 0);
-      cudaGraphDestroy(g);
-      if (st != cudaSuccess) {
-        exec = nullptr;
-        return fall_back(std::string("cudaGraphInstantiate: ") + cudaGetErrorString(st));
+        return;
       }
       res.cuda_graph = true;
     }
-    MDLM_CUDA_CHECK(cudaGraphLaunch(exec, ctx.stream()));
+    exec.launch(ctx);
   }
 };
 

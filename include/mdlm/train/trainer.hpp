@@ -66,6 +66,7 @@ struct TrainConfig {
   double peak_tflops = 0;       // for MFU on the progress line (0: not shown)
   int zero = 0;                 // data-parallel optimizer sharding: 0 (none) or 1 (ZeRO-1)
   double bucket_mb = 25;        // data-parallel: MiB of final gradients per started all-reduce
+  bool cuda_graph = true;       // CUDA, one process: each step after the first as a captured graph (train/step_graph.hpp)
 
   // Every setting in range, checked before any file is read (Trainer::run calls it); an error
   // names the field, its `mdlm train` flag and the value.

@@ -108,7 +108,14 @@ struct Cuda {
   LtGemm& lt() { return *lt_; }
   // The device's launch limits (launch() checks every kernel launch against them).
   const DeviceLimits& limits() const { return limits_; }
-  void synchronize() const { MDLM_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  // Waits for the stream. Every host round trip of the library (a download, a synchronous
+  // upload) goes through here, so synchronizations() counts them: tests check that a training
+  // step that logs nothing makes none.
+  void synchronize() const {
+    ++synchronizations_;
+    MDLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  std::int64_t synchronizations() const { return synchronizations_; }
   // NVTX ranges (the tape's profiling ranges: every layer and op by name in nsys and ncu).
   void range_push(const char* name) const { nvtxRangePushA(name); }
   void range_pop() const { nvtxRangePop(); }
@@ -135,6 +142,7 @@ struct Cuda {
   DeviceLimits limits_;
   cudaStream_t stream_ = nullptr;
   bool owns_stream_ = false;
+  mutable std::int64_t synchronizations_ = 0;
   std::unique_ptr<LtGemm> lt_;
 };
 

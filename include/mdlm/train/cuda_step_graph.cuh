@@ -1,0 +1,62 @@
+#pragma once
+// The training step as a CUDA graph (train/step_graph.hpp says what the trainer gives it).
+// The first step runs eagerly: it sizes the activation arena, the scratch and the staging
+// buffers, and builds the GEMM plans. Every later step is captured anew and the executable graph
+// is updated in place (cudaGraphExecUpdate), so what changes from step to step (the Philox step,
+// the learning rate, the head's row count) is simply captured again; a step whose graph cannot
+// be updated (another topology) is instantiated. Capturing costs the host about what launching
+// eagerly does, but the GPU runs the step without launch gaps, and the strict capture mode proves
+// that nothing in the step synchronizes.
+// A failed capture (e.g. the arena had to grow for a larger head: an allocation inside a
+// capture) is undone and the step runs eagerly; after kMaxFailures failures in a row graphs are
+// off for the run, and stats().note says why.
+
+#include <string>
+
+#include "mdlm/backend/cuda/graph.cuh"
+#include "mdlm/train/step_graph.hpp"
+
+namespace mdlm {
+
+template <>
+class StepGraph<Cuda> {
+ public:
+  static constexpr int kMaxFailures = 3;
+  StepGraph(Cuda& ctx, bool enabled) : ctx_(ctx), enabled_(enabled) {}
+
+  template <class Body, class Prepare, class Undo>
+  void run(Body&& body, Prepare&& prepare, Undo&& undo) {
+    if (!enabled_ || stats_.eager_steps + stats_.graph_steps == 0 || failures_ >= kMaxFailures) {
+      body();
+      ++stats_.eager_steps;
+      return;
+    }
+    prepare();
+    GraphCapture c = capture_graph(ctx_, body);
+    const std::int64_t before = exec_.instantiations();
+    const std::string why = c.ok() ? exec_.set(c.graph) : c.error;
+    if (!why.empty()) {
+      ++failures_;
+      stats_.note = "CUDA graph capture failed (" + std::to_string(failures_) + " in a row" +
+                    (failures_ >= kMaxFailures ? "; graphs are off for this run" : "") + "), the step ran eagerly: " + why;
+      undo();
+      body();
+      ++stats_.eager_steps;
+      return;
+    }
+    failures_ = 0;
+    stats_.instantiations += exec_.instantiations() - before;
+    exec_.launch(ctx_);
+    ++stats_.graph_steps;
+  }
+  const StepGraphStats& stats() const { return stats_; }
+
+ private:
+  Cuda& ctx_;
+  bool enabled_;
+  int failures_ = 0;
+  GraphExec exec_;
+  StepGraphStats stats_;
+};
+
+}  // namespace mdlm
