@@ -62,29 +62,34 @@ void dropout_factors(const DropoutSite& drop, std::uint64_t i, std::int64_t n, C
 // Elements per chunk of a row in the Host loops (factors on the stack).
 inline constexpr std::int64_t kDropoutChunk = 256;
 
+// Host: row r of out = x + gate[b] * drop(y), in chunks of kDropoutChunk columns whose dropout
+// factors are drawn at once. The fused residual + LayerNorm op (residual_layernorm.hpp) runs the
+// same row function, so the two give the same bits.
+template <class T>
+void gated_residual_row(MatrixView<const T, Host> x, MatrixView<const T, Host> y, MatrixView<const T, Host> gate,
+                        std::int64_t seq_len, const DropoutSite& drop, std::int64_t r, T* o) {
+  using C = compute_t<T>;
+  const std::int64_t cols = x.cols, b = r / seq_len;
+  C f[kDropoutChunk];
+  for (std::int64_t c0 = 0; c0 < cols; c0 += kDropoutChunk) {
+    const std::int64_t nc = std::min(kDropoutChunk, cols - c0);
+    dropout_factors(drop, static_cast<std::uint64_t>(r * cols + c0), nc, f);
+    const T* xr = x.data + r * x.ld + c0;
+    const T* yr = y.data + r * y.ld + c0;
+    const T* g = gate.data != nullptr ? gate.data + b * gate.ld + c0 : nullptr;
+    if (g != nullptr) {
+      for (std::int64_t k = 0; k < nc; ++k) o[c0 + k] = static_cast<T>(C(xr[k]) + C(yr[k]) * f[k] * C(g[k]));
+    } else {  // ungated (gate = 1): y * f * 1 is y * f, the same bits
+      for (std::int64_t k = 0; k < nc; ++k) o[c0 + k] = static_cast<T>(C(xr[k]) + C(yr[k]) * f[k]);
+    }
+  }
+}
+
 template <class T>
 void gated_residual_forward(const Host& ctx, MatrixView<const T, Host> x, MatrixView<const T, Host> y,
                             MatrixView<const T, Host> gate, std::int64_t seq_len, DropoutSite drop,
                             MatrixView<T, Host> out) {
-  using C = compute_t<T>;
-  const std::int64_t cols = x.cols;
-  ctx.parallel_for(x.rows, [&](std::int64_t r) {
-    const std::int64_t b = r / seq_len;
-    C f[kDropoutChunk];
-    for (std::int64_t c0 = 0; c0 < cols; c0 += kDropoutChunk) {
-      const std::int64_t nc = std::min(kDropoutChunk, cols - c0);
-      dropout_factors(drop, static_cast<std::uint64_t>(r * cols + c0), nc, f);
-      const T* xr = x.data + r * x.ld + c0;
-      const T* yr = y.data + r * y.ld + c0;
-      const T* g = gate.data != nullptr ? gate.data + b * gate.ld + c0 : nullptr;
-      T* o = out.data + r * out.ld + c0;
-      if (g != nullptr) {
-        for (std::int64_t k = 0; k < nc; ++k) o[k] = static_cast<T>(C(xr[k]) + C(yr[k]) * f[k] * C(g[k]));
-      } else {
-        for (std::int64_t k = 0; k < nc; ++k) o[k] = static_cast<T>(C(xr[k]) + C(yr[k]) * f[k]);
-      }
-    }
-  });
+  ctx.parallel_for(x.rows, [&](std::int64_t r) { gated_residual_row(x, y, gate, seq_len, drop, r, out.data + r * out.ld); });
 }
 
 // Host backward, in chunks of up to kDropoutChunk columns of a row whose dropout factors are

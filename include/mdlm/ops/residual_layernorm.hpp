@@ -146,28 +146,19 @@ void residual_layernorm_column_sums(const ResidualLayerNormGrads<T, G, B>& a, Re
 
 // ---- Host ---------------------------------------------------------------------------------
 
-// Forward, a task per row: xn as gated_residual_forward, then h and the statistics from the
-// stored xn as layernorm_modulate_forward (the same bits as the two unfused Host ops).
+// Forward, a task per row: xn by gated_residual_row (GatedResidualOp's row), then h and the
+// statistics from the stored xn as layernorm_modulate_forward (the same bits as the two unfused
+// Host ops).
 template <class T>
 void residual_layernorm_forward(const Host& ctx, MatrixView<const T, Host> x, MatrixView<const T, Host> y,
                                 MatrixView<const T, Host> gate, std::int64_t seq_len, DropoutSite drop, const T* w,
                                 MatrixView<const T, Host> shift, MatrixView<const T, Host> scale, double eps,
                                 MatrixView<T, Host> xn, MatrixView<T, Host> h, compute_t<T>* mean, compute_t<T>* rstd) {
-  using C = compute_t<T>;
   const std::int64_t cols = x.cols;
   ctx.parallel_for(x.rows, [&](std::int64_t r) {
     const std::int64_t b = r / seq_len;
     T* xr = xn.data + r * xn.ld;
-    C f[kDropoutChunk];
-    for (std::int64_t c0 = 0; c0 < cols; c0 += kDropoutChunk) {
-      const std::int64_t nc = std::min(kDropoutChunk, cols - c0);
-      dropout_factors(drop, static_cast<std::uint64_t>(r * cols + c0), nc, f);
-      const T* xi = x.data + r * x.ld + c0;
-      const T* yi = y.data + r * y.ld + c0;
-      const T* g = gate.data != nullptr ? gate.data + b * gate.ld + c0 : nullptr;
-      for (std::int64_t k = 0; k < nc; ++k)
-        xr[c0 + k] = static_cast<T>(rln_residual(C(xi[k]), C(yi[k]), f[k], g != nullptr ? C(g[k]) : C(1)));
-    }
+    gated_residual_row(x, y, gate, seq_len, drop, r, xr);
     layernorm_modulate_row<T>(xr, cols, w, shift, scale, b, eps, h.data + r * h.ld, mean[r], rstd[r]);
   });
 }
