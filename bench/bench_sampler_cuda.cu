@@ -33,11 +33,12 @@ __global__ void fill_logits(bf16* p, std::int64_t n) {
 }
 
 // Unfused baseline, kernel 1: softmax of each row into fp32 probabilities (mask suppressed).
-__global__ void softmax_rows(const bf16* logits, float* probs) {  // launched with 256 threads
+// Rows `ld` apart: the model's logits rows are padded (DiT::head_ld), a plain buffer's are not.
+__global__ void softmax_rows(const bf16* logits, std::int64_t ld, float* probs) {  // launched with 256 threads
   using Reduce = mdlm::cuda_detail::BlockReducer<float, 256>;
   __shared__ Reduce::Shared red;
   const std::int64_t r = blockIdx.x;
-  const bf16* l = logits + r * kVocab;
+  const bf16* l = logits + r * ld;
   float mx = -INFINITY;
   for (std::int64_t v = threadIdx.x; v < kVocab; v += blockDim.x) mx = fmaxf(mx, v == kMask ? -INFINITY : l[v].to_float());
   mx = Reduce::max(mx, red);
@@ -127,7 +128,7 @@ void BM_unfused_pytorch_style_step(benchmark::State& state) {
   mdlm::DeviceBuffer<double> noise(kRows * kVocab);
   mdlm::DeviceBuffer<std::int32_t> out(kRows);
   time_steps(state, ctx, [&](std::uint32_t step) {
-    softmax_rows<<<kRows, 256, 0, ctx.stream()>>>(logits.data(), probs.data());
+    softmax_rows<<<kRows, 256, 0, ctx.stream()>>>(logits.data(), kVocab, probs.data());
     gumbel_noise<<<8192, 256, 0, ctx.stream()>>>(noise.data(), kRows * kVocab, step);
     argmax_ratio<<<kRows, 256, 0, ctx.stream()>>>(probs.data(), noise.data(), out.data());
     MDLM_CUDA_CHECK_LAUNCH();
@@ -195,7 +196,7 @@ void BM_sample_small_unfused_pytorch_style(benchmark::State& state) {
       host_z = mdlm::to_host(ctx, z.view());  // the official loop checks its state on the host each step
       tape.reset();
       auto logits = m.model.forward(tape, m.store.params(), mdlm::DiTInputs{z.data(), host_z.data(), kBatch, kLen});
-      softmax_rows<<<kRows, 256, 0, ctx.stream()>>>(logits.value.data, probs.data());
+      softmax_rows<<<kRows, 256, 0, ctx.stream()>>>(logits.value.data, logits.value.ld, probs.data());
       gumbel_noise<<<8192, 256, 0, ctx.stream()>>>(noise.data(), kRows * kVocab, static_cast<std::uint32_t>(step));
       argmax_ratio<<<kRows, 256, 0, ctx.stream()>>>(probs.data(), noise.data(), drawn.data());
       apply_unmask<<<(kRows + 255) / 256, 256, 0, ctx.stream()>>>(drawn.data(), z.data(),

@@ -379,6 +379,57 @@ TEST_CASE("CUDA MaskedDiffusion step (trimmed head) matches Host: same z_t, loss
   CHECK(zts[0] == zts[2]);
 }
 
+TEST_CASE("CUDA head: logits rows 128-aligned (V = 1031 -> ld 1152) match the Host's compact rows: logits, losses, gradients") {
+  for (bool ar : {false, true}) {
+    CAPTURE(ar);
+    DiTConfig cfg = mdlm::testing::small_dit(1031, 32, 4, 1, 16);
+    cfg.ar = ar;
+    cfg.time_conditioning = !ar;
+    cfg.dropout = 0.1f;
+    DiT model(cfg);
+    REQUIRE(model.head_ld<Cuda>() == 1152);  // the CUDA default (kHeadLdMultiple<Cuda>)
+    REQUIRE(model.head_ld<Host>() == 1031);
+    std::vector<CaseInput> inputs = param_inputs(model, 500);
+    const std::int64_t batch = 2, seq = 16;
+    std::vector<std::int32_t> x0(static_cast<std::size_t>(batch * seq));
+    for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = static_cast<std::int32_t>((i * 97 + 3) % 1030);
+    const std::vector<double> sigma{0.6, 2.0};
+    auto params = [&](auto& l) {
+      std::vector<decltype(l.param(0))> p;
+      for (std::size_t i = 0; i < inputs.size(); ++i) p.push_back(l.param(i));
+      return p;
+    };
+    // The logits themselves (backward from a compact output gradient into the padded value).
+    std::vector<std::int64_t> lds;
+    compare_backends(
+        inputs,
+        [&](auto& tape, auto& l) {
+          auto logits = model.forward(tape, params(l), DiTInputs{l.hold(x0), x0.data(), batch, seq, sigma.data()});
+          lds.push_back(logits.value.ld);
+          return logits;
+        },
+        TapeOptions{true, 31, 2}, 6e-2);
+    CHECK(lds == std::vector<std::int64_t>{1031, 1152, 1152});  // Host fp64, CUDA fp32, CUDA bf16
+    // The losses: the cross-entropy writes dlogits in place over the padded logits.
+    for (bool trim : {true, false}) {
+      if (ar && !trim) continue;
+      CAPTURE(trim);
+      DiffusionOptions opt;
+      opt.mask_id = 1030;
+      opt.trim_head = trim;
+      MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{}, opt);
+      auto build = [&](auto& tape, auto& l) {
+        const TokenBatch tb{x0.data(), batch, seq, nullptr};
+        auto out = std::make_shared<decltype(objective.loss(tape, model, params(l), TokenBatch{}, Philox{}, 0))>(
+            ar ? Autoregressive{}.loss(tape, model, params(l), tb) : objective.loss(tape, model, params(l), tb, Philox{21}, 7));
+        l.keep.push_back(out);
+        return out->loss;
+      };
+      compare_backends(inputs, build, TapeOptions{true, 21, 7}, 6e-2);
+    }
+  }
+}
+
 TEST_CASE("CUDA head: rows padded to a multiple of 128 keep the cuBLASLt plan cache bounded over 1,000 steps") {
   DiT model(mdlm::testing::small_dit(41, 32, 4, 1, 16));
   Cuda ctx;

@@ -1,7 +1,8 @@
 // CUDA backend checks that need no GPU, run on the CPU in CI: the cuBLASLt descriptors,
 // layouts and preferences of every GEMM the model issues (those calls run without a driver),
 // the launch configuration of every kernel for every model shape against the device limits,
-// and the types of the block reductions. This binary never touches a device.
+// the types of the block reductions, and the output head's padded logits layouts. This binary
+// never touches a device.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -490,4 +491,68 @@ TEST_CASE("GELU_AUX and DGELU epilogues are fused only with an aux leading dimen
   CHECK(lt_alignment(fake_pointer<float>(0)) == 256);
   CHECK(lt_alignment(fake_pointer<float>(2)) == 2);
   CHECK(lt_alignment(fake_pointer<float>(48)) == 16);
+}
+
+namespace {
+// The leading dimension a cuBLASLt matrix layout was built with.
+std::int64_t layout_ld(cublasLtMatrixLayout_t layout) {
+  std::int64_t ld = 0;
+  std::size_t written = 0;
+  REQUIRE(cublasLtMatrixLayoutGetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_LD, &ld, sizeof ld, &written) ==
+          CUBLAS_STATUS_SUCCESS);
+  CHECK(written == sizeof ld);
+  return ld;
+}
+}  // namespace
+
+TEST_CASE("the output head's logits at V = 50258 get ld 50304: 16-byte-aligned rows in all three head GEMMs' layouts") {
+  const DiT model(DiTConfig::preset("small", 50258));
+  const std::int64_t v = model.config().vocab, d = model.config().hidden, ld = model.head_ld<Cuda>();
+  CHECK(kHeadLdMultiple<Cuda> == 128);
+  CHECK(ld == 50304);
+  CHECK(v * static_cast<std::int64_t>(sizeof(bf16)) % 16 != 0);  // why: unpadded rows are 100516 bytes
+  CHECK(ld * static_cast<std::int64_t>(sizeof(bf16)) % 16 == 0);
+  CHECK(ld * static_cast<std::int64_t>(sizeof(float)) % 16 == 0);
+  for (std::int64_t rows : {std::int64_t{128}, std::int64_t{32 * 1024}}) {
+    CAPTURE(rows);
+    const float alpha = 1, beta = 0;
+    // As LinearOp issues them: y = h W^T + b (y padded), dh = dy W and dW = dy^T h (dy the
+    // cross-entropy's in-place gradient: the logits' memory and stride).
+    const MatrixView<const bf16, Cuda> h(fake_pointer<const bf16>(), rows, d), w(fake_pointer<const bf16>(1 << 20), v, d);
+    MatrixView<bf16, Cuda> y(fake_pointer<bf16>(256u << 20), rows, v, ld), dh(fake_pointer<bf16>(4u << 20), rows, d);
+    MatrixView<float, Cuda> dw(fake_pointer<float>(8u << 20), v, d);
+    const MatrixView<const bf16, Cuda> dy(y);
+    const bf16* b = fake_pointer<const bf16>(12u << 20);
+    {  // forward: the logits are C (column-major: m = V, n = rows, ldc = ld)
+      const GemmEpilogue<bf16, Cuda> epi = GemmEpilogue<bf16, Cuda>::with_bias(b);
+      const GemmDims g = detail::check_gemm(Op::N, h, Op::T, w, y, epi, 0.0);
+      const LtProblem p = lt_with_epilogue(lt_problem(Op::N, h, Op::T, w, y, g, &alpha, &beta), epi);
+      CHECK(p.ldc == ld);
+      CHECK(p.m == v);
+      LtDescriptors desc;
+      REQUIRE_NOTHROW(desc = lt_describe(p, LtGemm::kWorkspaceBytes));
+      CHECK(layout_ld(desc.c_layout) == ld);
+    }
+    {  // dh = dy W: dy is B' (column-major V x rows, ldb = ld)
+      const GemmDims g = detail::check_gemm(Op::N, dy, Op::N, w, dh, GemmEpilogue<bf16, Cuda>{}, 0.0);
+      const LtProblem p = lt_problem(Op::N, dy, Op::N, w, dh, g, &alpha, &beta);
+      CHECK(p.ldb == ld);
+      CHECK(p.k == v);
+      LtDescriptors desc;
+      REQUIRE_NOTHROW(desc = lt_describe(p, LtGemm::kWorkspaceBytes));
+      CHECK(layout_ld(desc.b_layout) == ld);
+    }
+    {  // dW = dy^T h, in fp32 (bf16-mixed parameter gradients): dy is B' again, transposed
+      const MatrixView<const bf16, Cuda> hc(h);
+      const GemmDims g = detail::check_gemm(Op::T, dy, Op::N, hc, dw, GemmEpilogue<float, Cuda>{}, 0.0);
+      const LtProblem p = lt_problem(Op::T, dy, Op::N, hc, dw, g, &alpha, &beta);
+      CHECK(p.ldb == ld);
+      CHECK(p.n == v);
+      CHECK(p.k == rows);
+      LtDescriptors desc;
+      REQUIRE_NOTHROW(desc = lt_describe(p, LtGemm::kWorkspaceBytes));
+      CHECK(layout_ld(desc.b_layout) == ld);
+      CHECK(layout_ld(desc.c_layout) == d);  // the weight's gradient stays unpadded (V, d)
+    }
+  }
 }

@@ -1,12 +1,15 @@
 // The DiT and AR backbones: parameter counts of the presets, logits parity with the golden
-// fp64 fixtures, whole-model gradcheck, initialization, parameter I/O.
+// fp64 fixtures, whole-model gradcheck, initialization, parameter I/O, and the output head's
+// padded logits rows (its row stride changes no result).
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "../common/reference.hpp"
@@ -255,4 +258,147 @@ TEST_CASE("profiling ranges: every layer and op is named in the forward pass and
   const auto b1 = std::find(mid, log.events.end(), "+block 1");
   REQUIRE(b1 != log.events.end());
   CHECK(*(b1 + 1) == "+gated_residual");  // its last forward op, first backward
+}
+
+namespace {
+// What a model computes with its output head's logits rows `multiple` apart
+// (DiTConfig::head_ld_multiple): the logits' stride and valid columns, and per loss (MDLM with
+// the trimmed and the full head, or AR; and the head's cross-entropy with NaN in the pad
+// columns) its value and the whole parameter gradient.
+template <class T>
+struct HeadLdResult {
+  std::int64_t ld = 0;
+  std::vector<T> logits;
+  std::vector<T> losses;
+  std::vector<std::vector<T>> grads;
+};
+
+template <class T>
+HeadLdResult<T> head_ld_run(DiTConfig cfg, std::int64_t multiple) {
+  cfg.head_ld_multiple = multiple;
+  DiT model(cfg);
+  ParamStore<Host, T> store(model.layout());
+  model.init(store, 5);
+  Philox jitter{7};  // the head and adaLN are zero at init: jitter so they shape the logits
+  for (std::int64_t i = 0; i < model.layout().buffer_elements(); ++i) {
+    store.values().data()[i] += static_cast<T>(0.2 * (jitter.uniform_double(Purpose::Test, 0, static_cast<std::uint64_t>(i)) - 0.5));
+  }
+  Host host;
+  const std::int64_t batch = 3, len = 8, n = batch * len, mask_id = cfg.vocab - 1;
+  std::vector<std::int32_t> x0(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = static_cast<std::int32_t>((i * 13 + 5) % static_cast<std::size_t>(mask_id));
+  const std::vector<double> sigma{0.4, 1.1, 2.5};
+  const TapeOptions training{true, 17, 3};  // dropout on: the draws must not move either
+  HeadLdResult<T> r;
+  {
+    Tape<Host, T> tape(host);
+    tape.set_recording(false);
+    auto logits = model.forward(tape, store.params(), DiTInputs{x0.data(), x0.data(), batch, len, sigma.data()});
+    r.ld = logits.value.ld;
+    r.logits = download(host, MatrixView<const T, Host>(logits.value));
+  }
+  auto record = [&](auto&& loss_on) {  // loss_on(tape) -> the (1, 1) loss variable
+    store.zero_grad(host);
+    Tape<Host, T> tape(host);
+    tape.options = training;
+    Var<T, Host> loss = loss_on(tape);
+    const T one = 1;
+    tape.backward(loss, MatrixView<const T, Host>(&one, 1, 1));
+    r.losses.push_back(loss.value.data[0]);
+    r.grads.push_back(download(host, MatrixView<const T, Host>(store.grads().data(), 1, model.layout().buffer_elements())));
+  };
+  std::vector<LossOutput<Host, T>> keep;  // the buffers the tapes read until backward
+  if (cfg.ar) {
+    record([&](Tape<Host, T>& tape) { return keep.emplace_back(Autoregressive{}.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, len})).loss; });
+  } else {
+    for (bool trim : {true, false}) {
+      DiffusionOptions opt;
+      opt.mask_id = mask_id;
+      opt.trim_head = trim;
+      MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{}, opt);
+      record([&](Tape<Host, T>& tape) {
+        return keep.emplace_back(objective.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, len}, Philox{23}, 4)).loss;
+      });
+    }
+  }
+  // The head's cross-entropy with NaN written into the pad columns after the head's GEMM: any
+  // read of the pad (softmax, the in-place dlogits, the backward GEMMs, the bias-gradient sum)
+  // would make the loss or a gradient NaN.
+  std::vector<std::int32_t> target(static_cast<std::size_t>(n));
+  std::vector<double> coef(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    target[static_cast<std::size_t>(i)] = x0[static_cast<std::size_t>((i * 5) % n)];
+    coef[static_cast<std::size_t>(i)] = i % 4 == 1 ? 0.0 : 1.0 / static_cast<double>(i + 2);
+  }
+  record([&](Tape<Host, T>& tape) {
+    Var<T, Host> logits = model.head(tape, store.params(), model.hidden(tape, store.params(), DiTInputs{x0.data(), x0.data(), batch, len, sigma.data()}));
+    for (std::int64_t i = 0; i < logits.rows(); ++i)
+      for (std::int64_t v = logits.cols(); v < logits.value.ld; ++v) logits.value.data[i * logits.value.ld + v] = std::numeric_limits<T>::quiet_NaN();
+    return CrossEntropyOp<Host, T>::forward(tape, logits, {target.data(), coef.data(), cfg.ar ? -1 : mask_id});
+  });
+  return r;
+}
+
+template <class T>
+void check_head_ld_changes_no_bit(const DiTConfig& cfg) {
+  const HeadLdResult<T> want = head_ld_run<T>(cfg, 1);
+  CHECK(want.ld == cfg.vocab);
+  for (std::int64_t multiple : {8, 128}) {
+    CAPTURE(multiple);
+    const HeadLdResult<T> got = head_ld_run<T>(cfg, multiple);
+    CHECK(got.ld == (cfg.vocab + multiple - 1) / multiple * multiple);
+    CHECK(got.ld > cfg.vocab);  // the stride did change
+    CHECK(got.logits == want.logits);
+    REQUIRE(got.losses.size() == want.losses.size());
+    for (std::size_t k = 0; k < want.losses.size(); ++k) {
+      CAPTURE(k);
+      CHECK(std::isfinite(static_cast<double>(got.losses[k])));
+      CHECK(got.losses[k] == want.losses[k]);
+      CHECK(got.grads[k] == want.grads[k]);
+      CHECK(std::all_of(got.grads[k].begin(), got.grads[k].end(), [](T g) { return std::isfinite(static_cast<double>(g)); }));
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE("output head: padded logits rows (ld multiple 1, 8, 128) change no bit of the logits, losses or gradients") {
+  // Vocabularies 37 and 131 are multiples of neither 8 nor 128: every multiple moves the stride.
+  for (std::int64_t vocab : {37, 131}) {
+    for (bool ar : {false, true}) {
+      DiTConfig cfg = mdlm::testing::small_dit(vocab, 16, 2, 2, 8);
+      cfg.ar = ar;
+      cfg.time_conditioning = !ar;
+      CAPTURE(vocab);
+      CAPTURE(ar);
+      check_head_ld_changes_no_bit<double>(cfg);
+      check_head_ld_changes_no_bit<float>(cfg);
+    }
+  }
+  CHECK(DiT(DiTConfig::preset("small", 50258)).head_ld<Host>() == 50258);  // the Host's default: compact
+  DiTConfig bad = mdlm::testing::small_dit(37, 16, 2, 1, 8);
+  bad.head_ld_multiple = -1;
+  CHECK_THROWS_AS(DiT{bad}, Error);
+}
+
+TEST_CASE("output head: padded logits rows leave the samplers' tokens unchanged") {
+  Host host;
+  const std::int64_t n = 4, len = 24;
+  const auto init = mdlm::testing::sampler_test_init();
+  for (const auto& c : mdlm::testing::sampler_cases()) {
+    std::visit([&](const auto& sampler) {
+      INFO("sampler ", std::string(c.name));
+      std::vector<std::int32_t> batched[2], single[2];
+      for (int k = 0; k < 2; ++k) {
+        DiTConfig cfg = mdlm::testing::sampler_test_dit(false);
+        cfg.head_ld_multiple = k == 0 ? 1 : 128;  // vocab 30: rows 30 or 128 apart
+        DiT model(cfg);
+        ParamStore<Host, float> store(model.layout());
+        mdlm::testing::init_sampler_test_model(model, store);
+        batched[k] = sample_batched(host, model, store, 29, LogLinearSchedule{}, sampler, c.cfg, init, n, len).ids;
+        single[k] = sample(model_denoiser(host, model, store, 29), LogLinearSchedule{}, sampler, c.cfg, init, n, len).ids;
+      }
+      CHECK(batched[1] == batched[0]);
+      CHECK(single[1] == single[0]);
+    }, c.sampler);
+  }
 }

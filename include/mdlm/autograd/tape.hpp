@@ -157,10 +157,15 @@ class Tape {
   }
 
   // ---- variables ---------------------------------------------------------------------------
-  // A new activation of rows x cols from the arena.
-  VarT new_var(std::int64_t rows, std::int64_t cols) {
-    auto v = values_.template alloc<T>(Shape{rows, cols});
-    return add(MatrixView<T, B>(v.data, rows, cols), {}, false);
+  // A new activation of rows x cols from the arena, its rows `ld_multiple` apart rounded up:
+  // ld = cols rounded up to a multiple of ld_multiple (the output head pads its logits' rows for
+  // aligned GEMMs, nn/dit.hpp). The pad columns are never written or read by the ops; the
+  // gradient takes the same stride when written in place (grad_in_place), else a compact one.
+  VarT new_var(std::int64_t rows, std::int64_t cols, std::int64_t ld_multiple = 1) {
+    MDLM_CHECK(ld_multiple >= 1, "new_var: leading-dimension multiple ", ld_multiple, " must be positive");
+    const std::int64_t ld = (cols + ld_multiple - 1) / ld_multiple * ld_multiple;
+    auto v = values_.template alloc<T>(Shape{rows, ld});
+    return add(MatrixView<T, B>(v.data, rows, cols, ld), {}, false);
   }
   // Scratch memory for an op's context (saved statistics, probabilities): lives until reset().
   template <class U>
@@ -224,7 +229,8 @@ class Tape {
   // grad_in for an op whose backward may write its input's gradient over the input's value,
   // element by element, because no op still to run reads that value (the cross-entropy's
   // logits: the head's backward reads its input and weights, not its output). If nothing has
-  // written the gradient yet, it takes the value's memory: no second buffer of that size.
+  // written the gradient yet, it takes the value's memory (and row stride): no second buffer of
+  // that size.
   GradTarget grad_in_place(VarT v) {
     Entry& e = vars_[static_cast<std::size_t>(v.id)];
     if (!e.no_grad && e.grad.data == nullptr && !e.accumulate && !e.written && !e.has_slices) e.grad = e.value;

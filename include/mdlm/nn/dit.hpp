@@ -9,12 +9,14 @@
 //     x = x + gate2 * drop(mlp.2(gelu(mlp.0(LN2(x) * (1 + scale2) + shift2))))
 //   shift, scale = output_layer.adaLN_modulation(c)
 //   logits = output_layer.linear(norm_final(x) * (1 + scale) + shift)            (B*T, V)
+//     (rows padded to an aligned stride on CUDA: kHeadLdMultiple)
 // The AR variant drops adaLN, sigma_map and gates, and attends causally.
 // Time conditioning is off by default: sigma is fed as 0 and the denoiser is time-agnostic.
 
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "mdlm/autograd/tape.hpp"
@@ -46,6 +48,11 @@ struct DiTConfig {
   double layer_norm_eps = 1e-5;
   double rope_base = 10000.0;
   float dropout = 0.1f;
+  // Memory layout, not the model: the output head's logits rows are `vocab` rounded up to a
+  // multiple of this apart (DiT::head_ld). 0: the backend's default, kHeadLdMultiple<B> (128 on
+  // CUDA, 1 on the Host). No op reads the pad, so the Host's results are bit-identical for every
+  // value (tests/host); cuBLASLt may pick another kernel for another stride. Not in checkpoints.
+  std::int64_t head_ld_multiple = 0;
 
   // Presets: tiny (8 blocks x 512 x 8 heads), small (12 x 768 x 12), medium (24 x 1024 x 16).
   static DiTConfig preset(const std::string& name, std::int64_t vocab) {
@@ -66,6 +73,8 @@ struct DiTConfig {
     MDLM_CHECK(hidden % heads == 0, "hidden size ", hidden, " is not divisible by ", heads, " heads");
     MDLM_CHECK(head_dim() % 2 == 0, "head dimension ", head_dim(), " must be even for rotary embeddings");
     MDLM_CHECK(dropout >= 0.0f && dropout < 1.0f, "dropout ", dropout, " must be in [0, 1)");
+    MDLM_CHECK(head_ld_multiple >= 0 && head_ld_multiple <= 4096, "head_ld_multiple ", head_ld_multiple,
+               " must be in [0, 4096] (0: the backend's default)");
     MDLM_CHECK(freq_dim > 0 && freq_dim % 2 == 0 && layer_norm_eps > 0 && rope_base > 0, "invalid DiT settings: freq_dim ", freq_dim,
                ", layer_norm_eps ", layer_norm_eps, ", rope_base ", rope_base, " (all must be positive; freq_dim even)");
     // Bounds far above any real model that keep every parameter count (vocab x hidden,
@@ -78,6 +87,14 @@ struct DiTConfig {
                " (at most 4096)");
   }
 };
+
+// The default row stride multiple of the output head's logits (DiTConfig::head_ld_multiple = 0).
+// CUDA pads to 128 elements: a bf16 row of V = 50258 logits is 100516 bytes, not a multiple of
+// 16, which keeps cuBLASLt off its TMA / 16-byte-vector kernels; the head's GEMM at that width
+// ran at 252 TFLOP/s on an H100 against 620-760 for aligned widths. The Host's BLAS has no such
+// cliff, and compact rows keep its buffers what they always were.
+template <class B>
+inline constexpr std::int64_t kHeadLdMultiple = std::is_same_v<B, Host> ? 1 : 128;
 
 // ---- modules -----------------------------------------------------------------------------
 
@@ -92,10 +109,12 @@ struct Linear {
     if (bias) m.b = l.add(name + ".bias", {out});
     return m;
   }
+  // out_ld_multiple: the output's row stride is `out` rounded up to a multiple of it (LinearOp).
   template <class B, class T, class G>
-  Var<T, B> forward(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> x, bool gelu = false) const {
+  Var<T, B> forward(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> x, bool gelu = false,
+                    std::int64_t out_ld_multiple = 1) const {
     return LinearOp<B, T, G>::forward(tape, x, p[static_cast<std::size_t>(w)],
-                                      b >= 0 ? p[static_cast<std::size_t>(b)] : Param<T, G, B>{}, gelu);
+                                      b >= 0 ? p[static_cast<std::size_t>(b)] : Param<T, G, B>{}, gelu, out_ld_multiple);
   }
 };
 
@@ -243,18 +262,36 @@ class DiT {
     }
   }
 
-  // Logits (B*T, V) for the inputs. `p` are the parameters in layout order (ParamStore::params).
+  // Logits (B*T, V) for the inputs, rows head_ld<B>() apart (head). `p` are the parameters in
+  // layout order (ParamStore::params).
   template <class B, class T, class G>
   Var<T, B> forward(Tape<B, T, G>& tape, const Params<B, T, G>& p, const DiTInputs& in) const {
     return head(tape, p, hidden(tape, p, in));
   }
 
+  // The multiple the output head's logits rows are padded to on backend B, and their row stride
+  // (leading dimension): V rounded up to it (50258 -> 50304 on CUDA).
+  template <class B>
+  std::int64_t head_ld_multiple() const {
+    return cfg_.head_ld_multiple > 0 ? cfg_.head_ld_multiple : kHeadLdMultiple<B>;
+  }
+  template <class B>
+  std::int64_t head_ld() const {
+    const std::int64_t m = head_ld_multiple<B>();
+    return (cfg_.vocab + m - 1) / m * m;
+  }
+
   // The output head alone: logits (M, V) for M rows of final hidden states, so a loss can run
-  // it on the rows that matter (the masked ones under SUBS).
+  // it on the rows that matter (the masked ones under SUBS). The logits' rows are head_ld<B>()
+  // apart (kHeadLdMultiple: aligned rows for cuBLASLt's fast kernels); the head's GEMM writes
+  // the V columns, and every reader (the cross-entropy and its in-place gradient, the head's
+  // backward GEMMs and bias-gradient sum, the samplers, downloads) goes through MatrixView::ld
+  // and touches only those V columns: the pad is never read (the Host's results are bit-identical
+  // for every stride). Its weight and gradient stay (V, d): checkpoints keep the official rows.
   template <class B, class T, class G>
   Var<T, B> head(Tape<B, T, G>& tape, const Params<B, T, G>& p, Var<T, B> h) const {
     const auto range = tape.range("head");
-    return final_.linear.forward(tape, p, h);
+    return final_.linear.forward(tape, p, h, /*gelu=*/false, head_ld_multiple<B>());
   }
 
   // Everything before the output head: the final adaLN-modulated LayerNorm output (B*T, d).

@@ -7,6 +7,8 @@
 //   dx   = dpre W        (written or accumulated, per the tape)
 //   dW  += dpre^T x      (parameter gradients accumulate)
 //   db  += sum_rows dpre
+// y's rows may be padded (forward's out_ld_multiple: the output head, nn/dit.hpp): every GEMM
+// and the bias-gradient sum go through its leading dimension and touch only its `out` columns.
 
 #include <algorithm>
 #include <cstdint>
@@ -60,14 +62,15 @@ struct LinearOp {
     MatrixView<T, B> pre;  // GELU pre-activation (N, out)
   };
 
-  // b may be an empty Param (no bias).
-  static V forward(Tape<B, T, G>& tape, V x, P w, P b, bool gelu = false) {
+  // b may be an empty Param (no bias). y's leading dimension is `out` rounded up to a multiple
+  // of out_ld_multiple (1: compact).
+  static V forward(Tape<B, T, G>& tape, V x, P w, P b, bool gelu = false, std::int64_t out_ld_multiple = 1) {
     const auto range = tape.range(kName);
     MDLM_CHECK(x.cols() == w.cols(), "linear: input has ", x.cols(), " features, weight is ", w.rows(), "x", w.cols());
     MDLM_CHECK(!gelu || b.valid(), "linear: the fused GELU epilogue needs a bias");
     if (b.valid()) MDLM_CHECK(b.numel() == w.rows(), "linear: bias has ", b.numel(), " entries for ", w.rows(), " outputs");
     const std::int64_t n = x.rows(), out = w.rows();
-    V y = tape.new_var(n, out);
+    V y = tape.new_var(n, out, out_ld_multiple);
     Ctx ctx{x, y, w, b, gelu, {}};
     GemmEpilogue<T, B> epi;
     if (gelu) {
