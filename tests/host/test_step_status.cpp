@@ -23,7 +23,9 @@ using mdlm::testing::tiny_run;
 
 namespace {
 
-bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+bool same_bits(double a, double b) {
+  return std::memcmp(&a, &b, sizeof a) == 0;
+}
 
 template <class V>
 bool same_bits(const std::vector<V>& a, const std::vector<V>& b) {
@@ -48,7 +50,9 @@ struct SmallModel {
     const std::int64_t n = model.layout().buffer_elements();
     Philox rng{5};
     std::vector<T> w(static_cast<std::size_t>(n));
-    for (std::int64_t i = 0; i < n; ++i) w[static_cast<std::size_t>(i)] = static_cast<T>(0.6 * rng.uniform_double(Purpose::Init, 0, static_cast<std::uint64_t>(i)) - 0.3);
+    for (std::int64_t i = 0; i < n; ++i)
+      w[static_cast<std::size_t>(i)] =
+          static_cast<T>(0.6 * rng.uniform_double(Purpose::Init, 0, static_cast<std::uint64_t>(i)) - 0.3);
     std::copy(w.begin(), w.end(), store.values().data());
     opt.load(ctx, w, w);
   }
@@ -63,10 +67,11 @@ struct NanLossAt : MaskedDiffusion<LogLinearSchedule> {
   NanLossAt(Base b, std::uint32_t d) : Base(b), draw(d) {}
   NanLossAt with_mask_id(std::int64_t id) const { return {Base::with_mask_id(id), draw}; }
   template <class B, class T, class G>
-  LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch, Philox rng,
-                        std::uint32_t step) const {
+  LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch,
+                        Philox rng, std::uint32_t step) const {
     LossOutput<B, T> out = Base::loss(tape, model, p, batch, rng, step);
-    if (step == draw && tape.recording()) out.loss.value.data[0] = from_compute<T>(std::numeric_limits<compute_t<T>>::quiet_NaN());
+    if (step == draw && tape.recording())
+      out.loss.value.data[0] = from_compute<T>(std::numeric_limits<compute_t<T>>::quiet_NaN());
     return out;
   }
 };
@@ -78,7 +83,8 @@ std::map<std::int64_t, std::pair<double, double>> train_rows(const fs::path& dir
   std::string line;
   while (std::getline(lines, line)) {
     const nlohmann::json j = nlohmann::json::parse(line);
-    if (j.at("split") == "train") rows[j.at("step").get<std::int64_t>()] = {j.at("loss").get<double>(), j.at("grad_norm").get<double>()};
+    if (j.at("split") == "train")
+      rows[j.at("step").get<std::int64_t>()] = {j.at("loss").get<double>(), j.at("grad_norm").get<double>()};
   }
   return rows;
 }
@@ -148,7 +154,8 @@ TEST_CASE("step status: the Host sum of squares into preallocated partials is th
   for (std::int64_t n : {0, 1, 4095, 4096, 4097, 20000}) {
     CAPTURE(n);
     std::vector<float> g(static_cast<std::size_t>(n));
-    for (std::int64_t i = 0; i < n; ++i) g[static_cast<std::size_t>(i)] = static_cast<float>(std::sin(0.37 * static_cast<double>(i)) * 3.0);
+    for (std::int64_t i = 0; i < n; ++i)
+      g[static_cast<std::size_t>(i)] = static_cast<float>(std::sin(0.37 * static_cast<double>(i)) * 3.0);
     std::vector<double> partial(static_cast<std::size_t>(sum_of_squares_partials(host, n)));
     CHECK(partial.size() == static_cast<std::size_t>(std::max<std::int64_t>(1, (n + 4095) / 4096)));
     StepStatus s;
@@ -157,7 +164,8 @@ TEST_CASE("step status: the Host sum of squares into preallocated partials is th
     double ref = 0;  // chunks of 4096, each summed in order, then the chunks in order
     for (std::int64_t c = 0; c * 4096 < n; ++c) {
       double part = 0;
-      for (std::int64_t i = c * 4096; i < std::min(n, (c + 1) * 4096); ++i) part += static_cast<double>(g[static_cast<std::size_t>(i)]) * g[static_cast<std::size_t>(i)];
+      for (std::int64_t i = c * 4096; i < std::min(n, (c + 1) * 4096); ++i)
+        part += static_cast<double>(g[static_cast<std::size_t>(i)]) * g[static_cast<std::size_t>(i)];
       ref += part;
     }
     CHECK(same_bits(s.sumsq, ref));
@@ -252,7 +260,8 @@ TEST_CASE("train step: the device path read every few steps is bit-identical to 
   CHECK(norm1.front() > clip);
   CHECK(same_bits(loss1, loss2));
   CHECK(same_bits(norm1, norm2));
-  CHECK(same_bits(std::vector<double>(o1.master(), o1.master() + n), std::vector<double>(o2.master(), o2.master() + n)));
+  CHECK(
+      same_bits(std::vector<double>(o1.master(), o1.master() + n), std::vector<double>(o2.master(), o2.master() + n)));
   CHECK(same_bits(std::vector<double>(o1.ema(), o1.ema() + n), std::vector<double>(o2.ema(), o2.ema() + n)));
   CHECK(same_bits(std::vector<double>(o1.m(), o1.m() + n), std::vector<double>(o2.m(), o2.m() + n)));
   CHECK(same_bits(std::vector<double>(o1.v(), o1.v() + n), std::vector<double>(o2.v(), o2.v() + n)));
@@ -260,13 +269,15 @@ TEST_CASE("train step: the device path read every few steps is bit-identical to 
                   std::vector<double>(s2.values().data(), s2.values().data() + n)));
 }
 
-TEST_CASE("train step: a NaN loss at step k is reported as step k at the next read, its update and later ones skipped") {
+TEST_CASE(
+    "train step: a NaN loss at step k is reported as step k at the next read, its update and later ones skipped") {
   const SmallModel sm;
   const ParamLayout& layout = sm.model.layout();
   const std::int64_t n = layout.buffer_elements();
   DiffusionOptions o;
   o.mask_id = 39;
-  const NanLossAt nan_at(MaskedDiffusion<LogLinearSchedule>(LogLinearSchedule{}, o), /*draw=*/4 * 2 + 1);  // step 4, micro 1
+  const NanLossAt nan_at(MaskedDiffusion<LogLinearSchedule>(LogLinearSchedule{}, o),
+                         /*draw=*/4 * 2 + 1);  // step 4, micro 1
   Host ctx;
   ParamStore<Host, float> store(layout);
   AdamW<Host, float> opt(n, AdamWConfig{}, 0.9);
@@ -274,10 +285,13 @@ TEST_CASE("train step: a NaN loss at step k is reported as step k at the next re
   TrainStep<Host, float, float> step(ctx, store, opt);
   std::vector<float> master, ema, m, v, values;
   for (std::int64_t k = 1; k <= 5; ++k) {
-    step.device_gradient(2, [&](Tape<Host, float, float>& tape, std::int64_t micro) {
-      TokenBatch tb{sm.ids.data(), 2, 8, nullptr};
-      return nan_at.loss(tape, sm.model, store.params(), tb, Philox{3}, static_cast<std::uint32_t>(k * 2 + micro));
-    }, k, 1.0);
+    step.device_gradient(
+        2,
+        [&](Tape<Host, float, float>& tape, std::int64_t micro) {
+          TokenBatch tb{sm.ids.data(), 2, 8, nullptr};
+          return nan_at.loss(tape, sm.model, store.params(), tb, Philox{3}, static_cast<std::uint32_t>(k * 2 + micro));
+        },
+        k, 1.0);
     step.device_apply(1e-2);
     if (k == 3) {  // the state after step k - 1 (Host memory: looking changes nothing)
       master.assign(opt.master(), opt.master() + n);
@@ -302,7 +316,9 @@ TEST_CASE("train step: a NaN loss at step k is reported as step k at the next re
   CHECK(same_bits(values, std::vector<float>(store.values().data(), store.values().data() + n)));
 }
 
-TEST_CASE("trainer: logging every few steps gives the per-step run's losses, norms, metrics rows and checkpoint, bit for bit") {
+TEST_CASE(
+    "trainer: logging every few steps gives the per-step run's losses, norms, metrics rows and checkpoint, bit for "
+    "bit") {
   Host host;
   using HostTrainer = Trainer<Host, float, float>;
   TrainConfig every = tiny_run(temp_dir("status_log1"));
@@ -341,7 +357,8 @@ TEST_CASE("trainer: a NaN loss at step 3 with log_every 5 names step 3 and keeps
   c.log_every = 5;
   c.save_every = 2;  // step 2 saved; step 4's save reads first and stops
   Host host;
-  const NanLossAt objective(MaskedDiffusion<LogLinearSchedule>(LogLinearSchedule{}), /*draw=*/3 * 2 + 0);  // step 3, micro 0
+  const NanLossAt objective(MaskedDiffusion<LogLinearSchedule>(LogLinearSchedule{}),
+                            /*draw=*/3 * 2 + 0);  // step 3, micro 0
   std::string message;
   try {
     Trainer<Host, float, float, NanLossAt>{objective}.run(host, c);

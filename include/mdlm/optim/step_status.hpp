@@ -35,11 +35,11 @@ MDLM_HD inline double clip_multiplier(double norm, double clip) {
 }
 
 struct StepStatus {
-  double loss = 0;          // this step's loss: the sum over its micro-batches of loss / accum (this rank's share)
-  double sumsq = 0;         // the sum of squares of this step's gradient (over every rank's gradient)
-  double norm = 0;          // sqrt(sumsq): the global L2 norm, before clipping
-  double multiplier = 1;    // clip_multiplier(norm, clip)
-  std::int64_t bad = 0;     // sticky: 1 once a step's loss or norm was not finite; updates are skipped from then on
+  double loss = 0;            // this step's loss: the sum over its micro-batches of loss / accum (this rank's share)
+  double sumsq = 0;           // the sum of squares of this step's gradient (over every rank's gradient)
+  double norm = 0;            // sqrt(sumsq): the global L2 norm, before clipping
+  double multiplier = 1;      // clip_multiplier(norm, clip)
+  std::int64_t bad = 0;       // sticky: 1 once a step's loss or norm was not finite; updates are skipped from then on
   std::int64_t bad_step = 0;  // the first such step, with its loss and norm
   double bad_loss = 0, bad_norm = 0;
 };
