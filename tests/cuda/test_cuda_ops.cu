@@ -835,3 +835,146 @@ TEST_CASE("CUDA embedding backward (radix sort + ordered runs) gives the Host em
     }
   }
 }
+
+TEST_CASE("CUDA training-step status: sum of squares, loss, norm, multiplier and skip-on-bad match the Host status path") {
+  Cuda cuda;
+  Host host;
+  const std::int64_t n = 300001;
+  const std::vector<float> grad = random_vector<float>(static_cast<std::size_t>(n), 17);
+  const auto d_grad = upload(cuda, grad);
+  // Sum of squares into the status in device memory, with partial sums allocated once.
+  DeviceBuffer<double> partial(sum_of_squares_partials(cuda, n));
+  DeviceBuffer<StepStatus> d_status(1);
+  const StepStatus fresh{};
+  upload_into(cuda, &fresh, 1, d_status.data());
+  sum_of_squares_into(cuda, d_grad.data(), n, partial.data(), step_status_sumsq(d_status.data()));
+  // Two micro-batch losses (accum 2), a (1, 1) value in device memory each.
+  const std::vector<float> losses{2.75f, 3.5f};
+  const auto d_losses = upload(cuda, losses);
+  step_status_add_loss(cuda, d_status.data(), d_losses.data(), 2, true);
+  step_status_add_loss(cuda, d_status.data(), d_losses.data() + 1, 2, false);
+  DeviceBuffer<double> d_window(2);
+  const double clip = 1.0;
+  step_status_finish(cuda, d_status.data(), clip, 7, d_window.data());
+  const StepStatus dev = to_host(cuda, d_status.view())[0];
+  const std::vector<double> window = to_host(cuda, d_window.view());
+
+  StepStatus ref;
+  std::vector<double> host_window(2);
+  step_status_add_loss(host, &ref, losses.data(), 2, true);
+  step_status_add_loss(host, &ref, losses.data() + 1, 2, false);
+  ref.sumsq = sum_of_squares(host, grad.data(), n);
+  CHECK(dev.sumsq == doctest::Approx(ref.sumsq).epsilon(1e-12));  // another order of the same sum
+  CHECK(dev.sumsq == sum_of_squares(cuda, d_grad.data(), n));      // the host-returning wrapper: the same kernels
+  ref.sumsq = dev.sumsq;  // from here on the same arithmetic: bit for bit
+  step_status_finish(host, &ref, clip, 7, host_window.data());
+  CHECK(dev.loss == ref.loss);
+  CHECK(dev.norm == ref.norm);
+  CHECK(dev.multiplier == ref.multiplier);
+  CHECK(dev.multiplier < 1.0);
+  CHECK(dev.bad == 0);
+  CHECK(window == host_window);
+
+  // AdamW + EMA with the multiplier read from device memory, against the Host update.
+  const std::int64_t m = 5000;
+  const std::vector<float> w = random_vector<float>(static_cast<std::size_t>(m), 18);
+  AdamWConfig cfg;
+  cfg.weight_decay = 0.1;
+  AdamW<Cuda, float> dopt(m, cfg, 0.9);
+  AdamW<Host, float> hopt(m, cfg, 0.9);
+  dopt.load(cuda, w, w);
+  hopt.load(host, w, w);
+  DeviceBuffer<float> d_values(m);
+  std::vector<float> h_values(static_cast<std::size_t>(m));
+  dopt.update(cuda, d_grad.data(), d_values.data(), 1e-2, d_status.data());
+  hopt.update(host, grad.data(), h_values.data(), 1e-2, &ref);
+  const std::vector<float> master = to_host(cuda, View<const float, Cuda>{dopt.master(), Shape{m}});
+  const std::vector<float> ema = to_host(cuda, View<const float, Cuda>{dopt.ema(), Shape{m}});
+  for (std::int64_t i = 0; i < m; ++i) {
+    const auto k = static_cast<std::size_t>(i);
+    REQUIRE(master[k] == doctest::Approx(hopt.master()[i]).epsilon(1e-5));
+    REQUIRE(ema[k] == doctest::Approx(hopt.ema()[i]).epsilon(1e-5));
+  }
+  // A NaN loss at the next step: flagged on the device, and the update leaves everything as it was.
+  const std::vector<float> nan_loss{std::nanf("")};
+  const auto d_nan = upload(cuda, nan_loss);
+  step_status_add_loss(cuda, d_status.data(), d_nan.data(), 1, true);
+  sum_of_squares_into(cuda, d_grad.data(), n, partial.data(), step_status_sumsq(d_status.data()));
+  step_status_finish(cuda, d_status.data(), clip, 8, d_window.data());
+  const std::vector<float> values_before = to_host(cuda, d_values.view());
+  dopt.update(cuda, d_grad.data(), d_values.data(), 1e-2, d_status.data());
+  const StepStatus bad = to_host(cuda, d_status.view())[0];
+  CHECK(bad.bad == 1);
+  CHECK(bad.bad_step == 8);
+  CHECK(std::isnan(bad.bad_loss));
+  CHECK(to_host(cuda, View<const float, Cuda>{dopt.master(), Shape{m}}) == master);
+  CHECK(to_host(cuda, View<const float, Cuda>{dopt.ema(), Shape{m}}) == ema);
+  CHECK(to_host(cuda, d_values.view()) == values_before);
+  // Sticky: a later good step keeps the first bad step and still skips.
+  step_status_add_loss(cuda, d_status.data(), d_losses.data(), 1, true);
+  step_status_finish(cuda, d_status.data(), clip, 9, d_window.data());
+  const StepStatus later = to_host(cuda, d_status.view())[0];
+  CHECK(later.bad == 1);
+  CHECK(later.bad_step == 8);
+}
+
+TEST_CASE("CUDA TrainStep: the device path read every few steps gives the per-step path's losses, norms and weights, bit for bit") {
+  Cuda cuda;
+  DiTConfig mc = mdlm::testing::small_dit(40, 32, 4, 2, 16);
+  mc.dropout = 0.0f;
+  const DiT model(mc);
+  const ParamLayout& layout = model.layout();
+  const std::int64_t n = layout.buffer_elements();
+  std::vector<float> w = random_vector<float>(static_cast<std::size_t>(n), 21);
+  for (float& x : w) x *= 0.3f;
+  DiffusionOptions o;
+  o.mask_id = 39;
+  const MaskedDiffusion<LogLinearSchedule> mdlm(LogLinearSchedule{}, o);
+  std::vector<std::int32_t> ids(2 * 16);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7 + 3) % 39);
+  const std::int64_t steps = 5, accum = 2;
+  const double clip = 0.05;
+  struct Run {
+    std::vector<double> loss, norm;
+    std::vector<float> master, ema;
+  };
+  auto run = [&](bool device_path) {
+    ParamStore<Cuda, float, float> store(layout);
+    upload_into(cuda, w.data(), n, store.values().data());
+    AdamW<Cuda, float> opt(n, AdamWConfig{}, 0.9);
+    opt.load(cuda, w, w);
+    TrainStep<Cuda, float, float> step(cuda, store, opt);
+    Run r;
+    for (std::int64_t k = 1; k <= steps; ++k) {
+      auto micro = [&](Tape<Cuda, float, float>& tape, std::int64_t mb) {
+        TokenBatch tb{ids.data(), 2, 16, nullptr};
+        return mdlm.loss(tape, model, store.params(), tb, Philox{3}, static_cast<std::uint32_t>(k * accum + mb));
+      };
+      if (device_path) {
+        step.device_gradient(accum, micro, k, clip);
+        step.device_apply(1e-2);
+        if (k % 2 == 0 || k == steps) {
+          const auto s = step.read_status();
+          CHECK(!s.bad);
+          r.loss.insert(r.loss.end(), s.loss.begin(), s.loss.end());
+          r.norm.insert(r.norm.end(), s.norm.begin(), s.norm.end());
+        }
+      } else {
+        const auto g = step.gradient(accum, micro);
+        r.loss.push_back(g.loss);
+        r.norm.push_back(g.norm);
+        step.apply(1e-2, g.norm, clip);
+      }
+    }
+    r.master = to_host(cuda, View<const float, Cuda>{opt.master(), Shape{n}});
+    r.ema = to_host(cuda, View<const float, Cuda>{opt.ema(), Shape{n}});
+    return r;
+  };
+  const Run a = run(false), b = run(true);
+  REQUIRE(a.loss.size() == static_cast<std::size_t>(steps));
+  CHECK(a.norm.front() > clip);
+  CHECK(a.loss == b.loss);
+  CHECK(a.norm == b.norm);
+  CHECK(a.master == b.master);
+  CHECK(a.ema == b.ema);
+}

@@ -102,6 +102,8 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   l.push_back(launches::sum_partials());
   l.push_back(launches::adamw_update(params));
   l.push_back(launches::ema_update(params));
+  l.push_back(launches::step_status_add_loss());
+  l.push_back(launches::step_status_finish());
   l.push_back(launches::sample_step(rows));
   l.push_back(launches::confidence_candidates(rows));
   l.push_back(launches::confidence_select(b));

@@ -26,6 +26,7 @@
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/core/error.hpp"
 #include "mdlm/core/tensor.hpp"
+#include "mdlm/optim/step_status.hpp"
 
 namespace mdlm {
 
@@ -58,10 +59,7 @@ struct LrSchedule {
   }
 };
 
-// PyTorch's clip_grad_norm_ multiplier for a gradient of global norm `norm` (clip 0: off).
-inline double clip_multiplier(double norm, double clip) {
-  return clip > 0 ? std::min(1.0, clip / (norm + 1e-6)) : 1.0;
-}
+// clip_multiplier (clip_grad_norm_'s) is in optim/step_status.hpp, where the device runs it too.
 
 // The type of the master weights, moments and EMA for a model of value type T: fp64 for fp64
 // models, fp32 otherwise (fp32 master weights under bf16, DESIGN §1).
@@ -75,20 +73,33 @@ inline double ema_decay_at(double decay, std::int64_t updates) {
 // ---- Host kernels -----------------------------------------------------------------------
 
 // Sum of squares of n values in a fixed order (chunks of 4096 summed in order): deterministic.
+// The partial sums go to `partial` (sum_of_squares_partials(ctx, n) doubles, allocated once by
+// the caller, so a training step allocates nothing) and the total to *out, in backend memory.
+inline constexpr std::int64_t kSumOfSquaresChunk = 4096;
+inline std::int64_t sum_of_squares_partials(const Host&, std::int64_t n) {
+  return std::max<std::int64_t>(1, (n + kSumOfSquaresChunk - 1) / kSumOfSquaresChunk);
+}
 template <class G>
-double sum_of_squares(const Host& ctx, const G* g, std::int64_t n) {
-  const std::int64_t chunk = 4096, chunks = (n + chunk - 1) / chunk;
-  std::vector<double> part(static_cast<std::size_t>(chunks), 0.0);
+void sum_of_squares_into(const Host& ctx, const G* g, std::int64_t n, double* partial, double* out) {
+  const std::int64_t chunk = kSumOfSquaresChunk, chunks = (n + chunk - 1) / chunk;
   ctx.parallel_for(chunks, [&](std::int64_t c) {
     double s = 0;
     for (std::int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) {
       const double v = static_cast<double>(to_compute(g[i]));
       s += v * v;
     }
-    part[static_cast<std::size_t>(c)] = s;
+    partial[c] = s;
   });
   double total = 0;
-  for (double s : part) total += s;
+  for (std::int64_t c = 0; c < chunks; ++c) total += partial[c];
+  *out = total;
+}
+// The same, returned to the host (allocates its partial sums).
+template <class G>
+double sum_of_squares(const Host& ctx, const G* g, std::int64_t n) {
+  std::vector<double> part(static_cast<std::size_t>(sum_of_squares_partials(ctx, n)), 0.0);
+  double total = 0;
+  sum_of_squares_into(ctx, g, n, part.data(), &total);
   return total;
 }
 
@@ -136,6 +147,21 @@ void ema_update(const Host& ctx, std::int64_t n, S* ema, const S* master, S deca
   ctx.parallel_for((n + 1023) / 1024, [&](std::int64_t c) {
     for (std::int64_t i = c * 1024; i < std::min(n, (c + 1) * 1024); ++i) ema[i] = decay * ema[i] + (S(1) - decay) * master[i];
   });
+}
+
+// The updates of a step whose gradient is described by a StepStatus in backend memory: the
+// clipping multiplier is read from it, and nothing is done once its sticky flag is set (a step
+// with a non-finite loss or norm, and every step after it, leaves the state as it was).
+template <class S, class G, class T>
+void adamw_update(const Host& ctx, std::int64_t n, S* master, S* m, S* v, const G* grad, T* value, AdamWStepOf<S> s,
+                  const StepStatus* status) {
+  if (status->bad != 0) return;
+  s.grad_scale = static_cast<S>(status->multiplier);  // as make_adamw_step rounds it
+  adamw_update(ctx, n, master, m, v, grad, value, s);
+}
+template <class S>
+void ema_update(const Host& ctx, std::int64_t n, S* ema, const S* master, S decay, const StepStatus* status) {
+  if (status->bad == 0) ema_update(ctx, n, ema, master, decay);
 }
 
 template <class S, class T>
@@ -195,6 +221,17 @@ class AdamW {
     adamw_update(ctx, n_, master_.data(), m_.data(), v_.data(), grad, value,
                  make_adamw_step<S>(cfg_, lr, steps_, clip_multiplier(norm, clip)));
     ema_update(ctx, n_, ema_.data(), master_.data(), static_cast<S>(ema_decay_at(ema_decay_, steps_)));
+  }
+
+  // The same step with the clipping multiplier read from `status` (backend memory: nothing is
+  // read on the host), skipped on the device when its flag says the gradient was not finite.
+  // The step count advances either way: a run whose status turned bad is stopped by its caller.
+  template <class G, class T>
+  void update(B& ctx, const G* grad, T* value, double lr, const StepStatus* status) {
+    ++steps_;
+    adamw_update(ctx, n_, master_.data(), m_.data(), v_.data(), grad, value, make_adamw_step<S>(cfg_, lr, steps_, 1.0),
+                 status);
+    ema_update(ctx, n_, ema_.data(), master_.data(), static_cast<S>(ema_decay_at(ema_decay_, steps_)), status);
   }
 
  private:

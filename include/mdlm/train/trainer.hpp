@@ -3,7 +3,10 @@
 // MaskedDiffusion<Schedule, Subs> with any NoiseSchedule, or Autoregressive) -> backward ->
 // global-norm clipping -> AdamW on master weights -> EMA, with gradient accumulation, periodic
 // validation with the EMA weights, NaN/Inf detection, metrics (JSON lines, CSV, SVG plot), a
-// progress line, and atomic checkpoints that resume bit-exactly:
+// progress line, and atomic checkpoints that resume bit-exactly. A step stays on the device: its
+// loss, gradient norm, clipping multiplier and NaN/Inf flag live in backend memory (TrainStep's
+// StepStatus; an update after a non-finite step is skipped there), and the host reads them only
+// at logging steps, before validation and checkpoints, and at the end. Determinism:
 // every random draw is keyed by (seed, step), and the loader position, optimizer state and EMA
 // are in the checkpoint.
 //
@@ -236,19 +239,28 @@ struct ZeroSharding {
 };
 
 // One optimizer step, as the trainer takes it and as a trajectory replay (io/trajectory.hpp)
-// drives it from outside with recorded inputs:
-//   gradient(accum, micro_loss): zero the gradients; for m = 0..accum-1 build micro-batch m's
-//     loss on the tape (micro_loss(tape, m) returns the LossOutput) and run backward seeded with
-//     1/accum, so the gradients are those of the mean of the micro-batch losses; returns that
-//     mean and the global L2 norm of the gradient, before clipping;
-//   apply(lr, norm, clip): clipping, AdamW and then the EMA (AdamW::update).
-// The caller may inspect the loss and norm in between (the trainer stops on NaN/Inf there).
+// drives it from outside with recorded inputs. The trainer's path keeps the step's numbers in a
+// StepStatus in backend memory (optim/step_status.hpp), so a step neither allocates nor waits
+// for the device:
+//   device_gradient(accum, micro_loss, step, clip): zero the gradients; for m = 0..accum-1 build
+//     micro-batch m's loss on the tape (micro_loss(tape, m) returns the LossOutput), run backward
+//     seeded with 1/accum (the gradients are those of the mean of the micro-batch losses) and add
+//     loss / accum into the status; then the gradient's sum of squares (into preallocated
+//     partial sums) and finish: the norm, the clipping multiplier, the sticky non-finite flag,
+//     and the step's loss and norm appended to the history window;
+//   device_apply(lr): AdamW and then the EMA (AdamW::update), reading the multiplier from the
+//     status and skipped on the device once the flag is set;
+//   read_status(): the host's read (a synchronization) of the status and of the losses and norms
+//     of the steps since the last read, in order.
+// The older interface, gradient(accum, micro_loss) returning the mean loss and the norm (the
+// device path and a read) and apply(lr, norm, clip), lets a caller inspect them in between.
 // Data-parallel over a Communicator `comm`: micro_loss returns this rank's share of the global
-// micro-batch's loss (TokenBatch::loss_denominator); the gradients and losses are summed over the
-// ranks (an all-reduce, or with ZeRO-1 a reduce-scatter into this rank's shard, whose AdamW
-// update is then all-gathered into every rank's parameters). The all-reduce runs in buckets of
-// `bucket_bytes` started during the last micro-batch's backward pass, as the model reports
-// gradients final (GradientBuckets); the ZeRO-1 reduce-scatter follows the backward pass.
+// micro-batch's loss (TokenBatch::loss_denominator); the gradients are summed over the ranks (an
+// all-reduce, or with ZeRO-1 a reduce-scatter into this rank's shard, whose AdamW update is then
+// all-gathered into every rank's parameters), and the losses when they are read. The all-reduce
+// runs in buckets of `bucket_bytes` started during the last micro-batch's backward pass, as the
+// model reports gradients final (GradientBuckets); the ZeRO-1 reduce-scatter follows the
+// backward pass.
 template <class B, class T, class G = float, class Comm = SingleProcess>
 class TrainStep {
  public:
@@ -256,6 +268,13 @@ class TrainStep {
   struct Gradient {
     double loss = 0;  // mean of the micro-batch losses
     double norm = 0;  // global L2 norm of the gradient, before clipping
+  };
+  // What read_status() returns: the status itself (this rank's), and per step since the last
+  // read the loss (summed over the ranks) and the norm; bad: some rank's flag is set.
+  struct StatusRead {
+    StepStatus status;
+    std::vector<double> loss, norm;
+    bool bad = false;
   };
 
   TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt)
@@ -265,7 +284,7 @@ class TrainStep {
   TrainStep(B& ctx, ParamStore<B, T, G>& store, AdamW<B, State>& opt, Comm& comm, ZeroSharding zero = {},
             std::int64_t bucket_bytes = kGradientBucketBytes)
       : ctx_(ctx), store_(store), opt_(opt), comm_(comm), zero_(zero), tape_(ctx),
-        buckets_(comm, ctx, store.grads().data(), store.layout().buffer_elements(), bucket_bytes) {
+        buckets_(comm, ctx, store.grads().data(), store.layout().buffer_elements(), bucket_bytes), status_(1) {
     tape_.on_gradients_final = buckets_.hook();
     const std::int64_t n = store.layout().buffer_elements();
     MDLM_CHECK(opt.size() == zero.optimizer_elements(n), "train step: an optimizer of ", opt.size(), " elements for ",
@@ -276,37 +295,94 @@ class TrainStep {
                  zero.padded(), " elements on ", comm.size(), " ranks");
       grad_shard_ = Buffer<G, B>(zero.shard);
     }
+    partial_ = Buffer<double, B>(sum_of_squares_partials(ctx, zero_.enabled ? zero_.shard : n));
+    const StepStatus fresh{};
+    upload_into(ctx_, &fresh, 1, status_.data());
+    reserve_window(1);
   }
 
+  // Room in the history window for `steps` steps between reads (the host grows it, keeping the
+  // unread steps; never during a step). The trainer reserves its logging interval up front.
+  void reserve_window(std::int64_t steps) {
+    if (steps <= window_capacity_) return;
+    const std::int64_t capacity = std::max(steps, 2 * window_capacity_);
+    Buffer<double, B> grown(2 * capacity);
+    if (pending_ > 0) {
+      copy(ctx_, MatrixView<const double, B>(window_.data(), 1, 2 * pending_), MatrixView<double, B>(grown.data(), 1, 2 * pending_));
+    }
+    window_ = std::move(grown);
+    window_capacity_ = capacity;
+  }
+
+  // Step `step`'s gradient and status (see above); nothing is read on the host, except under
+  // ZeRO-1 (below).
   template <class MicroLoss>
-  Gradient gradient(std::int64_t accum, MicroLoss&& micro_loss) {
+  void device_gradient(std::int64_t accum, MicroLoss&& micro_loss, std::int64_t step, double clip) {
     MDLM_CHECK(accum > 0, "train step: ", accum, " micro-batches");
+    reserve_window(pending_ + 1);
     if (accum != seed_accum_) {
       seed_ = upload(ctx_, std::vector<T>{from_compute<T>(static_cast<compute_t<T>>(1.0 / static_cast<double>(accum)))});
       seed_accum_ = accum;
     }
     store_.zero_grad(ctx_);
-    Gradient g;
     for (std::int64_t micro = 0; micro < accum; ++micro) {
       tape_.reset();
       LossOutput<B, T> out = micro_loss(tape_, micro);
       if (micro + 1 == accum && !zero_.enabled) buckets_.arm();  // its backward makes the gradients final
       tape_.backward(out.loss, MatrixView<const T, B>(seed_.data(), 1, 1));
-      g.loss += static_cast<double>(to_compute(download(ctx_, MatrixView<const T, B>(out.loss.value))[0])) /
-                static_cast<double>(accum);
+      step_status_add_loss(ctx_, status_.data(), out.loss.value.data, accum, micro == 0);
     }
     if (zero_.enabled) {
       comm_.reduce_scatter_sum(ctx_, store_.grads().data(), grad_shard_.data(), zero_.shard);
-      double sums[2] = {g.loss, sum_of_squares(ctx_, grad_shard_.data(), zero_.shard)};
-      comm_.all_reduce_host_sum(sums, 2);
-      g.loss = sums[0];
-      g.norm = std::sqrt(sums[1]);
+      sum_of_squares_into(ctx_, grad_shard_.data(), zero_.shard, partial_.data(), step_status_sumsq(status_.data()));
+      // ZeRO-1: the global norm needs the sum over the ranks of their shards' sums of squares,
+      // and the communicators sum host values, so this path still reads the status every step.
+      StepStatus st = download(ctx_, MatrixView<const StepStatus, B>(status_.data(), 1, 1))[0];
+      comm_.all_reduce_host_sum(&st.sumsq, 1);
+      upload_into(ctx_, &st, 1, status_.data());
     } else {
       buckets_.finish();  // the buckets not started during the backward pass, then all complete
-      comm_.all_reduce_host_sum(&g.loss, 1);
-      g.norm = opt_.grad_norm(ctx_, store_.grads().data());
+      sum_of_squares_into(ctx_, store_.grads().data(), store_.layout().buffer_elements(), partial_.data(),
+                          step_status_sumsq(status_.data()));
     }
-    return g;
+    step_status_finish(ctx_, status_.data(), clip, step, window_.data() + 2 * pending_);
+    ++pending_;
+  }
+
+  // AdamW and the EMA with the status's multiplier; nothing changes once its flag is set.
+  void device_apply(double lr) {
+    if (!zero_.enabled) return opt_.update(ctx_, store_.grads().data(), store_.values().data(), lr, status_.data());
+    T* mine = store_.values().data() + zero_.begin(comm_.rank());
+    opt_.update(ctx_, grad_shard_.data(), mine, lr, status_.data());
+    comm_.all_gather(ctx_, mine, store_.values().data(), zero_.shard);
+  }
+
+  // The host's read of the status and of the window (a synchronization; data-parallel: a
+  // collective, every rank reads at the same steps). The losses are summed over the ranks here,
+  // and the flags OR-ed, once per read rather than once per step.
+  StatusRead read_status() {
+    StatusRead r;
+    r.status = download(ctx_, MatrixView<const StepStatus, B>(status_.data(), 1, 1))[0];
+    std::vector<double> window =
+        pending_ > 0 ? download(ctx_, MatrixView<const double, B>(window_.data(), 1, 2 * pending_)) : std::vector<double>();
+    std::vector<double> sums(static_cast<std::size_t>(pending_ + 1));
+    for (std::int64_t i = 0; i < pending_; ++i) sums[static_cast<std::size_t>(i)] = window[static_cast<std::size_t>(2 * i)];
+    sums.back() = r.status.bad != 0 ? 1.0 : 0.0;
+    comm_.all_reduce_host_sum(sums.data(), static_cast<std::int64_t>(sums.size()));
+    for (std::int64_t i = 0; i < pending_; ++i) {
+      r.loss.push_back(sums[static_cast<std::size_t>(i)]);
+      r.norm.push_back(window[static_cast<std::size_t>(2 * i + 1)]);  // equal on every rank
+    }
+    r.bad = sums.back() > 0;
+    pending_ = 0;
+    return r;
+  }
+
+  template <class MicroLoss>
+  Gradient gradient(std::int64_t accum, MicroLoss&& micro_loss) {
+    device_gradient(accum, std::forward<MicroLoss>(micro_loss), opt_.steps() + 1, 0.0);
+    const StatusRead r = read_status();
+    return {r.loss.back(), r.norm.back()};
   }
 
   void apply(double lr, double norm, double clip) {
@@ -343,6 +419,10 @@ class TrainStep {
   Buffer<T, B> seed_;
   std::int64_t seed_accum_ = 0;
   Buffer<G, B> grad_shard_;
+  Buffer<StepStatus, B> status_;
+  Buffer<double, B> partial_;  // the sum of squares' first-stage partial sums
+  Buffer<double, B> window_;   // (loss, norm) of each step since the last read
+  std::int64_t window_capacity_ = 0, pending_ = 0;
 };
 
 // Objective: MaskedDiffusion<Schedule, Subs> (any NoiseSchedule, a user's own too; its mask id
@@ -520,10 +600,44 @@ class Trainer {
       return r;
     };
 
+    // The steps keep their loss, norm and non-finite flag in backend memory (TrainStep's
+    // status); the host reads them at logging steps and before validation and checkpoints, which
+    // are the only places they are needed: a step in between neither waits for the device nor
+    // crosses to the host. Once a step is not finite the device skips its update and every later
+    // one, and the read names that step.
+    stepper.reserve_window(std::max<std::int64_t>(1, std::min(cfg.log_every, cfg.steps - start)));
+    std::int64_t unread_from = start + 1;  // the first step the host has not read
+    double norm = 0;                       // the last read step's gradient norm
+    auto read = [&](std::int64_t step) {
+      const auto r = stepper.read_status();
+      for (std::size_t i = 0; i < r.loss.size(); ++i) {
+        const double loss = r.loss[i], step_norm = r.norm[i];
+        if (!std::isfinite(loss) || !std::isfinite(step_norm)) {
+          MDLM_FAIL("non-finite ", std::isfinite(loss) ? "gradient norm" : "loss", " at step ",
+                    unread_from + static_cast<std::int64_t>(i), " (loss ", loss, ", gradient norm ", step_norm,
+                    "): stopped before applying the update; the last good checkpoint is '", ckpt_path.string(), "' (step ",
+                    last_saved, ")");
+        }
+        result.losses.push_back(loss);
+        window_tokens += tokens_per_step;
+        window_loss += loss;
+        ++window_steps;
+        norm = step_norm;
+      }
+      // A flag without a non-finite summed loss or norm cannot happen (a rank's NaN or Inf makes
+      // the sum one); kept so a skipped update can never pass unnoticed.
+      if (r.bad) {
+        MDLM_FAIL("non-finite loss or gradient norm at step ", r.status.bad_step, " (loss ", r.status.bad_loss,
+                  ", gradient norm ", r.status.bad_norm, "): stopped before applying the update; the last good checkpoint is '",
+                  ckpt_path.string(), "' (step ", last_saved, ")");
+      }
+      unread_from = step + 1;
+    };
+
     std::int64_t step = start;
     while (step < cfg.steps) {
       ++step;
-      const auto grad = stepper.gradient(cfg.accum, [&](Tape<B, T, G>& tape, std::int64_t micro) {
+      stepper.device_gradient(cfg.accum, [&](Tape<B, T, G>& tape, std::int64_t micro) {
         const auto draw = static_cast<std::uint32_t>(step * cfg.accum + micro);
         tape.options = {true, cfg.seed, draw, slice.first, slice.global};
         loader.next_slice(cfg.batch, slice.first, slice.count, ids, mask);
@@ -533,20 +647,15 @@ class Trainer {
           comm.all_reduce_host_sum(&tb.loss_denominator, 1);
         }
         return objective.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
-      });
-      const double loss = grad.loss, norm = grad.norm;
-      if (!std::isfinite(loss) || !std::isfinite(norm)) {
-        MDLM_FAIL("non-finite ", std::isfinite(loss) ? "gradient norm" : "loss", " at step ", step, " (loss ", loss,
-                  ", gradient norm ", norm, "): stopped before applying the update; the last good checkpoint is '",
-                  ckpt_path.string(), "' (step ", last_saved, ")");
-      }
+      }, step, cfg.clip);
       const double lr = cfg.lr.at(step);
-      stepper.apply(lr, norm, cfg.clip);
-      result.losses.push_back(loss);
-      window_tokens += tokens_per_step;
-      window_loss += loss;
-      ++window_steps;
-      if (step % cfg.log_every == 0 || step == cfg.steps) {
+      stepper.device_apply(lr);
+      const bool logging = step % cfg.log_every == 0 || step == cfg.steps;
+      const bool evaluating = cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < cfg.steps;
+      const bool stopping = cfg.stop_after > 0 && step - start >= cfg.stop_after;
+      const bool saving = (cfg.save_every > 0 && step % cfg.save_every == 0) || stopping;
+      if (logging || evaluating || saving) read(step);  // every rank reads at the same steps
+      if (logging) {
         const auto now = clock::now();
         const double dt = std::chrono::duration<double>(now - window_start).count();
         const double tps = dt > 0 ? static_cast<double>(window_tokens) / dt : 0.0;
@@ -573,9 +682,8 @@ class Trainer {
         window_steps = 0;
         window_loss = 0;
       }
-      if (cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < cfg.steps) validate(step);
-      const bool stopping = cfg.stop_after > 0 && step - start >= cfg.stop_after;
-      if ((cfg.save_every > 0 && step % cfg.save_every == 0) || stopping) save(step);
+      if (evaluating) validate(step);
+      if (saving) save(step);
       if (stopping) {
         say(cfg, "stopping after %lld steps (checkpoint at step %lld)\n", static_cast<long long>(step - start), static_cast<long long>(step));
         if (lead) metrics->write_plot(cfg.model.ar ? "AR training" : "MDLM training");
@@ -584,6 +692,7 @@ class Trainer {
         return result;
       }
     }
+    read(step);  // (nothing is left unread after the last step, which logs; a resumed finished run has nothing)
     result.valid = validate(step);
     save(step);
     if (lead) metrics->write_plot(cfg.model.ar ? "AR training" : "MDLM training");
