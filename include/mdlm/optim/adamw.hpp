@@ -24,6 +24,7 @@
 
 #include "mdlm/backend/host.hpp"
 #include "mdlm/core/bf16.hpp"
+#include "mdlm/core/config.hpp"
 #include "mdlm/core/error.hpp"
 #include "mdlm/core/tensor.hpp"
 #include "mdlm/optim/step_status.hpp"
@@ -124,20 +125,44 @@ AdamWStepOf<S> make_adamw_step(const AdamWConfig& cfg, double lr, std::int64_t s
           static_cast<S>(grad_scale)};
 }
 
+// One element of the AdamW update: the arithmetic of PyTorch's AdamW (torch.optim.AdamW,
+// single-tensor path), in its order. Both backends run this function (the CUDA kernel in
+// ops/cuda/optim.cuh too), with the step's scalars from adamw_scalars.
+template <class S>
+struct AdamWScalars {
+  S step_size, bias2_sqrt, decay;  // lr / bias1, sqrt(bias2), 1 - lr * weight_decay
+};
+template <class S>
+MDLM_HD inline AdamWScalars<S> adamw_scalars(const AdamWStepOf<S>& s) {
+#if MDLM_ON_DEVICE
+  return {s.lr / s.bias1, sqrt(s.bias2), S(1) - s.lr * s.weight_decay};
+#else
+  return {s.lr / s.bias1, std::sqrt(s.bias2), S(1) - s.lr * s.weight_decay};
+#endif
+}
+// Updates master, m and v of one element with gradient g (already clipped); returns the new weight.
+template <class S>
+MDLM_HD inline S adamw_element(S& master, S& m, S& v, S g, const AdamWStepOf<S>& s, const AdamWScalars<S>& k) {
+  S p = master * k.decay;
+  m += (S(1) - s.beta1) * (g - m);  // torch: exp_avg.lerp_(grad, 1 - beta1)
+  v = s.beta2 * v + (S(1) - s.beta2) * g * g;
+#if MDLM_ON_DEVICE
+  p -= k.step_size * (m / (sqrt(v) / k.bias2_sqrt + s.eps));
+#else
+  p -= k.step_size * (m / (std::sqrt(v) / k.bias2_sqrt + s.eps));
+#endif
+  master = p;
+  return p;
+}
+
 // master/m/v in the state type S; grad G; value T (what the model reads) = master rounded.
-// The arithmetic is PyTorch's AdamW (torch.optim.AdamW, single-tensor path), in its order.
 template <class S, class G, class T>
 void adamw_update(const Host& ctx, std::int64_t n, S* master, S* m, S* v, const G* grad, T* value, AdamWStepOf<S> s) {
-  const S step_size = s.lr / s.bias1, bias2_sqrt = std::sqrt(s.bias2), decay = S(1) - s.lr * s.weight_decay;
+  const AdamWScalars<S> k = adamw_scalars(s);
   ctx.parallel_for((n + 1023) / 1024, [&](std::int64_t c) {
     for (std::int64_t i = c * 1024; i < std::min(n, (c + 1) * 1024); ++i) {
       const S g = static_cast<S>(to_compute(grad[i])) * s.grad_scale;
-      S p = master[i] * decay;
-      m[i] += (S(1) - s.beta1) * (g - m[i]);  // torch: exp_avg.lerp_(grad, 1 - beta1)
-      v[i] = s.beta2 * v[i] + (S(1) - s.beta2) * g * g;
-      p -= step_size * (m[i] / (std::sqrt(v[i]) / bias2_sqrt + s.eps));
-      master[i] = p;
-      value[i] = from_compute<T>(static_cast<compute_t<T>>(p));
+      value[i] = from_compute<T>(static_cast<compute_t<T>>(adamw_element(master[i], m[i], v[i], g, s, k)));
     }
   });
 }

@@ -49,6 +49,7 @@
 #include "mdlm/nn/params.hpp"
 #include "mdlm/optim/adamw.hpp"
 #include "mdlm/train/metrics.hpp"
+#include "mdlm/train/step_graph.hpp"
 
 namespace mdlm {
 
@@ -117,6 +118,7 @@ struct TrainResult {
   EvalResult valid;
   double unigram_nats = 0;     // cross-entropy of the validation tokens under the train unigram
   std::filesystem::path checkpoint;
+  StepGraphStats graph;        // how the steps ran: captured CUDA graphs or eagerly (train/step_graph.hpp)
 };
 
 // A lower bound on the bytes a training run holds at once: weights (T) and gradients (G), the
@@ -378,6 +380,14 @@ class TrainStep {
     return r;
   }
 
+  // Steps whose status the host has not read yet. set_unread() takes back steps whose stream
+  // work never ran (a failed CUDA-graph capture, train/step_graph.hpp).
+  std::int64_t unread() const { return pending_; }
+  void set_unread(std::int64_t steps) {
+    MDLM_CHECK(steps >= 0 && steps <= pending_, "train step: ", steps, " unread steps of ", pending_);
+    pending_ = steps;
+  }
+
   template <class MicroLoss>
   Gradient gradient(std::int64_t accum, MicroLoss&& micro_loss) {
     device_gradient(accum, std::forward<MicroLoss>(micro_loss), opt_.steps() + 1, 0.0);
@@ -634,22 +644,44 @@ class Trainer {
       unread_from = step + 1;
     };
 
+    // CUDA graphs need every collective on the stream: one process only, and no ZeRO-1 (whose
+    // step reads the host).
+    StepGraph<B> graph(ctx, cfg.cuda_graph && ranks == 1 && !zero.enabled);
+    std::string graph_note;
     std::int64_t step = start;
     while (step < cfg.steps) {
       ++step;
-      stepper.device_gradient(cfg.accum, [&](Tape<B, T, G>& tape, std::int64_t micro) {
-        const auto draw = static_cast<std::uint32_t>(step * cfg.accum + micro);
-        tape.options = {true, cfg.seed, draw, slice.first, slice.global};
-        loader.next_slice(cfg.batch, slice.first, slice.count, ids, mask);
-        TokenBatch tb{ids.data(), slice.count, cfg.seq_len, mask.data(), slice.first, slice.global};
-        if (ranks > 1) {  // this rank's loss is its share of the global micro-batch's token mean
-          tb.loss_denominator = Obj::loss_denominator(tb);
-          comm.all_reduce_host_sum(&tb.loss_denominator, 1);
-        }
-        return objective.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
-      }, step, cfg.clip);
       const double lr = cfg.lr.at(step);
-      stepper.device_apply(lr);
+      // The step's stream work: on CUDA (one process) captured as a graph after the first step.
+      // If a capture fails, undo() puts back what the body changed on the host, and it runs again
+      // eagerly (the step is taken once).
+      const LoaderPosition position = loader.position();
+      const std::int64_t updates = opt.steps(), unread = stepper.unread();
+      graph.run(
+          [&] {
+            stepper.device_gradient(cfg.accum, [&](Tape<B, T, G>& tape, std::int64_t micro) {
+              const auto draw = static_cast<std::uint32_t>(step * cfg.accum + micro);
+              tape.options = {true, cfg.seed, draw, slice.first, slice.global};
+              loader.next_slice(cfg.batch, slice.first, slice.count, ids, mask);
+              TokenBatch tb{ids.data(), slice.count, cfg.seq_len, mask.data(), slice.first, slice.global};
+              if (ranks > 1) {  // this rank's loss is its share of the global micro-batch's token mean
+                tb.loss_denominator = Obj::loss_denominator(tb);
+                comm.all_reduce_host_sum(&tb.loss_denominator, 1);
+              }
+              return objective.loss(tape, model, store.params(), tb, Philox{cfg.seed}, draw);
+            }, step, cfg.clip);
+            stepper.device_apply(lr);
+          },
+          [&] { stepper.tape().reset(); },  // a grown arena merges its blocks here, not inside a capture
+          [&] {
+            loader.set_position(position);
+            opt.set_steps(updates);
+            stepper.set_unread(unread);
+          });
+      if (graph.stats().note != graph_note) {  // a capture failed: say why, once per reason
+        graph_note = graph.stats().note;
+        say(cfg, "step %lld: %s\n", static_cast<long long>(step), graph_note.c_str());
+      }
       const bool logging = step % cfg.log_every == 0 || step == cfg.steps;
       const bool evaluating = cfg.eval_every > 0 && step % cfg.eval_every == 0 && step < cfg.steps;
       const bool stopping = cfg.stop_after > 0 && step - start >= cfg.stop_after;
@@ -689,6 +721,7 @@ class Trainer {
         if (lead) metrics->write_plot(cfg.model.ar ? "AR training" : "MDLM training");
         result.last_step = step;
         result.checkpoint = ckpt_path;
+        result.graph = graph.stats();
         return result;
       }
     }
@@ -698,6 +731,7 @@ class Trainer {
     if (lead) metrics->write_plot(cfg.model.ar ? "AR training" : "MDLM training");
     result.last_step = step;
     result.checkpoint = ckpt_path;
+    result.graph = graph.stats();
     say(cfg, "done: %lld steps; checkpoint %s; metrics %s\n", static_cast<long long>(step), ckpt_path.string().c_str(),
         (cfg.out_dir / "metrics.jsonl").string().c_str());
     return result;

@@ -26,15 +26,14 @@ __global__ void adamw_update(std::int64_t n, float* master, float* m, float* v, 
     if (status->bad != 0) return;
     s.grad_scale = static_cast<float>(status->multiplier);
   }
+  const AdamWScalars<float> k = adamw_scalars(s);
   for (std::int64_t i = cuda_detail::global_index(); i < n; i += cuda_detail::global_stride()) {
     const float g = static_cast<float>(to_compute(grad[i])) * s.grad_scale;
-    const float mi = s.beta1 * m[i] + (1.0f - s.beta1) * g;
-    const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * g * g;
+    float mi = m[i], vi = v[i], w = master[i];
+    value[i] = from_compute<T>(adamw_element(w, mi, vi, g, s, k));  // the Host's arithmetic (optim/adamw.hpp)
     m[i] = mi;
     v[i] = vi;
-    const float w = master[i] - s.lr * ((mi / s.bias1) / (sqrtf(vi / s.bias2) + s.eps) + s.weight_decay * master[i]);
     master[i] = w;
-    value[i] = from_compute<T>(w);
   }
 }
 
