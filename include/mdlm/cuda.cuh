@@ -7,6 +7,7 @@
 #include "mdlm/backend/cuda/event_clock.cuh"
 #include "mdlm/backend/cuda/launch.cuh"
 #include "mdlm/backend/cuda/lt_gemm.cuh"
+#include "mdlm/backend/cuda/staging.cuh"
 #include "mdlm/ops/cuda/attention.cuh"
 #include "mdlm/ops/cuda/column_reduce.cuh"
 #include "mdlm/ops/cuda/flash_attention.cuh"
@@ -18,4 +19,5 @@
 #include "mdlm/ops/cuda/residual_layernorm.cuh"
 #include "mdlm/ops/cuda/sample.cuh"
 #include "mdlm/ops/cuda/subs_loss.cuh"
+#include "mdlm/ops/cuda/subs_prepare.cuh"
 #include "mdlm/sampling/cuda_sampler.cuh"
