@@ -25,6 +25,9 @@
 // backward of what the range held. The ranges go to the tape's RangeHook: on CUDA NVTX (nsys and
 // ncu show every layer and op by name), on the Host none unless a caller sets one.
 //
+// Step-to-step state: persistent<S>() holds one object per type across reset() for the tape's
+// life (MaskedDiffusion::loss keeps its staging ring there).
+//
 // Contexts are trivially copyable records stored in a host byte arena with the address of
 // their op's backward function: typed ops, no virtual calls, no allocation in the steady state.
 

@@ -201,7 +201,7 @@ class MaskedDiffusion {
   // partition_rows puts the rows that carry loss first (the rest after, reversed: CUB's order),
   // and the head runs on the first M = roundup(count, head_row_multiple) rows (at most all), the
   // padding rows with coefficient 0. The device arrays live in the tape's scratch (until reset).
-  // Same loss and gradients, bit for bit, as loss_host_drawn() (tests/host/test_diffusion.cpp).
+  // Same loss and gradients, bit for bit, as loss_host_drawn() (tests/host/test_loss_device.cpp).
   template <class B, class T, class G>
   LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch,
                         Philox rng, std::uint32_t step) const {
