@@ -310,6 +310,90 @@ TEST_CASE("CUDA absorbing mask draws the same z_t as Host") {
   CHECK(to_host(cuda, d_zt.view()) == host_zt);
 }
 
+TEST_CASE("CUDA subs_prepare, row partition (CUB) and head-target gather give their Host twins' bits") {
+  Cuda cuda;
+  for (bool with_mask : {false, true}) {
+    CAPTURE(with_mask);
+    const std::int64_t batch = 9, len = 301, n = batch * len;
+    std::vector<std::int32_t> x0(static_cast<std::size_t>(n));
+    std::vector<double> mask(x0.size());
+    for (std::size_t i = 0; i < x0.size(); ++i) {
+      x0[i] = static_cast<std::int32_t>((i * 13) % 1001);  // 1000 is the mask id: some are masked already
+      mask[i] = i % 11 == 4 ? 0.0 : (i % 3 == 0 ? 0.25 : 1.0);
+    }
+    auto t = sample_times(Philox{8}, 2, batch, TimeSampling::Stratified, 1e-3);
+    std::vector<double> move(t.size()), weight(t.size());
+    for (std::size_t b = 0; b < t.size(); ++b) {
+      move[b] = LogLinearSchedule{}.move_chance(t[b]);
+      weight[b] = LogLinearSchedule{}.loss_weight(t[b]);
+    }
+    SubsPrepareArgs a{x0.data(), with_mask ? mask.data() : nullptr, move.data(), weight.data(), n, len, 1234.5,
+                      Philox{8}, 2, 77, 1000};
+    std::vector<std::int32_t> hz(x0.size()), hrows(x0.size()), htarget(x0.size());
+    std::vector<double> hcoef(x0.size()), hhead_coef(x0.size());
+    std::vector<std::uint8_t> hflags(x0.size());
+    std::int32_t hsel = -1;
+    subs_prepare(Host{}, a, hz.data(), hcoef.data(), hflags.data());
+    partition_rows(Host{}, hflags.data(), n, hrows.data(), &hsel, nullptr, 0);
+    const std::int64_t m = std::min<std::int64_t>(n, (hsel + 127) / 128 * 128);
+    gather_row_targets(Host{}, hrows.data(), m, x0.data(), hcoef.data(), htarget.data(), hhead_coef.data());
+
+    auto d_x0 = upload(cuda, x0);
+    auto d_mask = upload(cuda, mask);
+    auto d_move = upload(cuda, move);
+    auto d_weight = upload(cuda, weight);
+    SubsPrepareArgs da = a;
+    da.x0 = d_x0.data();
+    da.loss_mask = with_mask ? d_mask.data() : nullptr;
+    da.move_chance = d_move.data();
+    da.weight = d_weight.data();
+    DeviceBuffer<std::int32_t> dz(n), drows(n), dtarget(n), dsel(1);
+    DeviceBuffer<double> dcoef(n), dhead_coef(n);
+    DeviceBuffer<std::uint8_t> dflags(n);
+    const std::size_t bytes = partition_rows_scratch(cuda, n);
+    DeviceBuffer<std::byte> scratch(static_cast<std::int64_t>(bytes));
+    subs_prepare(cuda, da, dz.data(), dcoef.data(), dflags.data());
+    partition_rows(cuda, dflags.data(), n, drows.data(), dsel.data(), scratch.data(), bytes);
+    gather_row_targets(cuda, drows.data(), m, d_x0.data(), dcoef.data(), dtarget.data(), dhead_coef.data());
+    CHECK(to_host(cuda, dz.view()) == hz);
+    const auto dc = to_host(cuda, dcoef.view());
+    CHECK(std::memcmp(dc.data(), hcoef.data(), dc.size() * sizeof(double)) == 0);
+    CHECK(to_host(cuda, dflags.view()) == hflags);
+    CHECK(to_host(cuda, dsel.view())[0] == hsel);
+    CHECK(to_host(cuda, drows.view()) == hrows);
+    auto dt = to_host(cuda, dtarget.view());
+    auto dhc = to_host(cuda, dhead_coef.view());
+    CHECK(std::equal(dt.begin(), dt.begin() + m, htarget.begin()));
+    CHECK(std::memcmp(dhc.data(), hhead_coef.data(), static_cast<std::size_t>(m) * sizeof(double)) == 0);
+  }
+}
+
+TEST_CASE("CUDA MaskedDiffusion::loss: the partition's count is the host's, and the steady state adds no pinned block") {
+  DiTConfig cfg = mdlm::testing::small_dit(41, 32, 4, 1, 16);
+  cfg.time_conditioning = true;
+  DiT model(cfg);
+  Cuda ctx;
+  ParamStore<Cuda, float> store(model.layout());
+  const std::int64_t batch = 4, seq = 48;
+  std::vector<std::int32_t> x0(static_cast<std::size_t>(batch * seq));
+  for (std::size_t i = 0; i < x0.size(); ++i) x0[i] = static_cast<std::int32_t>((i * 11) % 40);
+  DiffusionOptions opt;
+  opt.mask_id = 40;
+  MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{}, opt);
+  Tape<Cuda, float> tape(ctx);
+  Buffer<float, Cuda> one = upload(ctx, std::vector<float>{1.0f});
+  int allocations = 0;
+  for (std::uint32_t step = 0; step < 12; ++step) {
+    tape.reset();
+    auto out = objective.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, seq, nullptr}, Philox{3}, step);
+    tape.backward(out.loss, MatrixView<const float, Cuda>(one.data(), 1, 1));
+    CHECK(to_host(ctx, View<const std::int32_t, Cuda>{out.selected_device, Shape{1}})[0] == out.selected_rows);
+    if (step == Staging<Cuda>::kSlots) allocations = tape.persistent<Staging<Cuda>>().allocations();
+  }
+  CHECK(allocations == Staging<Cuda>::kSlots);
+  CHECK(tape.persistent<Staging<Cuda>>().allocations() == allocations);
+}
+
 TEST_CASE("CUDA fused SUBS loss matches the Host unfused path (fp32 to 1e-5)") {
   Cuda cuda;
   const std::int64_t n = 64, vocab = 1031, len = 16;

@@ -95,6 +95,10 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   l.push_back(launches::flash_attention_backward_dkdv<float>(s, false));
   l.push_back(launches::flash_attention_backward_dq<float>(s, false));
   l.push_back(launches::absorbing_mask(rows));
+  l.push_back(launches::subs_prepare(rows));
+  l.push_back(launches::partition_iota_rows(rows));
+  l.push_back(launches::gather_row_targets(rows));
+  l.push_back(launches::ar_prepare(rows));
   l.push_back(launches::cross_entropy_rows(rows));
   l.push_back(launches::sum_rows_ordered());
   l.push_back(launches::cross_entropy_grad(rows));

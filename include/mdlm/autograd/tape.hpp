@@ -25,13 +25,19 @@
 // backward of what the range held. The ranges go to the tape's RangeHook: on CUDA NVTX (nsys and
 // ncu show every layer and op by name), on the Host none unless a caller sets one.
 //
+// Step-to-step state: persistent<S>() holds one object per type across reset() for the tape's
+// life (MaskedDiffusion::loss keeps its staging ring there).
+//
 // Contexts are trivially copyable records stored in a host byte arena with the address of
 // their op's backward function: typed ops, no virtual calls, no allocation in the steady state.
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
+#include <typeindex>
+#include <typeinfo>
 #include <vector>
 
 #include "mdlm/core/arena.hpp"
@@ -285,6 +291,19 @@ class Tape {
            static_cast<std::uint64_t>(options.batch_first * seq_len * cols);
   }
 
+  // The tape's object of type S (default-constructed on first use), kept across reset() for as
+  // long as the tape lives: state a loss keeps from step to step without being a member of the
+  // (copyable, const) objective, e.g. MaskedDiffusion's pinned staging ring on CUDA. One object
+  // per type, looked up by type (a short list: a handful of types at most).
+  template <class S>
+  S& persistent() {
+    for (const Persistent& p : persistent_) {
+      if (p.type == std::type_index(typeid(S))) return *static_cast<S*>(p.object.get());
+    }
+    persistent_.push_back({std::type_index(typeid(S)), std::shared_ptr<void>(std::make_shared<S>())});
+    return *static_cast<S*>(persistent_.back().object.get());
+  }
+
   std::size_t var_count() const { return vars_.size(); }
   std::size_t record_count() const { return records_.size(); }
 
@@ -300,6 +319,11 @@ class Tape {
   struct Record {
     BackwardFn fn;
     std::size_t offset;
+  };
+
+  struct Persistent {
+    std::type_index type;
+    std::shared_ptr<void> object;  // type-erased owner: destroys the S it holds
   };
 
   struct GradientsFinalMark {
@@ -351,6 +375,7 @@ class Tape {
   std::vector<unsigned char> ctx_bytes_;
   std::uint64_t rng_offset_ = 0;
   bool recording_ = true;
+  std::vector<Persistent> persistent_;  // declared last: destroyed first, while the arenas still live
 };
 
 }  // namespace mdlm

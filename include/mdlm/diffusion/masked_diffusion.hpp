@@ -10,18 +10,25 @@
 // otherwise), and take the SUBS NELBO: the output head runs only on the masked rows that count
 // (unmasked rows carry zero loss under SUBS), then the fused log-softmax + weighted NLL.
 // Autoregressive is the AR baseline's token-mean NLL on the same backbone interface.
+// Both build their per-token inputs in backend memory (diffusion/subs_prepare.hpp kernels, one
+// staged copy in): nothing in a step waits for the device (issue 17).
 
+#include <algorithm>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "mdlm/autograd/tape.hpp"
 #include "mdlm/core/philox.hpp"
 #include "mdlm/diffusion/schedule.hpp"
+#include "mdlm/backend/staging.hpp"
 #include "mdlm/diffusion/subs_loss.hpp"
+#include "mdlm/diffusion/subs_prepare.hpp"
 #include "mdlm/nn/dit.hpp"
+#include "mdlm/ops/embedding.hpp"
 #include "mdlm/ops/gather.hpp"
 #include "mdlm/ops/mask.hpp"
 
@@ -82,7 +89,10 @@ struct DiffusionOptions {
   std::int64_t head_row_multiple = 0;
 };
 
-// What one loss evaluation drew and built. Owns the backend buffers the tape reads in backward.
+// What one loss evaluation drew and built. MaskedDiffusion::loss and Autoregressive::loss keep
+// their backend arrays in the tape's scratch (valid until tape.reset()); loss_at and the reference
+// paths (loss_host_drawn, loss_host_built) own theirs (the buffers below, which the tape reads in
+// backward). The *_device pointers say where they are either way.
 template <class B, class T>
 struct LossOutput {
   Var<T, B> loss;                    // (1, 1)
@@ -91,8 +101,50 @@ struct LossOutput {
   std::int64_t masked = 0;           // masked tokens
   std::int64_t head_rows = 0;        // rows the output head ran on
   std::int64_t loss_tokens = 0;      // tokens in the denominator (sum of the loss mask)
+  std::int64_t selected_rows = 0;    // loss(): rows with a non-zero coefficient (the host's count pass)
   Buffer<std::int32_t, B> ids, rows, target;
   Buffer<double, B> coef;
+  const std::int32_t* ids_device = nullptr;     // (B*L) z_t, the model's input
+  const std::int32_t* rows_device = nullptr;    // trim_head: the partitioned rows (the head's first head_rows)
+  const std::int32_t* target_device = nullptr;  // (head_rows)
+  const double* coef_device = nullptr;          // (head_rows)
+  const std::int32_t* selected_device = nullptr;  // loss() with trim_head: the partition's count (1 value)
+};
+
+// Host arrays a loss sends to backend memory every step, packed into one block (each at a
+// 256-byte boundary) and copied with one non-synchronizing copy through the tape's Staging
+// (backend/staging.hpp; on CUDA a pinned ring, so the step never waits for the copy). The block
+// lands in the tape's scratch; copy() returns its address, add() each array's offset in it.
+class StagedArrays {
+ public:
+  template <class U>
+  std::size_t add(const U* src, std::int64_t count) {
+    const std::size_t bytes = static_cast<std::size_t>(count) * sizeof(U);
+    parts_.push_back({src, bytes, total_});
+    const std::size_t at = total_;
+    total_ += (bytes + 255) / 256 * 256;
+    return at;
+  }
+  template <class B, class T, class G>
+  std::byte* copy(Tape<B, T, G>& tape) const {
+    B& ctx = tape.backend();
+    Staging<B>& staging = tape.template persistent<Staging<B>>();
+    std::byte* host = staging.acquire(ctx, total_);
+    for (const Part& p : parts_) {
+      if (p.bytes > 0) std::memcpy(host + p.offset, p.src, p.bytes);
+    }
+    std::byte* dev = tape.template scratch<std::byte>(Shape{static_cast<std::int64_t>(std::max<std::size_t>(total_, 1))}).data;
+    staging.submit(ctx, dev, total_);
+    return dev;
+  }
+
+ private:
+  struct Part {
+    const void* src;
+    std::size_t bytes, offset;
+  };
+  std::vector<Part> parts_;
+  std::size_t total_ = 0;
 };
 
 // An objective the Trainer and evaluate() take as a type: MaskedDiffusion<Schedule, Subs> or
@@ -140,9 +192,128 @@ class MaskedDiffusion {
   // Draws t and z_t for `step` and returns the NELBO on the tape. The times are drawn for the
   // whole global batch (stratified over it) and the masks keyed by global token index, so a
   // data-parallel slice draws what one process draws for those sequences.
+  //
+  // Nothing here waits for the device (issue 17): the host draws the B times and, in a "count
+  // pass", the same per-token Philox draws the device makes (subs_prepare_token), which give it
+  // the head's row count, the statistics and the host copy of z_t without a read-back. x0, the
+  // loss mask and the per-sequence values go to backend memory in one non-synchronizing copy
+  // (Staging, kept in the tape across steps); there subs_prepare draws z_t and the coefficients,
+  // partition_rows puts the rows that carry loss first (the rest after, reversed: CUB's order),
+  // and the head runs on the first M = roundup(count, head_row_multiple) rows (at most all), the
+  // padding rows with coefficient 0. The device arrays live in the tape's scratch (until reset).
+  // Same loss and gradients, bit for bit, as loss_host_drawn() (tests/host/test_loss_device.cpp).
   template <class B, class T, class G>
   LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch,
                         Philox rng, std::uint32_t step) const {
+    MDLM_CHECK(opt_.mask_id >= 0, "MaskedDiffusion needs a mask id");
+    const std::int64_t global = batch.global_batch > 0 ? batch.global_batch : batch.batch;
+    MDLM_CHECK(batch.first >= 0 && batch.first + batch.batch <= global, "loss: sequences [", batch.first, ", ",
+               batch.first + batch.batch, ") of a global batch of ", global);
+    MDLM_CHECK(batch.batch > 0 && batch.seq_len > 0, "loss: empty batch (", batch.batch, " x ", batch.seq_len, ")");
+    MDLM_CHECK(!model.config().ar, "MaskedDiffusion needs a DiT backbone, not the AR variant");
+    MDLM_CHECK(opt_.mask_id < model.config().vocab, "mask id ", opt_.mask_id, " is outside the model vocabulary of ",
+               model.config().vocab);
+    const std::int64_t n = batch.batch * batch.seq_len, nb = batch.batch;
+    MDLM_CHECK(n <= 2147483647, "loss: ", n, " tokens exceed the 32-bit row index");
+    // The embedding's id check, on the host's copy (z_t is x0 or the mask id, checked above).
+    check_token_ids(batch.x0, n, model.config().vocab);
+
+    const std::vector<double> all_t = sample_times(rng, step, global, opt_.sampling, opt_.t_eps, opt_.discrete_steps);
+    LossOutput<B, T> out;
+    out.t.assign(all_t.begin() + batch.first, all_t.begin() + batch.first + batch.batch);
+    out.sigma.resize(out.t.size());
+    std::vector<double> move(out.t.size()), weight(out.t.size());
+    for (std::size_t b = 0; b < out.t.size(); ++b) {
+      move[b] = schedule_.move_chance(out.t[b]);
+      out.sigma[b] = schedule_.sigma(out.t[b]);
+      weight[b] = opt_.discrete_steps > 0 ? discrete_loss_weight(schedule_, out.t[b], opt_.discrete_steps)
+                                          : schedule_.loss_weight(out.t[b]);
+    }
+    // SubsTargets::make's count: the loss mask's sum (n ones without one) unless given.
+    const double denominator = batch.loss_denominator > 0 ? batch.loss_denominator : loss_denominator(batch);
+    MDLM_CHECK(denominator > 0, "subs loss: the loss mask selects no token");
+    SubsPrepareArgs args{batch.x0,       batch.loss_mask, move.data(),
+                         weight.data(),  n,               batch.seq_len,
+                         denominator,    rng,             step,
+                         static_cast<std::uint64_t>(batch.first * batch.seq_len), static_cast<std::int32_t>(opt_.mask_id)};
+
+    // The count pass: the device's draws, on the host.
+    out.zt.resize(static_cast<std::size_t>(n));
+    {
+      std::vector<double> coef(static_cast<std::size_t>(n));
+      std::vector<std::uint8_t> flags(static_cast<std::size_t>(n));
+      subs_prepare(Host{}, args, out.zt.data(), coef.data(), flags.data());
+      for (std::int64_t r = 0; r < n; ++r) {
+        out.masked += out.zt[static_cast<std::size_t>(r)] == opt_.mask_id;
+        out.loss_tokens += batch.loss_mask == nullptr || batch.loss_mask[r] != 0.0;
+        out.selected_rows += flags[static_cast<std::size_t>(r)];
+      }
+    }
+
+    // Staging: one block, one non-synchronizing copy.
+    std::vector<float> sigma_f(out.sigma.begin(), out.sigma.end());
+    StagedArrays staged;
+    const std::size_t x0_at = staged.add(batch.x0, n);
+    const std::size_t mask_at = batch.loss_mask ? staged.add(batch.loss_mask, n) : 0;
+    const std::size_t move_at = staged.add(move.data(), nb), weight_at = staged.add(weight.data(), nb);
+    const std::size_t sigma_at = staged.add(sigma_f.data(), nb);
+    std::byte* dev = staged.copy(tape);
+    args.x0 = reinterpret_cast<const std::int32_t*>(dev + x0_at);
+    args.loss_mask = batch.loss_mask ? reinterpret_cast<const double*>(dev + mask_at) : nullptr;
+    args.move_chance = reinterpret_cast<const double*>(dev + move_at);
+    args.weight = reinterpret_cast<const double*>(dev + weight_at);
+    const float* sigma_device = reinterpret_cast<const float*>(dev + sigma_at);
+    B& ctx = tape.backend();
+
+    std::int32_t* ids = tape.template scratch<std::int32_t>(Shape{n}).data;
+    double* coef = tape.template scratch<double>(Shape{n}).data;
+    std::uint8_t* flags = tape.template scratch<std::uint8_t>(Shape{n}).data;
+    subs_prepare(ctx, args, ids, coef, flags);
+
+    // The Host keeps fp64 sigma from the host (the resident path reads float sigma: other bits
+    // in fp64); elsewhere the resident path, which copies nothing and does not synchronize.
+    DiTInputs in{ids, nullptr, batch.batch, batch.seq_len, out.sigma.data()};
+    if constexpr (!std::is_same_v<B, Host>) {
+      in.resident_sigma = true;
+      in.sigma_device = sigma_device;
+    }
+    Var<T, B> h = model.hidden(tape, p, in);
+    const std::int32_t* target = args.x0;  // SUBS's target is x0: the staged copy serves
+    if (opt_.trim_head) {
+      const std::size_t part_bytes = partition_rows_scratch(ctx, n);
+      std::int32_t* rows = tape.template scratch<std::int32_t>(Shape{n}).data;
+      std::int32_t* selected = tape.template scratch<std::int32_t>(Shape{1}).data;
+      std::byte* part =
+          part_bytes > 0 ? tape.template scratch<std::byte>(Shape{static_cast<std::int64_t>(part_bytes)}).data : nullptr;
+      partition_rows(ctx, flags, n, rows, selected, part, part_bytes);
+      const std::int64_t m = std::min(n, (out.selected_rows + head_multiple<B>() - 1) / head_multiple<B>() * head_multiple<B>());
+      std::int32_t* head_target = tape.template scratch<std::int32_t>(Shape{std::max<std::int64_t>(m, 1)}).data;
+      double* head_coef = tape.template scratch<double>(Shape{std::max<std::int64_t>(m, 1)}).data;
+      gather_row_targets(ctx, rows, m, target, coef, head_target, head_coef);
+      out.head_rows = m;
+      out.selected_device = selected;
+      out.rows_device = rows;
+      // The Host checks the rows (its memory is the host's); CUDA's come from the partition, a
+      // permutation of 0..n-1 by construction, and reading them back would synchronize.
+      h = GatherRowsOp<B, T, G>::forward(tape, h, rows, std::is_same_v<B, Host> ? rows : nullptr, m);
+      target = head_target;
+      coef = head_coef;
+    } else {
+      out.head_rows = n;
+    }
+    out.ids_device = ids;
+    out.target_device = target;
+    out.coef_device = coef;
+    Var<T, B> logits = model.head(tape, p, h);
+    out.loss = CrossEntropyOp<B, T, G>::forward(tape, logits, {target, coef, opt_.mask_id});
+    return out;
+  }
+
+  // The path loss() replaced, kept as its reference: z_t drawn on the host (absorbing_mask), then
+  // loss_at (host-built targets, synchronizing uploads). Same draws, loss and gradients.
+  template <class B, class T, class G>
+  LossOutput<B, T> loss_host_drawn(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p,
+                                   const TokenBatch& batch, Philox rng, std::uint32_t step) const {
     MDLM_CHECK(opt_.mask_id >= 0, "MaskedDiffusion needs a mask id");
     const std::int64_t global = batch.global_batch > 0 ? batch.global_batch : batch.batch;
     MDLM_CHECK(batch.first >= 0 && batch.first + batch.batch <= global, "loss: sequences [", batch.first, ", ",
@@ -202,7 +373,7 @@ class MaskedDiffusion {
       }
       // Rounded up with rows that carry no loss (distinct, as the gather needs; weight 0, so
       // they add exactly zero to the loss and the gradients).
-      const std::int64_t multiple = opt_.head_row_multiple > 0 ? opt_.head_row_multiple : std::is_same_v<B, Host> ? 1 : 128;
+      const std::int64_t multiple = head_multiple<B>();
       const std::int64_t padded = std::min(n, (static_cast<std::int64_t>(rows.size()) + multiple - 1) / multiple * multiple);
       for (std::int64_t r = 0; r < n && static_cast<std::int64_t>(rows.size()) < padded; ++r) {
         if (targets.coef[static_cast<std::size_t>(r)] == 0.0) {
@@ -221,12 +392,22 @@ class MaskedDiffusion {
       out.target = upload(tape.backend(), targets.target);
       out.coef = upload(tape.backend(), targets.coef);
     }
+    out.ids_device = out.ids.data();
+    out.rows_device = out.rows.data();
+    out.target_device = out.target.data();
+    out.coef_device = out.coef.data();
     Var<T, B> logits = model.head(tape, p, h);
     out.loss = CrossEntropyOp<B, T, G>::forward(tape, logits, {out.target.data(), out.coef.data(), opt_.mask_id});
     return out;
   }
 
  private:
+  // The head's row count is rounded up to a multiple of this (DiffusionOptions::head_row_multiple).
+  template <class B>
+  std::int64_t head_multiple() const {
+    return opt_.head_row_multiple > 0 ? opt_.head_row_multiple : std::is_same_v<B, Host> ? 1 : 128;
+  }
+
   Schedule schedule_;
   DiffusionOptions opt_;
 };
@@ -250,8 +431,44 @@ struct Autoregressive {
     return loss(tape, model, p, batch);
   }
 
+  // As MaskedDiffusion::loss: x (and the loss mask) go to backend memory in one staged copy and
+  // ar_prepare builds the targets there; the host validates the ids and counts the targets.
   template <class B, class T, class G>
   LossOutput<B, T> loss(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p, const TokenBatch& batch) const {
+    MDLM_CHECK(model.config().ar, "Autoregressive needs the AR (causal) backbone");
+    const std::int64_t n = batch.batch * batch.seq_len;
+    MDLM_CHECK(batch.batch > 0 && batch.seq_len > 1, "ar loss: ", n, " tokens, length ", batch.seq_len);
+    check_token_ids(batch.x0, n, model.config().vocab);
+    // ar_targets' count: the targets' loss mask (B (L - 1) ones without one) unless given.
+    const double denominator = batch.loss_denominator > 0 ? batch.loss_denominator : loss_denominator(batch);
+    MDLM_CHECK(denominator > 0, "ar loss: the loss mask selects no target");
+    ArPrepareArgs args{batch.x0, batch.loss_mask, n, batch.seq_len, denominator};
+    LossOutput<B, T> out;
+    out.zt.assign(batch.x0, batch.x0 + n);
+    out.head_rows = n;
+    for (std::int64_t r = 0; r < n; ++r) out.loss_tokens += ar_prepare_token(args, r).coef != 0.0;
+
+    StagedArrays staged;
+    const std::size_t x_at = staged.add(batch.x0, n);
+    const std::size_t mask_at = batch.loss_mask ? staged.add(batch.loss_mask, n) : 0;
+    std::byte* dev = staged.copy(tape);
+    args.x = reinterpret_cast<const std::int32_t*>(dev + x_at);
+    args.loss_mask = batch.loss_mask ? reinterpret_cast<const double*>(dev + mask_at) : nullptr;
+    std::int32_t* target = tape.template scratch<std::int32_t>(Shape{n}).data;
+    double* coef = tape.template scratch<double>(Shape{n}).data;
+    ar_prepare(tape.backend(), args, target, coef);
+    out.ids_device = args.x;
+    out.target_device = target;
+    out.coef_device = coef;
+    Var<T, B> logits = model.forward(tape, p, DiTInputs{args.x, nullptr, batch.batch, batch.seq_len, nullptr});
+    out.loss = CrossEntropyOp<B, T, G>::forward(tape, logits, {target, coef, -1});
+    return out;
+  }
+
+  // The path loss() replaced (host-built targets, synchronizing uploads), kept as its reference.
+  template <class B, class T, class G>
+  LossOutput<B, T> loss_host_built(Tape<B, T, G>& tape, const DiT& model, const Params<B, T, G>& p,
+                                   const TokenBatch& batch) const {
     MDLM_CHECK(model.config().ar, "Autoregressive needs the AR (causal) backbone");
     const std::int64_t n = batch.batch * batch.seq_len;
     std::vector<double> mask = batch.loss_mask ? std::vector<double>(batch.loss_mask, batch.loss_mask + n)

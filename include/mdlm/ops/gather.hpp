@@ -34,10 +34,12 @@ struct GatherRowsOp {
     V x, out;
     const std::int32_t* idx;
   };
-  // idx: m distinct row indices in backend memory; host_idx: the same on the host (checked).
+  // idx: m distinct row indices in backend memory; host_idx: the same on the host (checked), or
+  // nullptr where the rows were produced on the device by code that keeps them distinct and in
+  // range (MaskedDiffusion::loss's partition on CUDA: reading them back would synchronize).
   static V forward(Tape<B, T, G>& tape, V x, const std::int32_t* idx, const std::int32_t* host_idx, std::int64_t m) {
     const auto range = tape.range(kName);
-    for (std::int64_t i = 0; i < m; ++i) {
+    for (std::int64_t i = 0; host_idx != nullptr && i < m; ++i) {
       MDLM_CHECK(host_idx[i] >= 0 && host_idx[i] < x.rows(), "gather: row ", host_idx[i], " at ", i, " is out of range for ",
                  x.rows(), " rows");
     }
