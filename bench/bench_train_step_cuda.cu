@@ -7,7 +7,8 @@
 // held after the steps (arenas keep their peak size, so this is the step's peak, weights and
 // gradients included) and, beside them, the PyTorch anchors measured on one H100 (issue 17):
 // vs_eager and vs_compiled are tokens/s over PyTorch eager's and torch.compile's tokens/s.
-// Milliseconds per step are Google Benchmark's time column.
+// Milliseconds per step are Google Benchmark's time column (whole_step_*: ms_per_step; its time
+// column is 10 steps).
 //   build/bench/mdlm_bench_train_step_cuda [--benchmark_filter=...]
 #include <cstdio>
 
@@ -39,6 +40,20 @@ void run(benchmark::State& state, const char* preset, std::int64_t vocab, std::i
   state.counters["vs_compiled"] = benchmark::Counter(tokens / anchor.compiled, benchmark::Counter::kIsRate);
 }
 
+// The whole optimizer step (bench/train_step.hpp whole_step): with AdamW and the EMA, the status
+// read every 10 steps, each step a captured CUDA graph (graphs) or eager.
+void run_whole(benchmark::State& state, const char* preset, std::int64_t vocab, std::int64_t batch, std::int64_t seq,
+               bool graphs, Anchor anchor) {
+  {
+    mdlm::Cuda ctx;
+    mdlm::bench::whole_step<mdlm::Cuda, mdlm::bf16, float>(state, ctx, mdlm::DiTConfig::preset(preset, vocab), batch, seq,
+                                                            mdlm::bench::kH100PeakTflops, graphs, [&] { ctx.synchronize(); });
+  }
+  const double tokens = state.counters["tokens"].value;
+  state.counters["vs_eager"] = benchmark::Counter(tokens / anchor.eager, benchmark::Counter::kIsRate);
+  state.counters["vs_compiled"] = benchmark::Counter(tokens / anchor.compiled, benchmark::Counter::kIsRate);
+}
+
 constexpr Anchor kOwt{184.9e3, 282.7e3}, kLm1b{225e3, 374e3};
 
 }  // namespace
@@ -50,5 +65,14 @@ BENCHMARK_CAPTURE(run, lm1b_small_B256_T128_trimmed_head, "small", 30522, 256, 1
 BENCHMARK_CAPTURE(run, owt_small_B32_T1024_full_head, "small", 50258, 32, 1024, false, kOwt)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
 BENCHMARK_CAPTURE(run, small_B8_T256_trimmed_head, "small", 50258, 8, 256, true, kOwt)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_CAPTURE(run_whole, whole_step_owt_small_B32_T1024_graph, "small", 50258, 32, 1024, true, kOwt)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+BENCHMARK_CAPTURE(run_whole, whole_step_owt_small_B32_T1024_eager, "small", 50258, 32, 1024, false, kOwt)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+BENCHMARK_CAPTURE(run_whole, whole_step_lm1b_small_B256_T128_graph, "small", 30522, 256, 128, true, kLm1b)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+BENCHMARK_CAPTURE(run_whole, whole_step_lm1b_small_B256_T128_eager, "small", 30522, 256, 128, false, kLm1b)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
 
 int main(int argc, char** argv) { return run_cuda_benchmarks(argc, argv); }

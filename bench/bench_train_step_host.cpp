@@ -37,11 +37,18 @@ void BM_train_step_micro(benchmark::State& state) {
   mdlm::bench::train_step<mdlm::Host, float, float>(state, host, small_dit(64, 32, 2, 16), 2, 32, 0.0, true, [] {});
 }
 
+// The whole optimizer step (TrainStep's device path, AdamW, EMA; reads every kStepsPerRead steps).
+void BM_whole_step_micro(benchmark::State& state) {
+  mdlm::Host host;
+  mdlm::bench::whole_step<mdlm::Host, float, float>(state, host, small_dit(64, 32, 2, 16), 2, 32, 0.0, false, [] {});
+}
+
 }  // namespace
 
 // Arg: 1 = output head on masked rows only (the default), 0 = full head.
 BENCHMARK(BM_train_step_tiny_preset)->Arg(1)->Arg(0)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_train_step_main_job)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_train_step_micro)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_whole_step_micro)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 #include "host_bench_main.hpp"

@@ -112,6 +112,81 @@ void train_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int6
   }
 }
 
+// The whole optimizer step as the trainer takes it: TrainStep's device path (forward, SUBS loss,
+// backward, gradient norm, clipping, AdamW, EMA), the status read once every kStepsPerRead steps,
+// and each step after the first a captured CUDA graph (StepGraph<B>; `graphs` false: eager; the
+// Host always runs eagerly). One benchmark iteration is kStepsPerRead steps and one read, so the
+// host runs ahead of the device as it does in training. The label says why a capture failed.
+inline constexpr std::int64_t kStepsPerRead = 10;
+
+template <class B, class T, class G, class Sync>
+void whole_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int64_t batch, std::int64_t seq,
+                double peak_tflops, bool graphs, Sync&& sync) {
+  using S = optimizer_state_t<T>;
+  const DiT model(cfg);
+  const std::int64_t n = model.layout().buffer_elements(), tokens_per_step = batch * seq;
+  ParamStore<B, T, G> store(model.layout());
+  init_for_benchmark(ctx, model, store);
+  std::vector<S> master;
+  for (const T& v : download(ctx, MatrixView<const T, B>(store.values().data(), 1, n))) master.push_back(static_cast<S>(to_compute(v)));
+  AdamW<B, S> opt(n, AdamWConfig{}, 0.9999);
+  opt.load(ctx, master, master);
+  TrainStep<B, T, G> step(ctx, store, opt);
+  step.reserve_window(kStepsPerRead);
+  StepGraph<B> graph(ctx, graphs);
+  std::vector<std::int32_t> x0(static_cast<std::size_t>(tokens_per_step));
+  Philox rng{3};
+  for (std::size_t i = 0; i < x0.size(); ++i) {
+    x0[i] = static_cast<std::int32_t>(rng.block(Purpose::Test, 1, i).v[0] % static_cast<std::uint32_t>(cfg.vocab - 1));
+  }
+  DiffusionOptions o;
+  o.mask_id = cfg.vocab - 1;
+  const MaskedDiffusion<LogLinearSchedule> objective(LogLinearSchedule{}, o);
+  std::int64_t k = 0, head_rows = 0;
+  auto one_step = [&] {
+    ++k;
+    const std::int64_t updates = opt.steps(), unread = step.unread(), rows = head_rows;
+    graph.run(
+        [&] {
+          step.device_gradient(1, [&](Tape<B, T, G>& tape, std::int64_t) {
+            tape.options = {true, 4, static_cast<std::uint32_t>(k)};
+            auto out = objective.loss(tape, model, store.params(), TokenBatch{x0.data(), batch, seq, nullptr}, Philox{5},
+                                      static_cast<std::uint32_t>(k));
+            head_rows += out.head_rows;
+            return out;
+          }, k, 1.0);
+          step.device_apply(3e-4);
+        },
+        [&] { step.tape().reset(); },
+        [&] {
+          opt.set_steps(updates);
+          step.set_unread(unread);
+          head_rows = rows;
+        });
+  };
+  for (std::int64_t i = 0; i < kStepsPerRead; ++i) one_step();  // warm-up: arenas, plans, the first graphs
+  (void)step.read_status();
+  sync();
+  head_rows = 0;
+  for (auto _ : state) {
+    for (std::int64_t i = 0; i < kStepsPerRead; ++i) one_step();
+    if (step.read_status().bad) state.SkipWithError("a step's loss or gradient norm was not finite");
+  }
+  const double steps = static_cast<double>(state.iterations() * kStepsPerRead);
+  const double tokens = static_cast<double>(tokens_per_step) * steps;
+  const double flops = tokens * model.train_flops_per_token(seq);
+  const double executed =
+      steps * model.executed_train_flops(seq, tokens_per_step, 0) + static_cast<double>(head_rows) * 6 * model.head_matmul_params();
+  state.counters["tokens"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
+  state.counters["ms_per_step"] = benchmark::Counter(steps * 1e-3, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["graph_steps"] = static_cast<double>(graph.stats().graph_steps);
+  if (peak_tflops > 0) {
+    state.counters["MFU"] = benchmark::Counter(flops / 1e12 / peak_tflops, benchmark::Counter::kIsRate);
+    state.counters["MFU_exec"] = benchmark::Counter(executed / 1e12 / peak_tflops, benchmark::Counter::kIsRate);
+  }
+  if (!graph.stats().note.empty()) state.SetLabel(graph.stats().note);
+}
+
 // The per-range breakdown of `steps` steps (after one warm-up step) with StepProfile on
 // `clock`: milliseconds per op and layer, forward and backward, against the step budget of
 // `goal_tokens_per_s` (0: none). Returns the table.

@@ -33,6 +33,7 @@ done
 pip_cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
 [ -n "$pip_cublas" ] && [ -d "$pip_cublas" ] && cuda_dirs="$cuda_dirs:$pip_cublas"
 export LD_LIBRARY_PATH="$PWD/$S/lib$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export MDLM_TEST_REPO="$PWD"  # the tests read tests/fixtures and data/ of this tree, not the build machine's
 
 # ---- what this machine is ----------------------------------------------------------------
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
@@ -114,6 +115,21 @@ correctness() {
   check train_cuda 45 "$M" train --backend cuda --data out/dev-bytes --out $run --hidden 128 --blocks 4 --heads 4 \
     --seq-len 128 --batch 16 --steps 150 --lr 2e-3 --warmup 20 --eval-every 150 --log-every 25 --save-every 150
   cp $run/metrics.jsonl "$OUT/train_metrics.jsonl" 2>/dev/null
+  # The same run on the Host (fp32): the CUDA run's loss curve (bf16, each step a CUDA graph) must
+  # stay within 0.15 nats of it at every logged step from step 50 on (issue 17's band).
+  check train_host 50 "$M" train --backend host --data out/dev-bytes --out $run-host --hidden 128 --blocks 4 --heads 4 \
+    --seq-len 128 --batch 16 --steps 150 --lr 2e-3 --warmup 20 --eval-every 150 --log-every 25 --save-every 150
+  check train_band_cuda_vs_host 10 python3 - "$run/metrics.jsonl" "$run-host/metrics.jsonl" <<'PY'
+import json, sys
+def train(f):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(f)) if r.get("split") == "train"}
+c, h = train(sys.argv[1]), train(sys.argv[2])
+steps = sorted(s for s in set(c) & set(h) if s >= 50)
+worst = max((abs(c[s] - h[s]) for s in steps), default=float("inf"))
+print("step loss cuda/host: " + " ".join(f"{s}:{c[s]:.3f}/{h[s]:.3f}" for s in sorted(set(c) & set(h))))
+print(f"nats worst |cuda - host| from step 50: {worst:.4f} (band 0.15)")
+sys.exit(0 if steps and worst <= 0.15 else 1)
+PY
   for s in ancestral cached confidence remdm first-hit; do
     for be in host cuda; do
       check "sample_${s}_$be" 20 sh -c "\"$M\" sample --checkpoint $run --backend $be --sampler $s --steps 64 --length 128 \
@@ -138,6 +154,7 @@ perf() {
   check bench_sampler_step 40 "$B/mdlm_bench_sampler_cuda" --benchmark_filter=step --benchmark_min_time=0.5
   check bench_train_B8_T256 40 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=B8_T256
   check bench_train_B32_T1024 60 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=B32_T1024_trimmed --benchmark_min_time=1
+  check bench_whole_step_owt 60 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=whole_step_owt --benchmark_min_time=1
   check bench_train_lm1b 60 "$B/mdlm_bench_train_step_cuda" --benchmark_filter=lm1b --benchmark_min_time=1
   check profile_step_owt 40 "$B/mdlm_profile_step_cuda" owt 3
   check bench_sampler_e2e 90 "$B/mdlm_bench_sampler_cuda" --benchmark_filter=sample_small

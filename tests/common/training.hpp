@@ -2,6 +2,7 @@
 // What the training and bad-input tests share: scratch directories, whole-file reads and
 // writes, a small prepared corpus (bytes tokenizer, the bundled KJV) and a tiny training run on it.
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -25,11 +26,18 @@ inline std::string read_bytes(const std::filesystem::path& p) {
 }
 inline void write_bytes(const std::filesystem::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
+// The repository root: $MDLM_TEST_REPO when set (a test binary run from another copy of the
+// tree, as on the GPU machine: scripts/device-check.sh sets it), else this build's sources.
+inline std::filesystem::path test_repo() {
+  if (const char* e = std::getenv("MDLM_TEST_REPO"); e != nullptr && *e != '\0') return e;
+  return MDLM_TEST_REPO;
+}
+
 // A small prepared corpus (bytes tokenizer) from the bundled KJV, prepared once per test run.
 inline std::filesystem::path small_corpus() {
   static const std::filesystem::path dir = [] {
     const std::filesystem::path d = temp_dir("corpus");
-    write_bytes(d / "input.txt", read_bytes(std::filesystem::path(MDLM_TEST_REPO) / "data" / "kjv" / "kjv.valid.txt"));
+    write_bytes(d / "input.txt", read_bytes(test_repo() / "data" / "kjv" / "kjv.valid.txt"));
     prepare_corpus("bytes", {d / "input.txt"}, d / "data", 0.2);
     return d / "data";
   }();

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/reference.hpp"
+#include "../common/training.hpp"
 #include "mdlm/cuda.cuh"
 
 using namespace mdlm;
@@ -281,7 +282,7 @@ TEST_CASE("CUDA passes the golden fixtures: fp32 to 1e-5, bf16-mixed to 5e-2") {
   Cuda cuda;
   for (const char* name : {"mdlm_tiny.safetensors", "mdlm_tiny_timecond_pad.safetensors", "ar_tiny.safetensors"}) {
     CAPTURE(name);
-    auto g = GoldenFixture::load(std::string(MDLM_TEST_FIXTURES) + "/" + name);
+    auto g = GoldenFixture::load((mdlm::testing::test_repo() / "tests" / "fixtures" / name).string());
     for (const TensorError& e : check_golden<Cuda, float>(cuda, g).tensors) {
       CAPTURE(e.name);
       CHECK(e.max_rel < 1e-5);
@@ -1061,4 +1062,145 @@ TEST_CASE("CUDA TrainStep: the device path read every few steps gives the per-st
   CHECK(a.norm == b.norm);
   CHECK(a.master == b.master);
   CHECK(a.ema == b.ema);
+}
+
+TEST_CASE("CUDA TrainStep: a step that logs nothing synchronizes nothing, and captures into a CUDA graph") {
+  // Every host round trip of the library goes through Cuda::synchronize() (downloads, synchronous
+  // uploads): after a warm-up step and a read, four more steps (two micro-batches each, dropout
+  // and time conditioning on) count none. Then a step is captured in the strict thread-local mode
+  // (a synchronization, an allocation or a pageable copy fails it) and its replay gives the same
+  // loss as the eager step with the same inputs.
+  Cuda cuda;
+  DiTConfig mc = mdlm::testing::small_dit(40, 32, 4, 2, 16);
+  mc.dropout = 0.1f;
+  mc.time_conditioning = true;
+  const DiT model(mc);
+  const ParamLayout& layout = model.layout();
+  const std::int64_t n = layout.buffer_elements();
+  std::vector<float> w = random_vector<float>(static_cast<std::size_t>(n), 23);
+  for (float& x : w) x *= 0.3f;
+  DiffusionOptions o;
+  o.mask_id = 39;
+  const MaskedDiffusion<LogLinearSchedule> mdlm(LogLinearSchedule{}, o);
+  std::vector<std::int32_t> ids(4 * 16);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 11 + 5) % 39);
+  auto make = [&](ParamStore<Cuda, float, float>& store, AdamW<Cuda, float>& opt) {
+    upload_into(cuda, w.data(), n, store.values().data());
+    opt.load(cuda, w, w);
+  };
+  auto take_step = [&](TrainStep<Cuda, float, float>& step, ParamStore<Cuda, float, float>& store, std::int64_t k) {
+    step.device_gradient(2, [&](Tape<Cuda, float, float>& tape, std::int64_t mb) {
+      const auto draw = static_cast<std::uint32_t>(k * 2 + mb);
+      tape.options = {true, 5, draw, 0, 0};
+      TokenBatch tb{ids.data(), 4, 16, nullptr};
+      return mdlm.loss(tape, model, store.params(), tb, Philox{5}, draw);
+    }, k, 1.0);
+    step.device_apply(1e-3);
+  };
+
+  ParamStore<Cuda, float, float> store(layout);
+  AdamW<Cuda, float> opt(n, AdamWConfig{}, 0.9);
+  make(store, opt);
+  TrainStep<Cuda, float, float> step(cuda, store, opt);
+  step.reserve_window(8);
+  take_step(step, store, 1);
+  (void)step.read_status();
+  step.tape().reset();  // the arena merges what step 1 grew
+  const std::int64_t before = cuda.synchronizations();
+  for (std::int64_t k = 2; k <= 5; ++k) take_step(step, store, k);
+  CHECK(cuda.synchronizations() == before);
+  const auto eager = step.read_status();
+  REQUIRE(eager.loss.size() == 4);
+  CHECK(!eager.bad);
+
+  // The same six steps again, step 6 captured: its loss equals the eager step 6's.
+  auto run6 = [&](bool capture) {
+    ParamStore<Cuda, float, float> s2(layout);
+    AdamW<Cuda, float> o2(n, AdamWConfig{}, 0.9);
+    make(s2, o2);
+    TrainStep<Cuda, float, float> st(cuda, s2, o2);
+    st.reserve_window(8);
+    for (std::int64_t k = 1; k <= 5; ++k) take_step(st, s2, k);
+    (void)st.read_status();
+    st.tape().reset();
+    if (capture) {
+      GraphCapture c = capture_graph(cuda, [&] { take_step(st, s2, 6); });
+      INFO("capture: ", c.error);
+      REQUIRE(c.ok());
+      GraphExec exec;
+      REQUIRE(exec.set(c.graph).empty());
+      exec.launch(cuda);
+    } else {
+      take_step(st, s2, 6);
+    }
+    return st.read_status().loss;
+  };
+  const std::vector<double> eager6 = run6(false), graph6 = run6(true);
+  REQUIRE(graph6.size() == 1);
+  CHECK(graph6 == eager6);
+}
+
+TEST_CASE("CUDA trainer: every step after the first runs as a captured graph, with the eager run's losses") {
+  const std::filesystem::path on = mdlm::testing::temp_dir("cuda_graph_on"), off = mdlm::testing::temp_dir("cuda_graph_off");
+  TrainConfig c = mdlm::testing::tiny_run(on);
+  c.steps = 8;
+  c.log_every = 4;
+  Trainer<Cuda, float, float> trainer;
+  TrainResult graphed, eager;
+  {
+    Cuda ctx;
+    graphed = trainer.run(ctx, c);
+  }
+  INFO("note: ", graphed.graph.note);
+  CHECK(graphed.graph.graph_steps == c.steps - 1);
+  CHECK(graphed.graph.eager_steps == 1);
+  CHECK(graphed.graph.note.empty());
+  c.out_dir = off;
+  c.cuda_graph = false;
+  {
+    Cuda ctx;
+    eager = trainer.run(ctx, c);
+  }
+  CHECK(eager.graph.graph_steps == 0);
+  CHECK(eager.losses == graphed.losses);  // the same kernels in the same order
+  CHECK(load_checkpoint(on / "checkpoint.safetensors").tensors.master ==
+        load_checkpoint(off / "checkpoint.safetensors").tensors.master);
+}
+
+TEST_CASE("CUDA trainer: a run stopped and resumed gives the uninterrupted run's losses and checkpoint, bit for bit") {
+  // No float atomics and a fixed reduction order in every kernel: the bf16/fp32 CUDA step is
+  // deterministic, so resume is bit-exact on the device as on the Host (graphs on; the resumed
+  // run's first step is eager, the rest graphs).
+  const std::filesystem::path whole_dir = mdlm::testing::temp_dir("cuda_resume_whole"),
+                              split_dir = mdlm::testing::temp_dir("cuda_resume_split");
+  TrainConfig c = mdlm::testing::tiny_run(whole_dir);
+  c.steps = 8;
+  c.log_every = 2;
+  Trainer<Cuda, bf16, float> trainer;
+  TrainResult whole, first, second;
+  {
+    Cuda ctx;
+    whole = trainer.run(ctx, c);
+  }
+  c.out_dir = split_dir;
+  c.stop_after = 4;
+  {
+    Cuda ctx;
+    first = trainer.run(ctx, c);
+  }
+  c.resume = true;
+  c.stop_after = 0;
+  {
+    Cuda ctx;
+    second = trainer.run(ctx, c);
+  }
+  std::vector<double> joined = first.losses;
+  joined.insert(joined.end(), second.losses.begin(), second.losses.end());
+  CHECK(joined == whole.losses);
+  const LoadedCheckpoint a = load_checkpoint(whole_dir / "checkpoint.safetensors"),
+                         b = load_checkpoint(split_dir / "checkpoint.safetensors");
+  CHECK(a.tensors.master == b.tensors.master);
+  CHECK(a.tensors.ema == b.tensors.ema);
+  CHECK(a.tensors.m == b.tensors.m);
+  CHECK(a.tensors.v == b.tensors.v);
 }

@@ -68,6 +68,7 @@ std::vector<LaunchConfig> model_launches(const ModelShape& m) {
   l.push_back(launches::silu_backward(b * cond));
   l.push_back(launches::gated_residual_forward(rows * c));
   l.push_back(launches::gated_residual_backward(rows * c));
+  l.push_back(launches::rope_table(std::min(m.seq, rows) * (c / m.cfg.heads / 2)));
   l.push_back(launches::rope_rotate(rows * (c / m.cfg.heads / 2)));
   l.push_back(launches::rope_copy_v(rows * c));
   l.push_back(launches::timestep_embedding(b * freq));

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "mdlm/autograd/tape.hpp"
@@ -72,6 +73,25 @@ void rope_apply(const Host& ctx, MatrixView<const T, Host> in, std::int64_t seq_
   });
 }
 
+// Compute-type values of the cos/sin table of one call (positions x D/2, each twice): the CUDA
+// rope_apply builds it in scratch the caller gives (the tape's); the Host builds its own.
+inline std::int64_t rope_table_elements(std::int64_t rows, std::int64_t seq_len, std::int64_t cols, std::int64_t heads) {
+  return 2 * std::min(seq_len, rows) * (cols / 3 / heads / 2);
+}
+
+// The backend's rope_apply; on a device with the table in the tape's scratch.
+template <class B, class T, class G>
+void rope_apply_on(Tape<B, T, G>& tape, MatrixView<const T, B> in, std::int64_t seq_len, std::int64_t heads, double base,
+                   int sign, MatrixView<T, B> out, bool accumulate) {
+  if constexpr (std::is_same_v<B, Host>) {
+    rope_apply(tape.backend(), in, seq_len, heads, base, sign, out, accumulate);
+  } else {
+    const std::int64_t n = std::max<std::int64_t>(1, rope_table_elements(in.rows, seq_len, in.cols, heads));
+    rope_apply(tape.backend(), in, seq_len, heads, base, sign, out, accumulate,
+               tape.template scratch<compute_t<T>>(Shape{n}).data);
+  }
+}
+
 template <class B, class T, class G = T>
 struct RopeOp {
   static constexpr const char* kName = "rope";  // its profiling range
@@ -87,7 +107,7 @@ struct RopeOp {
     MDLM_CHECK(qkv.cols() % (3 * heads) == 0, "rope: ", qkv.cols(), " columns are not 3 x ", heads, " heads");
     MDLM_CHECK((qkv.cols() / 3 / heads) % 2 == 0, "rope: head dimension ", qkv.cols() / 3 / heads, " must be even");
     V out = tape.new_var(qkv.rows(), qkv.cols());
-    rope_apply(tape.backend(), MatrixView<const T, B>(qkv.value), seq_len, heads, base, +1, out.value, false);
+    rope_apply_on(tape, MatrixView<const T, B>(qkv.value), seq_len, heads, base, +1, out.value, false);
     tape.template record<RopeOp>(Ctx{qkv, out, seq_len, heads, base});
     return out;
   }
@@ -96,8 +116,7 @@ struct RopeOp {
     MatrixView<T, B> dout = tape.grad_out(ctx.out);
     auto din = tape.grad_in(ctx.in);
     if (!din.needed) return;
-    rope_apply(tape.backend(), MatrixView<const T, B>(dout), ctx.seq_len, ctx.heads, ctx.base, -1, din.grad,
-               din.accumulate);
+    rope_apply_on(tape, MatrixView<const T, B>(dout), ctx.seq_len, ctx.heads, ctx.base, -1, din.grad, din.accumulate);
   }
 };
 

@@ -7,10 +7,14 @@
 // be updated (another topology) is instantiated. Capturing costs the host about what launching
 // eagerly does, but the GPU runs the step without launch gaps, and the strict capture mode proves
 // that nothing in the step synchronizes.
+// The host stays at most two steps ahead of the device: before capturing step k it waits for
+// step k - 2 to finish (an event recorded after each step's launch, outside any capture). The
+// pinned staging blocks the captured copies read (backend/cuda/staging.cuh) rely on it.
 // A failed capture (e.g. the arena had to grow for a larger head: an allocation inside a
 // capture) is undone and the step runs eagerly; after kMaxFailures failures in a row graphs are
 // off for the run, and stats().note says why.
 
+#include <cstdint>
 #include <string>
 
 #include "mdlm/backend/cuda/graph.cuh"
@@ -22,15 +26,32 @@ template <>
 class StepGraph<Cuda> {
  public:
   static constexpr int kMaxFailures = 3;
-  StepGraph(Cuda& ctx, bool enabled) : ctx_(ctx), enabled_(enabled) {}
+  StepGraph(Cuda& ctx, bool enabled) : ctx_(ctx), enabled_(enabled) {
+    for (cudaEvent_t& e : done_) MDLM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+  ~StepGraph() {
+    for (cudaEvent_t e : done_) cudaEventDestroy(e);
+  }
 
   template <class Body, class Prepare, class Undo>
   void run(Body&& body, Prepare&& prepare, Undo&& undo) {
-    if (!enabled_ || stats_.eager_steps + stats_.graph_steps == 0 || failures_ >= kMaxFailures) {
+    const std::int64_t k = stats_.eager_steps + stats_.graph_steps;
+    run_step(k, body, prepare, undo);
+    MDLM_CUDA_CHECK(cudaEventRecord(done_[k % 2], ctx_.stream()));
+  }
+  const StepGraphStats& stats() const { return stats_; }
+
+ private:
+  template <class Body, class Prepare, class Undo>
+  void run_step(std::int64_t k, Body& body, Prepare& prepare, Undo& undo) {
+    if (!enabled_ || k == 0 || failures_ >= kMaxFailures) {
       body();
       ++stats_.eager_steps;
       return;
     }
+    if (k >= 2) MDLM_CUDA_CHECK(cudaEventSynchronize(done_[k % 2]));  // step k - 2 has finished
     prepare();
     GraphCapture c = capture_graph(ctx_, body);
     const std::int64_t before = exec_.instantiations();
@@ -49,14 +70,13 @@ class StepGraph<Cuda> {
     exec_.launch(ctx_);
     ++stats_.graph_steps;
   }
-  const StepGraphStats& stats() const { return stats_; }
 
- private:
   Cuda& ctx_;
   bool enabled_;
   int failures_ = 0;
   GraphExec exec_;
   StepGraphStats stats_;
+  cudaEvent_t done_[2] = {nullptr, nullptr};  // recorded after steps k - 2 and k - 1
 };
 
 }  // namespace mdlm

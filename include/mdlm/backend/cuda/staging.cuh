@@ -8,6 +8,11 @@
 // that far ahead of the device). A block grows (cudaFreeHost + cudaHostAlloc, which synchronize)
 // only when a step needs more bytes than ever before, i.e. outside the steady state; it grows
 // by at least half again so a slowly growing size does not reallocate every step.
+// Under CUDA-graph capture (train/cuda_step_graph.cuh) the copy becomes a node of the graph that
+// reads the block when the graph runs. Events are then neither waited on nor recorded (an event
+// recorded inside a capture cannot be waited on), and the step graph keeps the host at most two
+// steps ahead of the device instead; so one captured step may use at most kSlots / 2 blocks, and
+// a step that needs more fails its capture (it then runs eagerly, with the events).
 
 #include <cstddef>
 
@@ -22,7 +27,7 @@ namespace mdlm {
 template <>
 class Staging<Cuda> {
  public:
-  static constexpr int kSlots = 4;
+  static constexpr int kSlots = 8;
 
   Staging() = default;
   Staging(const Staging&) = delete;
@@ -30,7 +35,8 @@ class Staging<Cuda> {
   ~Staging() {
     for (Slot& s : slots_) {
       if (s.event != nullptr) {
-        cudaEventSynchronize(s.event);  // a copy may still read the block
+        if (s.captured) cudaDeviceSynchronize();  // a graph's copy may still read the block
+        else cudaEventSynchronize(s.event);                // a copy may still read the block
         cudaEventDestroy(s.event);
       }
       if (s.host != nullptr) cudaFreeHost(s.host);
@@ -39,7 +45,15 @@ class Staging<Cuda> {
 
   std::byte* acquire(Cuda& ctx, std::size_t bytes) {
     Slot& s = slots_[next_];
-    if (s.event != nullptr) MDLM_CUDA_CHECK(cudaEventSynchronize(s.event));
+    const unsigned long long capture = capture_id(ctx);
+    if (capture != 0) {
+      captured_uses_ = capture == capture_ ? captured_uses_ + 1 : 1;
+      capture_ = capture;
+      MDLM_CHECK(captured_uses_ <= kSlots / 2, "staging: more than ", kSlots / 2,
+                 " host copies in one captured step (the step runs eagerly)");
+    } else if (s.event != nullptr && !s.captured) {
+      MDLM_CUDA_CHECK(cudaEventSynchronize(s.event));
+    }
     if (s.bytes < bytes) {
       DeviceGuard on(ctx.device());
       const std::size_t grown = bytes > s.bytes + s.bytes / 2 ? bytes : s.bytes + s.bytes / 2;
@@ -63,7 +77,8 @@ class Staging<Cuda> {
     Slot& s = slots_[next_];
     MDLM_CHECK(bytes <= s.bytes, "staging: submit of ", bytes, " bytes from a block of ", s.bytes);
     if (bytes > 0) MDLM_CUDA_CHECK(cudaMemcpyAsync(dst, s.host, bytes, cudaMemcpyHostToDevice, ctx.stream()));
-    MDLM_CUDA_CHECK(cudaEventRecord(s.event, ctx.stream()));
+    s.captured = capture_id(ctx) != 0;
+    if (!s.captured) MDLM_CUDA_CHECK(cudaEventRecord(s.event, ctx.stream()));
     next_ = (next_ + 1) % kSlots;
   }
 
@@ -75,9 +90,19 @@ class Staging<Cuda> {
     std::byte* host = nullptr;
     std::size_t bytes = 0;
     cudaEvent_t event = nullptr;
+    bool captured = false;  // last copied by a captured graph: its event was not recorded
   };
+  // The id of the capture under way on the context's stream (0: none).
+  static unsigned long long capture_id(Cuda& ctx) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    unsigned long long id = 0;
+    MDLM_CUDA_CHECK(cudaStreamGetCaptureInfo(ctx.stream(), &status, &id));
+    return status == cudaStreamCaptureStatusActive ? id : 0;
+  }
   Slot slots_[kSlots];
   int next_ = 0;
+  unsigned long long capture_ = 0;  // the capture the last captured acquire belonged to
+  int captured_uses_ = 0;           // blocks it used
   int allocations_ = 0;
 };
 

@@ -130,18 +130,31 @@ __global__ void gated_residual_backward(MatrixView<const T, Cuda> dout, MatrixVi
     }
   }
 }
-// One thread per (row, frequency i < D/2): the angle t * base^(-2i/D) is computed once in fp64
-// (positions reach 1e4 and more) and its cosine and sine rotate the i-th pair of every q and k
-// head of the row (2H pairs), the same fp64-then-cast arithmetic as the Host's table.
+// RoPE from a table (issue 17): one thread per (position t, frequency i < D/2) computes the
+// angle t * base^(-2i/D) in fp64 (positions reach 1e4 and more), then its cosine and sign * sine
+// in the compute type, the Host's table (ops/rope.hpp) entry for entry; the rotation then reads
+// the table instead of evaluating fp64 transcendentals for every row of every sequence.
+template <class C>
+__global__ void rope_table(std::int64_t positions, std::int64_t half, std::int64_t d, double base, int sign, C* table) {
+  for (std::int64_t idx = global_index(); idx < positions * half; idx += global_stride()) {
+    const std::int64_t t = idx / half, i = idx % half;
+    const double inv_freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+    const double angle = static_cast<double>(t) * inv_freq;
+    table[2 * t * half + i] = static_cast<C>(cos(angle));
+    table[2 * t * half + half + i] = static_cast<C>(sign * sin(angle));
+  }
+}
+// One thread per (row, frequency i): the table's cosine and sine rotate the i-th pair of every
+// q and k head of the row (2H pairs).
 template <class T>
-__global__ void rope_rotate(MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads, double base,
-                            int sign, MatrixView<T, Cuda> out, bool accumulate) {
+__global__ void rope_rotate(MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads,
+                            const compute_t<T>* table, MatrixView<T, Cuda> out, bool accumulate) {
   using C = compute_t<T>;
   const std::int64_t cdim = in.cols / 3, d = cdim / heads, half = d / 2;
   for (std::int64_t idx = global_index(); idx < in.rows * half; idx += global_stride()) {
     const std::int64_t r = idx / half, i = idx % half;
-    const double th = static_cast<double>(r % seq_len) * pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
-    const C cs = static_cast<C>(cos(th)), sn = static_cast<C>(sign * sin(th));
+    const C* row = table + 2 * (r % seq_len) * half;
+    const C cs = row[i], sn = row[half + i];
     const T* src = in.data + r * in.ld;
     T* dst = out.data + r * out.ld;
     for (std::int64_t part = 0; part < 2 * heads; ++part) {  // q heads, then k heads
@@ -202,6 +215,7 @@ inline LaunchConfig silu_forward(std::int64_t n) { return grid_stride("silu_forw
 inline LaunchConfig silu_backward(std::int64_t n) { return grid_stride("silu_backward", n); }
 inline LaunchConfig gated_residual_forward(std::int64_t n) { return grid_stride("gated_residual_forward", n); }
 inline LaunchConfig gated_residual_backward(std::int64_t n) { return grid_stride("gated_residual_backward", n); }
+inline LaunchConfig rope_table(std::int64_t n) { return grid_stride("rope_table", n); }
 inline LaunchConfig rope_rotate(std::int64_t n) { return grid_stride("rope_rotate", n); }
 inline LaunchConfig rope_copy_v(std::int64_t n) { return grid_stride("rope_copy_v", n); }
 inline LaunchConfig timestep_embedding(std::int64_t n) { return grid_stride("timestep_embedding", n); }
@@ -321,11 +335,16 @@ void gated_residual_backward(Cuda& ctx, MatrixView<const T, Cuda> dout, MatrixVi
                   ColumnSink<T>{dgate.data, dgate.ld, accumulate_dgate}, scratch);
   }
 }
+// `table`: scratch of rope_table_elements(...) compute-type values in device memory (the tape's).
 template <class T>
 void rope_apply(Cuda& ctx, MatrixView<const T, Cuda> in, std::int64_t seq_len, std::int64_t heads, double base, int sign,
-                MatrixView<T, Cuda> out, bool accumulate) {
-  const std::int64_t cdim = in.cols / 3, half = cdim / heads / 2;
-  launch(ctx, launches::rope_rotate(in.rows * half), cuda_kernels::rope_rotate<T>, in, seq_len, heads, base, sign, out, accumulate);
+                MatrixView<T, Cuda> out, bool accumulate, compute_t<T>* table) {
+  const std::int64_t cdim = in.cols / 3, d = cdim / heads, half = d / 2, positions = std::min(seq_len, in.rows);
+  MDLM_CHECK(table != nullptr || positions * half == 0, "rope: no table scratch");
+  launch(ctx, launches::rope_table(positions * half), cuda_kernels::rope_table<compute_t<T>>, positions, half, d, base, sign,
+         table);
+  launch(ctx, launches::rope_rotate(in.rows * half), cuda_kernels::rope_rotate<T>, in, seq_len, heads,
+         static_cast<const compute_t<T>*>(table), out, accumulate);
   launch(ctx, launches::rope_copy_v(in.rows * cdim), cuda_kernels::rope_copy_v<T>, in, out, accumulate);
 }
 
