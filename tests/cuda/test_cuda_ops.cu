@@ -1003,20 +1003,40 @@ TEST_CASE("CUDA training-step status: sum of squares, loss, norm, multiplier and
   CHECK(later.bad_step == 8);
 }
 
-TEST_CASE("CUDA TrainStep: the device path read every few steps gives the per-step path's losses, norms and weights, bit for bit") {
-  Cuda cuda;
+// A small DiT (vocab 40, width 32, 4 heads, 2 blocks), its weights, an MDLM objective and a
+// batch of `batch` sequences of 16 tokens: what the TrainStep tests below train.
+struct SmallTraining {
+  DiT model;
+  std::int64_t n;
+  std::vector<float> w;
+  MaskedDiffusion<LogLinearSchedule> objective;
+  std::vector<std::int32_t> ids;
+};
+inline SmallTraining small_training(float dropout, bool time_conditioning, std::uint64_t seed, std::int64_t batch,
+                                    std::int64_t stride) {
   DiTConfig mc = mdlm::testing::small_dit(40, 32, 4, 2, 16);
-  mc.dropout = 0.0f;
-  const DiT model(mc);
-  const ParamLayout& layout = model.layout();
-  const std::int64_t n = layout.buffer_elements();
-  std::vector<float> w = random_vector<float>(static_cast<std::size_t>(n), 21);
+  mc.dropout = dropout;
+  mc.time_conditioning = time_conditioning;
+  DiT model(mc);
+  const std::int64_t n = model.layout().buffer_elements();
+  std::vector<float> w = random_vector<float>(static_cast<std::size_t>(n), seed);
   for (float& x : w) x *= 0.3f;
   DiffusionOptions o;
   o.mask_id = 39;
-  const MaskedDiffusion<LogLinearSchedule> mdlm(LogLinearSchedule{}, o);
-  std::vector<std::int32_t> ids(2 * 16);
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7 + 3) % 39);
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(batch * 16));
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * static_cast<std::size_t>(stride) + 3) % 39);
+  return {std::move(model), n, std::move(w), MaskedDiffusion<LogLinearSchedule>(LogLinearSchedule{}, o), std::move(ids)};
+}
+
+TEST_CASE("CUDA TrainStep: the device path read every few steps gives the per-step path's losses, norms and weights, bit for bit") {
+  Cuda cuda;
+  const SmallTraining st = small_training(0.0f, false, 21, 2, 7);
+  const DiT& model = st.model;
+  const ParamLayout& layout = model.layout();
+  const std::int64_t n = st.n;
+  const std::vector<float>& w = st.w;
+  const MaskedDiffusion<LogLinearSchedule>& mdlm = st.objective;
+  const std::vector<std::int32_t>& ids = st.ids;
   const std::int64_t steps = 5, accum = 2;
   const double clip = 0.05;
   struct Run {
@@ -1071,19 +1091,13 @@ TEST_CASE("CUDA TrainStep: a step that logs nothing synchronizes nothing, and ca
   // (a synchronization, an allocation or a pageable copy fails it) and its replay gives the same
   // loss as the eager step with the same inputs.
   Cuda cuda;
-  DiTConfig mc = mdlm::testing::small_dit(40, 32, 4, 2, 16);
-  mc.dropout = 0.1f;
-  mc.time_conditioning = true;
-  const DiT model(mc);
+  const SmallTraining setup = small_training(0.1f, true, 23, 4, 11);
+  const DiT& model = setup.model;
   const ParamLayout& layout = model.layout();
-  const std::int64_t n = layout.buffer_elements();
-  std::vector<float> w = random_vector<float>(static_cast<std::size_t>(n), 23);
-  for (float& x : w) x *= 0.3f;
-  DiffusionOptions o;
-  o.mask_id = 39;
-  const MaskedDiffusion<LogLinearSchedule> mdlm(LogLinearSchedule{}, o);
-  std::vector<std::int32_t> ids(4 * 16);
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 11 + 5) % 39);
+  const std::int64_t n = setup.n;
+  const std::vector<float>& w = setup.w;
+  const MaskedDiffusion<LogLinearSchedule>& mdlm = setup.objective;
+  const std::vector<std::int32_t>& ids = setup.ids;
   auto make = [&](ParamStore<Cuda, float, float>& store, AdamW<Cuda, float>& opt) {
     upload_into(cuda, w.data(), n, store.values().data());
     opt.load(cuda, w, w);
