@@ -168,17 +168,19 @@ void whole_step(benchmark::State& state, B& ctx, const DiTConfig& cfg, std::int6
   (void)step.read_status();
   sync();
   head_rows = 0;
+  const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
     for (std::int64_t i = 0; i < kStepsPerRead; ++i) one_step();
     if (step.read_status().bad) state.SkipWithError("a step's loss or gradient norm was not finite");
   }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const double steps = static_cast<double>(state.iterations() * kStepsPerRead);
   const double tokens = static_cast<double>(tokens_per_step) * steps;
   const double flops = tokens * model.train_flops_per_token(seq);
   const double executed =
       steps * model.executed_train_flops(seq, tokens_per_step, 0) + static_cast<double>(head_rows) * 6 * model.head_matmul_params();
   state.counters["tokens"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
-  state.counters["ms_per_step"] = benchmark::Counter(steps * 1e-3, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ms_per_step"] = steps > 0 ? 1e3 * seconds / steps : 0.0;
   state.counters["graph_steps"] = static_cast<double>(graph.stats().graph_steps);
   if (peak_tflops > 0) {
     state.counters["MFU"] = benchmark::Counter(flops / 1e12 / peak_tflops, benchmark::Counter::kIsRate);
