@@ -60,6 +60,12 @@ class GradientBuckets {
     started_.clear();
   }
   bool armed() const { return armed_; }
+  // Forgets an armed pass whose backward never ran (a step abandoned by a failed CUDA-graph
+  // capture, train/step_graph.hpp), so the step can be taken again.
+  void disarm() {
+    armed_ = false;
+    ready_.clear();
+  }
 
   void ready(std::int64_t begin, std::int64_t end) {
     if (!armed_ || begin == end) return;

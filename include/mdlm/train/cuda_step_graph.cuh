@@ -44,13 +44,20 @@ class StepGraph<Cuda> {
   const StepGraphStats& stats() const { return stats_; }
 
  private:
+  // An eager step after a graph waits for that graph first: the graph's copies read pinned
+  // staging blocks without events (they cannot be recorded inside a capture), and the eager step
+  // may write them.
+  template <class Body>
+  void run_eagerly(std::int64_t k, Body& body) {
+    if (last_was_graph_) MDLM_CUDA_CHECK(cudaEventSynchronize(done_[(k + 1) % 2]));  // step k - 1
+    last_was_graph_ = false;
+    body();
+    ++stats_.eager_steps;
+  }
+
   template <class Body, class Prepare, class Undo>
   void run_step(std::int64_t k, Body& body, Prepare& prepare, Undo& undo) {
-    if (!enabled_ || k == 0 || failures_ >= kMaxFailures) {
-      body();
-      ++stats_.eager_steps;
-      return;
-    }
+    if (!enabled_ || k == 0 || failures_ >= kMaxFailures) return run_eagerly(k, body);
     if (k >= 2) MDLM_CUDA_CHECK(cudaEventSynchronize(done_[k % 2]));  // step k - 2 has finished
     prepare();
     GraphCapture c = capture_graph(ctx_, body);
@@ -61,19 +68,19 @@ class StepGraph<Cuda> {
       stats_.note = "CUDA graph capture failed (" + std::to_string(failures_) + " in a row" +
                     (failures_ >= kMaxFailures ? "; graphs are off for this run" : "") + "), the step ran eagerly: " + why;
       undo();
-      body();
-      ++stats_.eager_steps;
-      return;
+      return run_eagerly(k, body);
     }
     failures_ = 0;
     stats_.instantiations += exec_.instantiations() - before;
     exec_.launch(ctx_);
+    last_was_graph_ = true;
     ++stats_.graph_steps;
   }
 
   Cuda& ctx_;
   bool enabled_;
   int failures_ = 0;
+  bool last_was_graph_ = false;
   GraphExec exec_;
   StepGraphStats stats_;
   cudaEvent_t done_[2] = {nullptr, nullptr};  // recorded after steps k - 2 and k - 1

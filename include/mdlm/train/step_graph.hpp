@@ -16,6 +16,11 @@
 
 namespace mdlm {
 
+// The most micro-batches of a step captured as one graph: each stages its inputs in one pinned
+// block, and the blocks of two steps in flight must not meet (backend/cuda/staging.cuh). With
+// more, the trainer runs the steps eagerly.
+inline constexpr std::int64_t kMaxGraphMicroBatches = 4;
+
 struct StepGraphStats {
   std::int64_t graph_steps = 0;     // steps launched as a captured graph
   std::int64_t eager_steps = 0;     // steps run eagerly (the first, with graphs off, or after a failed capture)

@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -322,6 +323,7 @@ class TrainStep {
   void device_gradient(std::int64_t accum, MicroLoss&& micro_loss, std::int64_t step, double clip) {
     MDLM_CHECK(accum > 0, "train step: ", accum, " micro-batches");
     reserve_window(pending_ + 1);
+    buckets_.disarm();  // (a no-op unless an abandoned attempt at this step armed it)
     if (accum != seed_accum_) {
       seed_ = upload(ctx_, std::vector<T>{from_compute<T>(static_cast<compute_t<T>>(1.0 / static_cast<double>(accum)))});
       seed_accum_ = accum;
@@ -645,8 +647,13 @@ class Trainer {
     };
 
     // CUDA graphs need every collective on the stream: one process only, and no ZeRO-1 (whose
-    // step reads the host).
-    StepGraph<B> graph(ctx, cfg.cuda_graph && ranks == 1 && !zero.enabled);
+    // step reads the host); and at most kMaxGraphMicroBatches micro-batches (staging blocks).
+    const bool graphs = cfg.cuda_graph && ranks == 1 && !zero.enabled && cfg.accum <= kMaxGraphMicroBatches;
+    if (!std::is_same_v<B, Host> && cfg.cuda_graph && !graphs) {
+      say(cfg, "CUDA graphs off (every step runs eagerly): %s\n",
+          ranks > 1 ? "data-parallel" : zero.enabled ? "ZeRO-1" : "more than 4 micro-batches per step (--accum)");
+    }
+    StepGraph<B> graph(ctx, graphs);
     std::string graph_note;
     std::int64_t step = start;
     while (step < cfg.steps) {
