@@ -45,6 +45,10 @@ MDLM_HD inline float exp_of(float x) {
 
 MDLM_HD inline double exp_of(double x) { return ::exp(x); }
 
+// Correctly rounded square roots (IEEE) with one name on host and device.
+MDLM_HD inline float sqrt_of(float x) { return ::sqrtf(x); }
+MDLM_HD inline double sqrt_of(double x) { return ::sqrt(x); }
+
 // Sum of f(i) for i in [0, n), accumulated in kHostLanes interleaved partial sums (lane l takes
 // i = l, l + kHostLanes, ...) that are then added in lane order: one fixed order, so the same
 // bits on every run and thread count, and loops the compiler vectorizes (a single running sum

@@ -25,6 +25,7 @@
 #include "mdlm/backend/host.hpp"
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/core/config.hpp"
+#include "mdlm/core/math.hpp"
 #include "mdlm/core/error.hpp"
 #include "mdlm/core/tensor.hpp"
 #include "mdlm/optim/step_status.hpp"
@@ -134,11 +135,7 @@ struct AdamWScalars {
 };
 template <class S>
 MDLM_HD inline AdamWScalars<S> adamw_scalars(const AdamWStepOf<S>& s) {
-#if MDLM_ON_DEVICE
-  return {s.lr / s.bias1, sqrt(s.bias2), S(1) - s.lr * s.weight_decay};
-#else
-  return {s.lr / s.bias1, std::sqrt(s.bias2), S(1) - s.lr * s.weight_decay};
-#endif
+  return {s.lr / s.bias1, sqrt_of(s.bias2), S(1) - s.lr * s.weight_decay};
 }
 // Updates master, m and v of one element with gradient g (already clipped); returns the new weight.
 template <class S>
@@ -146,11 +143,7 @@ MDLM_HD inline S adamw_element(S& master, S& m, S& v, S g, const AdamWStepOf<S>&
   S p = master * k.decay;
   m += (S(1) - s.beta1) * (g - m);  // torch: exp_avg.lerp_(grad, 1 - beta1)
   v = s.beta2 * v + (S(1) - s.beta2) * g * g;
-#if MDLM_ON_DEVICE
-  p -= k.step_size * (m / (sqrt(v) / k.bias2_sqrt + s.eps));
-#else
-  p -= k.step_size * (m / (std::sqrt(v) / k.bias2_sqrt + s.eps));
-#endif
+  p -= k.step_size * (m / (sqrt_of(v) / k.bias2_sqrt + s.eps));
   master = p;
   return p;
 }

@@ -22,6 +22,7 @@
 #include "mdlm/backend/host.hpp"
 #include "mdlm/core/bf16.hpp"
 #include "mdlm/core/config.hpp"
+#include "mdlm/core/math.hpp"
 
 namespace mdlm {
 
@@ -69,11 +70,7 @@ MDLM_HD inline void step_status_add(StepStatus& s, double v, std::int64_t accum,
 // The end of a step's gradient (sumsq written): norm, multiplier, the sticky flag (the first bad
 // step's numbers are kept), and the step's loss and norm into window[0], window[1].
 MDLM_HD inline void step_status_finish(StepStatus& s, double clip, std::int64_t step, double* window) {
-#if MDLM_ON_DEVICE
-  s.norm = sqrt(s.sumsq);
-#else
-  s.norm = std::sqrt(s.sumsq);
-#endif
+  s.norm = sqrt_of(s.sumsq);
   s.multiplier = clip_multiplier(s.norm, clip);
   if (!(step_status_finite(s.loss) && step_status_finite(s.norm)) && s.bad == 0) {
     s.bad = 1;
